@@ -1,0 +1,1 @@
+//! CQL store (ScyllaDB / Cassandra): being built.

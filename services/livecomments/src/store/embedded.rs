@@ -1,0 +1,226 @@
+//! The embedded store: redb, a pure-Rust, maintained, ACID B-tree in one file.
+//!
+//! Why redb: a commit with `Durability::Immediate` (the default) is fsync'd before
+//! `commit()` returns, so the ingest answers 201 only for comments that survive `kill -9`; a
+//! B-tree gives ordered range scans, so the newest page and every cursor page are a seek plus
+//! `limit` steps, O(page) whatever the post's history; and it is a single file with no
+//! background compaction to tune. Throughput comes from group commit: the ingest pipeline
+//! hands over a whole batch and it costs one fsync.
+//!
+//! Layout (all keys are bytes, ordered):
+//! - `comments`: `post_id 0x00 id` → MessagePack of the [`Comment`].
+//! - `idempotency`: `user_id 0x00 post_id 0x00 key` → `created_ms (8 bytes BE)` + MessagePack of
+//!   the comment first stored with that key. `post_id` and `user_id` never contain 0x00
+//!   (validated), so the separators are unambiguous.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use livecomments_shared::{Comment, time::now_millis, wire};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::{IDEMPOTENCY_TTL_MS, Inserted, NewComment, Store, StoreError, StoreResult};
+
+const COMMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("comments");
+const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn comment_key(post_id: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(post_id.len() + 1 + id.len());
+    k.extend_from_slice(post_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// First key after every key of the post: `post_id 0x01`.
+fn post_end(post_id: &str) -> Vec<u8> {
+    let mut k = post_id.as_bytes().to_vec();
+    k.push(1);
+    k
+}
+
+fn idem_key(user: &str, post: &str, key: &str) -> Vec<u8> {
+    [user.as_bytes(), &[0], post.as_bytes(), &[0], key.as_bytes()].concat()
+}
+
+fn decode_comment(bytes: &[u8]) -> StoreResult<Comment> {
+    wire::decode(bytes).map_err(|e| unavailable(format!("corrupt comment record: {e}")))
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `<dir>/comments.redb`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+        let path = dir.join("comments.redb");
+        let db = Database::create(&path).with_context(|| format!("opening {}", path.display()))?;
+        let txn = db.begin_write()?;
+        txn.open_table(COMMENTS)?;
+        txn.open_table(IDEMPOTENCY)?;
+        txn.commit()?;
+        Ok(EmbeddedStore { db: Arc::new(db) })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await.map_err(unavailable)?
+    }
+
+    /// Drops idempotency records older than 24 h. Bounded by what 24 h of keyed posts wrote.
+    pub async fn purge_expired_keys(&self) -> StoreResult<usize> {
+        self.blocking(|db| {
+            let cutoff = now_millis() - IDEMPOTENCY_TTL_MS;
+            let txn = db.begin_write().map_err(unavailable)?;
+            let removed;
+            {
+                let mut t = txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
+                let before = t.len().map_err(unavailable)?;
+                t.retain(|_, v| created_ms(v) >= cutoff).map_err(unavailable)?;
+                removed = (before - t.len().map_err(unavailable)?) as usize;
+            }
+            txn.commit().map_err(unavailable)?;
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+fn created_ms(v: &[u8]) -> i64 {
+    v.get(..8).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes).unwrap_or(0)
+}
+
+fn write_batch(db: &Database, batch: Vec<NewComment>) -> StoreResult<Vec<Inserted>> {
+    let now = now_millis();
+    let txn = db.begin_write().map_err(unavailable)?;
+    let mut out = Vec::with_capacity(batch.len());
+    {
+        let mut comments = txn.open_table(COMMENTS).map_err(unavailable)?;
+        let mut idem = txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
+        for item in batch {
+            let c = item.comment;
+            let encoded = wire::encode(&c).map_err(unavailable)?;
+            if let Some(key) = &item.idempotency_key {
+                let k = idem_key(&c.user_id, &c.post_id, key);
+                let existing = match idem.get(k.as_slice()).map_err(unavailable)? {
+                    Some(v) if created_ms(v.value()) >= now - IDEMPOTENCY_TTL_MS => {
+                        Some(decode_comment(&v.value()[8..])?)
+                    }
+                    _ => None,
+                };
+                if let Some(prev) = existing {
+                    out.push(Inserted::Existing(prev));
+                    continue;
+                }
+                let mut v = Vec::with_capacity(8 + encoded.len());
+                v.extend_from_slice(&now.to_be_bytes());
+                v.extend_from_slice(&encoded);
+                idem.insert(k.as_slice(), v.as_slice()).map_err(unavailable)?;
+            }
+            comments
+                .insert(comment_key(&c.post_id, &c.id).as_slice(), encoded.as_slice())
+                .map_err(unavailable)?;
+            out.push(Inserted::Created(c));
+        }
+    }
+    // Durability::Immediate (redb's default): fsync'd before commit returns.
+    txn.commit().map_err(unavailable)?;
+    Ok(out)
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn insert_batch(&self, batch: Vec<NewComment>) -> Vec<StoreResult<Inserted>> {
+        let n = batch.len();
+        match self.blocking(move |db| write_batch(db, batch)).await {
+            Ok(v) => v.into_iter().map(Ok).collect(),
+            // One transaction: it all failed, nothing was stored.
+            Err(e) => (0..n).map(|_| Err(StoreError::Unavailable(e.to_string()))).collect(),
+        }
+    }
+
+    async fn newest(&self, post_id: &str, before: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
+        let lo = comment_key(post_id, "");
+        let hi = match before {
+            Some(id) => comment_key(post_id, id),
+            None => post_end(post_id),
+        };
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let t = txn.open_table(COMMENTS).map_err(unavailable)?;
+            let mut out = Vec::with_capacity(limit.min(128));
+            for row in t.range(lo.as_slice()..hi.as_slice()).map_err(unavailable)?.rev().take(limit) {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(decode_comment(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn after(&self, post_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
+        let lo = match after {
+            // Exclusive: the smallest key greater than `post 0x00 after` is that key plus 0x00.
+            Some(id) => {
+                let mut k = comment_key(post_id, id);
+                k.push(0);
+                k
+            }
+            None => comment_key(post_id, ""),
+        };
+        let hi = post_end(post_id);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let t = txn.open_table(COMMENTS).map_err(unavailable)?;
+            let mut out = Vec::with_capacity(limit.min(128));
+            for row in t.range(lo.as_slice()..hi.as_slice()).map_err(unavailable)?.take(limit) {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(decode_comment(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get(&self, post_id: &str, id: &str) -> StoreResult<Option<Comment>> {
+        let k = comment_key(post_id, id);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let t = txn.open_table(COMMENTS).map_err(unavailable)?;
+            match t.get(k.as_slice()).map_err(unavailable)? {
+                Some(v) => Ok(Some(decode_comment(v.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, post_id: &str, id: &str) -> StoreResult<bool> {
+        let k = comment_key(post_id, id);
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let existed = {
+                let mut t = txn.open_table(COMMENTS).map_err(unavailable)?;
+                t.remove(k.as_slice()).map_err(unavailable)?.is_some()
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.blocking(|db| db.begin_read().map(|_| ()).map_err(unavailable)).await
+    }
+}

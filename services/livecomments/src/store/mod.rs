@@ -1,0 +1,77 @@
+//! The regional store: where a comment becomes durable. Two engines implement [`Store`]: the
+//! embedded one (redb, one file under `--data-dir`) for standalone and small deployments, and
+//! the CQL one (ScyllaDB; tested on Cassandra) for production regions. Both pass the same
+//! conformance suite (`tests/store_conformance.rs`).
+//!
+//! The store only knows its own region's comments; merging regions is the reader's job.
+
+pub mod cql;
+pub mod embedded;
+
+use async_trait::async_trait;
+use livecomments_shared::Comment;
+
+/// A comment ready to be written: validated, id and timestamp assigned by the ingest pipeline.
+#[derive(Debug, Clone)]
+pub struct NewComment {
+    pub comment: Comment,
+    /// `Idempotency-Key` of the request, if any; scoped to (user, post) and kept 24 h.
+    pub idempotency_key: Option<String>,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Newly stored: publish it.
+    Created(Comment),
+    /// The idempotency key was seen before (within 24 h): this is the comment stored then.
+    /// Nothing new was stored; do not publish again.
+    Existing(Comment),
+}
+
+impl Inserted {
+    pub fn comment(&self) -> &Comment {
+        match self {
+            Inserted::Created(c) | Inserted::Existing(c) => c,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The engine cannot be reached or failed to write; nothing was stored.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store's schema is older than this binary needs.
+    #[error("schema: {0}")]
+    Schema(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// How long an idempotency key is remembered (CONTRACT §2).
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Writes a batch durably (one commit / one round of writes for all of it) and answers per
+    /// item in order. Idempotency is checked against earlier batches *and* earlier items of
+    /// the same batch. When this returns `Ok` for an item, that item survives a crash.
+    async fn insert_batch(&self, batch: Vec<NewComment>) -> Vec<StoreResult<Inserted>>;
+
+    /// Newest first: the `limit` newest comments of the post with id < `before` (all when None).
+    async fn newest(&self, post_id: &str, before: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>>;
+
+    /// Oldest first: the first `limit` comments of the post with id > `after` (from the start
+    /// when None).
+    async fn after(&self, post_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>>;
+
+    /// One comment by id.
+    async fn get(&self, post_id: &str, id: &str) -> StoreResult<Option<Comment>>;
+
+    /// Removes the comment; false when it did not exist.
+    async fn delete(&self, post_id: &str, id: &str) -> StoreResult<bool>;
+
+    /// Cheap liveness check for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+}

@@ -1,0 +1,17 @@
+//! Everything the livecomments roles must agree on: the comment, the rules for valid input,
+//! resume positions, and the MessagePack messages on NATS.
+//!
+//! Nothing in this crate does I/O, so every role (and every client in another language that
+//! reads `docs/NATS.md`) sees the same definitions, and all of it is unit-testable.
+
+pub mod comment;
+pub mod error;
+pub mod id;
+pub mod position;
+pub mod time;
+pub mod validate;
+pub mod wire;
+
+pub use comment::{Comment, CommentInput};
+pub use error::{ErrorCode, Rejection};
+pub use position::Position;

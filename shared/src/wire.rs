@@ -1,0 +1,139 @@
+//! What travels on NATS (CONTRACT §5), MessagePack with fields by name
+//! (`rmp_serde::to_vec_named`). `docs/NATS.md` describes each message for other languages.
+
+use serde::{Deserialize, Serialize};
+
+use crate::comment::Comment;
+use crate::position::Position;
+
+/// Largest since-reply page; keeps one NATS message well under the 1 MB default payload limit
+/// (a comment is at most ~10 KB of JSON-equivalent data).
+pub const SINCE_MAX_LIMIT: u32 = 100;
+
+/// `comments.live.<region>.<post_id>`
+pub fn live_subject(region: &str, post_id: &str) -> String {
+    format!("comments.live.{region}.{post_id}")
+}
+
+/// Every region's live events of one post: `comments.live.*.<post_id>`.
+pub fn live_subject_all_regions(post_id: &str) -> String {
+    format!("comments.live.*.{post_id}")
+}
+
+/// `comments.since.<region>`
+pub fn since_subject(region: &str) -> String {
+    format!("comments.since.{region}")
+}
+
+/// Queue group of the readers answering since-queries, so each query is answered once.
+pub const SINCE_QUEUE_GROUP: &str = "livecomments-readers";
+
+/// A message on a live subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LiveEvent {
+    /// A newly accepted comment; the map carries every field of [`Comment`] beside `type`.
+    Comment(Comment),
+    /// A comment was deleted.
+    Delete(Deletion),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    pub id: String,
+    pub post_id: String,
+    /// The region that stored the comment.
+    pub region: String,
+}
+
+impl LiveEvent {
+    pub fn post_id(&self) -> &str {
+        match self {
+            LiveEvent::Comment(c) => &c.post_id,
+            LiveEvent::Delete(d) => &d.post_id,
+        }
+    }
+}
+
+/// Request on `comments.since.<region>`: comments of `post_id` stored in that region with an id
+/// greater than `after` (all of them when `after` is absent), oldest first, at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinceRequest {
+    pub post_id: String,
+    #[serde(default)]
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// Reply to a [`SinceRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinceReply {
+    /// The answering region.
+    pub region: String,
+    /// Oldest first.
+    pub comments: Vec<Comment>,
+    /// True when more comments follow the last one returned.
+    pub more: bool,
+    /// Set instead of comments when the request was refused or the store failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(msg)
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
+/// Helper for the fanout: the position after delivering `c`.
+pub fn position_after(mut p: Position, c: &Comment) -> Position {
+    p.advance(&c.region, &c.id);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comment() -> Comment {
+        Comment {
+            id: "01JDQ7Z8XK3M4N5P6Q7R8S9T0V".into(),
+            post_id: "match-42".into(),
+            user_id: "alice".into(),
+            text: "what a goal!".into(),
+            timestamp: "2026-11-25T19:44:32.123Z".into(),
+            region: "eu".into(),
+            metadata: [("lang".to_string(), "en".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn live_events_round_trip_by_name() {
+        let ev = LiveEvent::Comment(comment());
+        let bytes = encode(&ev).unwrap();
+        assert_eq!(decode::<LiveEvent>(&bytes).unwrap(), ev);
+        // Fields by name, so another language can read them.
+        let v: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(v["type"], "comment");
+        assert_eq!(v["text"], "what a goal!");
+        let del = LiveEvent::Delete(Deletion { id: "x".into(), post_id: "p".into(), region: "eu".into() });
+        assert_eq!(decode::<LiveEvent>(&encode(&del).unwrap()).unwrap(), del);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bytes in [&b""[..], b"\xff\xff", b"\x81\xa4type\xa3bad", b"\x92\x01\x02"] {
+            assert!(decode::<LiveEvent>(bytes).is_err());
+        }
+    }
+
+    #[test]
+    fn since_messages_round_trip() {
+        let req = SinceRequest { post_id: "p".into(), after: None, limit: 10 };
+        assert_eq!(decode::<SinceRequest>(&encode(&req).unwrap()).unwrap(), req);
+        let rep = SinceReply { region: "eu".into(), comments: vec![comment()], more: false, error: None };
+        assert_eq!(decode::<SinceReply>(&encode(&rep).unwrap()).unwrap(), rep);
+    }
+}
