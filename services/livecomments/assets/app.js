@@ -1,0 +1,302 @@
+// livecomments demo page: history (GET /comments), live stream (SSE), posting and deleting.
+// Plain script, no build step, no dependencies. Comment text is only ever set with textContent.
+'use strict';
+
+(() => {
+  const POST_RE = /^[A-Za-z0-9_-]{1,64}$/;
+  const PAGE_SIZE = 20;
+  const $ = (id) => document.getElementById(id);
+
+  const params = new URLSearchParams(location.search);
+  const wanted = params.get('post') || 'welcome';
+  const postId = POST_RE.test(wanted) ? wanted : 'welcome';
+
+  const el = {
+    postInput: $('post-id'), postTitle: $('post-title'), conn: $('conn'), notice: $('notice'),
+    composer: $('composer'), user: $('user-name'), text: $('comment-text'), send: $('send'),
+    list: $('comments'), more: $('more'), older: $('load-older'), end: $('end'),
+  };
+
+  const items = new Map(); // comment id -> <li>
+  const deleted = new Set(); // ids deleted while this page was open (history may still return them briefly)
+  let nextCursor; // undefined: first page not loaded yet; null: no older page
+  let loading = false;
+  let lastEventId = null;
+  let session = null; // { user, token, expiresAt }: the demo identity of this tab
+
+  el.postInput.value = postId;
+  el.postTitle.textContent = postId;
+  document.title = `${postId} · livecomments`;
+  if (wanted !== postId) notify(`“${wanted}” is not a valid post id; showing “${postId}”.`, true);
+
+  // ---- status lines ------------------------------------------------------------------------
+  const STATES = {
+    connecting: 'Connecting…',
+    live: 'Live',
+    reconnecting: 'Connection lost — reconnecting…',
+    'caught-up': 'Reconnected — caught up, live',
+    offline: 'Offline — retrying…',
+  };
+  function setState(state) {
+    el.conn.dataset.state = state;
+    el.conn.textContent = STATES[state];
+  }
+  function notify(message, isError = false) {
+    el.notice.textContent = message;
+    el.notice.classList.toggle('error', isError);
+  }
+  async function apiError(res) {
+    let message = `${res.status} ${res.statusText}`;
+    try {
+      const body = await res.json();
+      if (body && body.error) message = body.error.message || body.error.code;
+    } catch { /* not JSON */ }
+    if (res.status === 429) {
+      const after = res.headers.get('Retry-After');
+      message = `Rate limited${after ? ` — try again in ${after} s` : ''}: ${message}`;
+    }
+    return message;
+  }
+
+  // ---- rendering ---------------------------------------------------------------------------
+  const order = (c) => `${c.timestamp}\u0000${c.id}`; // newest first: larger sorts first
+
+  function render(c) {
+    const li = document.createElement('li');
+    li.className = 'comment';
+    li.dataset.id = c.id;
+    li.dataset.order = order(c);
+    li.dataset.user = c.user_id;
+
+    const meta = document.createElement('p');
+    meta.className = 'meta';
+    const who = document.createElement('span');
+    who.className = 'author';
+    who.textContent = c.user_id;
+    const when = document.createElement('time');
+    when.dateTime = c.timestamp;
+    const d = new Date(c.timestamp);
+    when.textContent = isNaN(d) ? c.timestamp : d.toLocaleString();
+    meta.append(who, ' · ', when);
+    if (c.region) {
+      const region = document.createElement('span');
+      region.className = 'region';
+      region.textContent = c.region;
+      meta.append(' · ', region);
+    }
+
+    const text = document.createElement('p');
+    text.className = 'text';
+    text.textContent = c.text; // never innerHTML
+
+    li.append(meta, text);
+    if (session && session.user === c.user_id) li.append(deleteButton(c));
+    return li;
+  }
+
+  function deleteButton(c) {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'delete';
+    b.textContent = 'Delete';
+    b.setAttribute('aria-label', `Delete your comment: ${c.text.slice(0, 40)}`);
+    b.addEventListener('click', () => removeComment(c, b));
+    return b;
+  }
+
+  function add(c) {
+    if (!c || typeof c.id !== 'string' || items.has(c.id) || deleted.has(c.id)) return false;
+    const li = render(c);
+    const key = li.dataset.order;
+    let before = null; // first existing item that is older than this one
+    for (const other of el.list.children) {
+      if (other.dataset.order < key) { before = other; break; }
+    }
+    el.list.insertBefore(li, before);
+    items.set(c.id, li);
+    return true;
+  }
+
+  function drop(id) {
+    deleted.add(id);
+    const li = items.get(id);
+    if (!li) return;
+    items.delete(id);
+    if (li.contains(document.activeElement)) el.text.focus();
+    li.remove();
+  }
+
+  function refreshOwnership() {
+    for (const li of items.values()) {
+      const own = session && session.user === li.dataset.user;
+      const btn = li.querySelector('button.delete');
+      if (own && !btn) {
+        li.append(deleteButton({ id: li.dataset.id, text: li.querySelector('.text').textContent }));
+      } else if (!own && btn) {
+        btn.remove();
+      }
+    }
+  }
+
+  // ---- history (newest first, older pages on scroll) ---------------------------------------
+  async function loadOlder() {
+    if (loading || nextCursor === null) return;
+    loading = true;
+    el.older.disabled = true;
+    try {
+      const q = new URLSearchParams({ post_id: postId, page_size: String(PAGE_SIZE) });
+      if (nextCursor) q.set('before', nextCursor);
+      const res = await fetch(`/comments?${q}`, { headers: { Accept: 'application/json' } });
+      if (!res.ok) throw new Error(await apiError(res));
+      const page = await res.json();
+      for (const c of page.comments || []) add(c);
+      nextCursor = page.next_cursor || null;
+    } catch (e) {
+      notify(`Could not load comments: ${e.message}`, true);
+    } finally {
+      loading = false;
+      el.older.disabled = false;
+      el.older.hidden = nextCursor === null;
+      el.end.hidden = nextCursor !== null;
+      // The observer only reports changes: re-arm it so a still-visible sentinel loads the next page.
+      if (observer && nextCursor !== null) { observer.unobserve(el.more); observer.observe(el.more); }
+    }
+  }
+
+  const observer = 'IntersectionObserver' in window
+    ? new IntersectionObserver((entries) => {
+      if (nextCursor !== undefined && entries.some((e) => e.isIntersecting)) loadOlder();
+    }, { rootMargin: '200px' })
+    : null;
+  el.older.addEventListener('click', loadOlder);
+
+  let historyStarted = false;
+  function startHistory() {
+    if (historyStarted) return;
+    historyStarted = true;
+    loadOlder().then(() => observer && observer.observe(el.more));
+  }
+
+  // ---- live stream -------------------------------------------------------------------------
+  let source = null;
+  let everOpen = false;
+  let retryTimer = null;
+
+  function connect() {
+    const q = new URLSearchParams({ post_id: postId });
+    // A fresh EventSource (after the browser gave up) resumes with our own last id;
+    // the browser's automatic reconnects send Last-Event-ID themselves.
+    if (lastEventId) q.set('last_event_id', lastEventId);
+    source = new EventSource(`/comments/stream?${q}`);
+    setState(everOpen ? 'reconnecting' : 'connecting');
+
+    source.addEventListener('open', () => {
+      clearTimeout(retryTimer);
+      setState(everOpen ? 'caught-up' : 'live');
+      everOpen = true;
+      startHistory(); // subscribed first, so nothing falls between history and stream
+    });
+    source.addEventListener('error', () => {
+      if (source.readyState === EventSource.CLOSED) {
+        // The browser will not retry (e.g. the server answered an error status): we do.
+        setState('offline');
+        source.close();
+        retryTimer = setTimeout(connect, 3000);
+      } else {
+        setState('reconnecting');
+      }
+    });
+    source.addEventListener('comment', (ev) => {
+      if (ev.lastEventId) lastEventId = ev.lastEventId;
+      try { add(JSON.parse(ev.data)); } catch { /* ignore a malformed event */ }
+    });
+    source.addEventListener('delete', (ev) => {
+      if (ev.lastEventId) lastEventId = ev.lastEventId;
+      try { drop(JSON.parse(ev.data).id); } catch { /* ignore */ }
+    });
+  }
+
+  // ---- identity (demo tokens from /dev/token, kept for this tab only) -------------------------
+  const STORE_KEY = 'livecomments.session';
+  try { session = JSON.parse(sessionStorage.getItem(STORE_KEY)); } catch { session = null; }
+  if (session && session.user) el.user.value = session.user;
+
+  async function tokenFor(user, force = false) {
+    const fresh = session && session.user === user && session.token
+      && (!session.expiresAt || Date.parse(session.expiresAt) - Date.now() > 30_000);
+    if (fresh && !force) return session.token;
+    const res = await fetch(`/dev/token?${new URLSearchParams({ user_id: user })}`);
+    if (res.status === 404) throw new Error('this server does not hand out demo tokens (a JWT key is configured)');
+    if (!res.ok) throw new Error(await apiError(res));
+    const body = await res.json();
+    session = { user: body.user_id || user, token: body.token, expiresAt: body.expires_at || null };
+    try { sessionStorage.setItem(STORE_KEY, JSON.stringify(session)); } catch { /* private mode */ }
+    refreshOwnership();
+    return session.token;
+  }
+
+  // Sends with the current token; on 401 (expired, or the server restarted with a new dev
+  // secret) fetches a new token once and retries.
+  async function authed(url, init) {
+    const user = session ? session.user : el.user.value.trim();
+    let token = await tokenFor(user);
+    let res = await fetch(url, { ...init, headers: { ...init.headers, Authorization: `Bearer ${token}` } });
+    if (res.status === 401) {
+      token = await tokenFor(user, true);
+      res = await fetch(url, { ...init, headers: { ...init.headers, Authorization: `Bearer ${token}` } });
+    }
+    return res;
+  }
+
+  function randomKey() {
+    if (crypto.randomUUID) return crypto.randomUUID();
+    return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
+  }
+
+  el.composer.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const user = el.user.value.trim();
+    const text = el.text.value.trim();
+    if (!user) { notify('Enter your name first.', true); el.user.focus(); return; }
+    if (!text) { notify('Write a comment first.', true); el.text.focus(); return; }
+    el.send.disabled = true;
+    notify('Posting…');
+    try {
+      if (!session || session.user !== user) await tokenFor(user);
+      const res = await authed(`/comment?${new URLSearchParams({ post_id: postId })}`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', 'Idempotency-Key': randomKey() },
+        body: JSON.stringify({ text }),
+      });
+      if (!res.ok) throw new Error(await apiError(res));
+      add(await res.json()); // the stream delivers it too; ids de-duplicate
+      el.text.value = '';
+      notify('Posted.');
+    } catch (e) {
+      notify(`Not posted: ${e.message}`, true);
+    } finally {
+      el.send.disabled = false;
+      el.text.focus();
+    }
+  });
+
+  async function removeComment(c, button) {
+    button.disabled = true;
+    notify('Deleting…');
+    try {
+      const res = await authed(`/comment/${encodeURIComponent(c.id)}?${new URLSearchParams({ post_id: postId })}`,
+        { method: 'DELETE', headers: {} });
+      if (res.status !== 204 && res.status !== 404) throw new Error(await apiError(res));
+      drop(c.id);
+      notify('Deleted.');
+    } catch (e) {
+      notify(`Not deleted: ${e.message}`, true);
+      button.disabled = false;
+    }
+  }
+
+  // ---- start -------------------------------------------------------------------------------
+  connect();
+  // If the stream cannot open at all, still show the history.
+  setTimeout(startHistory, 3000);
+})();

@@ -1,0 +1,228 @@
+// Shared harness of the browser tests: starts the real `livecomments` binary, launches headless
+// Debian chromium through playwright-core, and small helpers to talk to the API from node.
+import { spawn } from 'node:child_process';
+import { createHmac, randomUUID } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const BIN = path.resolve(ROOT, process.env.LIVECOMMENTS_BIN || 'target/debug/livecomments');
+export const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+export const SHOTS = path.join(ROOT, 'target/browser-screenshots');
+
+// The machine is slow and noisy: every wait polls with a generous deadline instead of sleeping.
+export const TIMEOUT = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 30_000);
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `fn` until it returns a truthy value; throws with `what` and the last value/error on timeout. */
+export async function waitFor(fn, what, { timeout = TIMEOUT, interval = 100 } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeout} ms waiting for ${what}; last: ${last instanceof Error ? last.stack : JSON.stringify(last)}`);
+    }
+    await sleep(interval);
+  }
+}
+
+/** A TCP port that was free a moment ago. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.unref();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export function tempDir(prefix) {
+  return mkdtempSync(path.join(tmpdir(), `livecomments-${prefix}-`));
+}
+
+const running = new Set();
+process.on('exit', () => { for (const child of running) child.kill('SIGKILL'); });
+
+/** One `livecomments standalone` process; can be killed and started again on the same port and data dir. */
+export class Server {
+  constructor({ port, dataDir, env = {}, args = [], rateLimit = 1_000_000 } = {}) {
+    this.port = port;
+    this.dataDir = dataDir || tempDir('data');
+    this.ownDataDir = !dataDir;
+    this.env = env;
+    this.args = args;
+    this.rateLimit = rateLimit;
+    this.child = null;
+    this.output = '';
+  }
+
+  get base() { return `http://127.0.0.1:${this.port}`; }
+
+  static async start(options = {}) {
+    const server = new Server({ ...options, port: options.port || (await freePort()) });
+    await server.start();
+    return server;
+  }
+
+  async start() {
+    // A port just released by a killed process can take a moment to be bindable again: retry.
+    await waitFor(() => this.#spawnOnce(), `livecomments to start on ${this.base}`, { timeout: 60_000, interval: 250 });
+  }
+
+  async #spawnOnce() {
+    const args = ['standalone', '--listen', `127.0.0.1:${this.port}`, '--data-dir', this.dataDir,
+      '--rate-limit', String(this.rateLimit), ...this.args];
+    const child = spawn(BIN, args, {
+      env: { RUST_LOG: 'info', ...process.env, ...this.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    running.add(child);
+    const keep = (chunk) => { this.output = (this.output + chunk).slice(-20_000); };
+    child.stdout.on('data', keep);
+    child.stderr.on('data', keep);
+    let exited = null;
+    const gone = new Promise((resolve) => child.on('exit', (code, signal) => {
+      running.delete(child);
+      exited = { code, signal };
+      resolve();
+    }));
+    child.on('error', (e) => { this.output += `\nspawn error: ${e.message}`; });
+    this.child = child;
+    this.gone = gone;
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline) {
+      if (exited) {
+        if (/in use|AddrInUse|os error 98/i.test(this.output)) return false; // retried by start()
+        throw new Error(`livecomments exited early (${JSON.stringify(exited)}):\n${this.output}`);
+      }
+      try {
+        const res = await fetch(`${this.base}/healthz`, { signal: AbortSignal.timeout(2000) });
+        if (res.ok) return true;
+      } catch { /* not listening yet */ }
+      await sleep(100);
+    }
+    await this.kill();
+    throw new Error(`livecomments did not answer /healthz within 30 s:\n${this.output}`);
+  }
+
+  /** Ends the process (SIGKILL by default: no graceful shutdown) and waits until it is gone. */
+  async kill(signal = 'SIGKILL') {
+    if (!this.child || this.child.exitCode !== null || this.child.signalCode !== null) return;
+    this.child.kill(signal);
+    await this.gone;
+  }
+
+  async stop() {
+    await this.kill('SIGKILL');
+    if (this.ownDataDir) rmSync(this.dataDir, { recursive: true, force: true });
+  }
+}
+
+// ---- the API from node -------------------------------------------------------------------------
+
+export async function devToken(base, user) {
+  const res = await fetch(`${base}/dev/token?user_id=${encodeURIComponent(user)}`);
+  if (!res.ok) throw new Error(`GET /dev/token: ${res.status} ${await res.text()}`);
+  return (await res.json()).token;
+}
+
+/** An HS256 JWT for servers started with LIVECOMMENTS_JWT_SECRET (where /dev/token does not exist). */
+export function mintToken(secret, claims) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ exp: Math.floor(Date.now() / 1000) + 3600, ...claims })}`;
+  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
+}
+
+/** POST /comment; returns the created comment, throws on anything but 201. */
+export async function postComment(base, token, postId, text, { idempotencyKey = randomUUID() } = {}) {
+  const res = await fetch(`${base}/comment?post_id=${encodeURIComponent(postId)}`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}`, 'Idempotency-Key': idempotencyKey },
+    body: JSON.stringify({ text }),
+    signal: AbortSignal.timeout(10_000),
+  });
+  if (res.status !== 201) throw new Error(`POST /comment: ${res.status} ${await res.text()}`);
+  return res.json();
+}
+
+// ---- the browser ---------------------------------------------------------------------------------
+
+export async function launchBrowser() {
+  // playwright-core gives every launch a fresh temporary --user-data-dir of its own.
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    timeout: 60_000,
+  });
+}
+
+/**
+ * Opens the demo page for `postId` in a new context (its own sessionStorage), records dialogs,
+ * page errors and console errors, and waits until the stream is live.
+ */
+export async function openPage(browser, base, postId, { viewport = { width: 1000, height: 800 }, waitLive = true } = {}) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  page.dialogs = [];
+  page.errors = [];
+  page.on('dialog', (d) => { page.dialogs.push(d.message()); d.dismiss().catch(() => {}); });
+  page.on('pageerror', (e) => page.errors.push(e.message));
+  await page.goto(`${base}/?post=${encodeURIComponent(postId)}`);
+  if (waitLive) await waitState(page, ['live', 'caught-up']);
+  return page;
+}
+
+export async function waitState(page, states) {
+  await page.waitForFunction(
+    (s) => s.includes(document.getElementById('conn').dataset.state),
+    states, { timeout: TIMEOUT, polling: 50 },
+  );
+}
+
+export const connState = (page) => page.$eval('#conn', (e) => e.dataset.state);
+
+/** The ids of the comments shown, in page order (duplicates kept, so tests can see them). */
+export const shownIds = (page) => page.$$eval('#comments > li', (lis) => lis.map((li) => li.dataset.id));
+
+export const shownTexts = (page) => page.$$eval('#comments > li .text', (ps) => ps.map((p) => p.textContent));
+
+/** Waits until the page shows exactly `ids` (any order), each once. */
+export async function waitShown(page, ids, what = 'the expected comments') {
+  const want = [...ids].sort();
+  await waitFor(async () => {
+    const got = (await shownIds(page)).sort();
+    return got.length === want.length && got.every((id, i) => id === want[i]);
+  }, `${what} (${want.length} comments)`).catch(async (e) => {
+    const got = await shownIds(page).catch(() => []);
+    e.message += `\nshown (${got.length}): ${got.join(' ')}\nwanted (${want.length}): ${want.join(' ')}`;
+    throw e;
+  });
+}
+
+export async function postViaUi(page, user, text) {
+  await page.fill('#user-name', user);
+  await page.fill('#comment-text', text);
+  await page.click('#send');
+}
+
+export async function screenshot(page, name) {
+  mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+}

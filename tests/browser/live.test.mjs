@@ -1,0 +1,82 @@
+// Two browser pages on the same post: what one posts through the form appears in the other, live;
+// a deletion by the author disappears from both; only the author gets a delete button.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import {
+  launchBrowser, openPage, postViaUi, screenshot, Server, shownIds, shownTexts, TIMEOUT, waitFor,
+} from './harness.mjs';
+
+let server;
+let browser;
+before(async () => {
+  server = await Server.start();
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+const textsOf = (page) => shownTexts(page);
+const waitText = (page, text) => waitFor(async () => (await textsOf(page)).includes(text), `“${text}” on the page`);
+
+test('a comment posted in one page appears live in the other; deletions follow', { timeout: 4 * TIMEOUT }, async () => {
+  const post = 'live-two-pages';
+  const alice = await openPage(browser, server.base, post);
+  const bob = await openPage(browser, server.base, post);
+  assert.equal(await alice.title(), `${post} · livecomments`);
+
+  await postViaUi(alice, 'alice', 'hello from alice');
+  await waitText(bob, 'hello from alice');
+  await waitText(alice, 'hello from alice');
+  await waitFor(async () => (await alice.$eval('#comment-text', (t) => t.value)) === '', 'the text box to clear');
+
+  await postViaUi(bob, 'bob', 'hi alice, bob here');
+  await waitText(alice, 'hi alice, bob here');
+  await waitText(bob, 'hi alice, bob here');
+
+  // Newest first, each comment once, in both pages (the POST answer and the stream overlap).
+  for (const page of [alice, bob]) {
+    assert.deepEqual(await textsOf(page), ['hi alice, bob here', 'hello from alice']);
+    const ids = await shownIds(page);
+    assert.equal(new Set(ids).size, ids.length, 'no comment shown twice');
+  }
+
+  // Delete buttons only on one's own comments.
+  const buttons = (page) => page.$$eval('#comments > li', (lis) => lis.map((li) => [
+    li.querySelector('.text').textContent, !!li.querySelector('button.delete')]));
+  assert.deepEqual(await buttons(alice), [['hi alice, bob here', false], ['hello from alice', true]]);
+  assert.deepEqual(await buttons(bob), [['hi alice, bob here', true], ['hello from alice', false]]);
+  await screenshot(bob, 'live-two-pages');
+
+  // Alice deletes hers: it disappears from Bob's page through the stream.
+  await alice.click('#comments > li:has-text("hello from alice") button.delete');
+  await waitFor(async () => !(await textsOf(bob)).includes('hello from alice'), 'the deletion to reach bob');
+  await waitFor(async () => !(await textsOf(alice)).includes('hello from alice'), 'the deletion in alice’s page');
+  assert.deepEqual(await textsOf(bob), ['hi alice, bob here']);
+
+  // A page opened now loads the history without the deleted comment.
+  const carol = await openPage(browser, server.base, post);
+  await waitText(carol, 'hi alice, bob here');
+  assert.deepEqual(await textsOf(carol), ['hi alice, bob here']);
+
+  for (const page of [alice, bob, carol]) {
+    assert.deepEqual(page.errors, [], 'no script errors');
+    assert.deepEqual(page.dialogs, [], 'no dialogs');
+  }
+  await screenshot(alice, 'live-after-delete');
+
+  if (process.env.LIVECOMMENTS_DOCS_SCREENSHOT) {
+    // The picture in docs/DEMO.md: a short conversation seen by one participant.
+    for (const [who, page, text] of [
+      ['alice', alice, 'Kick-off! Anyone else watching from the stands?'],
+      ['bob', bob, 'Watching from home — the stream is right on time.'],
+      ['alice', alice, 'What a save by the keeper 🧤'],
+    ]) {
+      await postViaUi(page, who, text);
+      await waitText(alice, text);
+    }
+    await alice.fill('#comment-text', 'Typing a reply…');
+    await alice.screenshot({ path: new URL('../../docs/img/demo.png', import.meta.url).pathname, fullPage: true });
+  }
+});
