@@ -226,3 +226,12 @@ export async function screenshot(page, name) {
   mkdirSync(SHOTS, { recursive: true });
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
 }
+
+/** Scrolls the history to its end (the sentinel loads older pages) and returns the shown ids. */
+export async function loadAll(page) {
+  await waitFor(async () => {
+    await page.$eval('#more', (m) => m.scrollIntoView());
+    return page.$eval('#end', (e) => !e.hidden);
+  }, 'the end of the history', { interval: 200 });
+  return shownIds(page);
+}
