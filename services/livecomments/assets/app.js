@@ -114,6 +114,7 @@
     }
     el.list.insertBefore(li, before);
     items.set(c.id, li);
+    updateEnd();
     return true;
   }
 
@@ -124,6 +125,13 @@
     items.delete(id);
     if (li.contains(document.activeElement)) el.text.focus();
     li.remove();
+    updateEnd();
+  }
+
+  function updateEnd() {
+    el.older.hidden = nextCursor == null; // unknown before the first page, or no older page
+    el.end.hidden = nextCursor !== null;
+    el.end.textContent = items.size ? 'No older comments.' : 'No comments yet.';
   }
 
   function refreshOwnership() {
@@ -156,8 +164,7 @@
     } finally {
       loading = false;
       el.older.disabled = false;
-      el.older.hidden = nextCursor === null;
-      el.end.hidden = nextCursor !== null;
+      updateEnd();
       // The observer only reports changes: re-arm it so a still-visible sentinel loads the next page.
       if (observer && nextCursor !== null) { observer.unobserve(el.more); observer.observe(el.more); }
     }
