@@ -147,16 +147,20 @@
   }
 
   // ---- history (newest first, older pages on scroll) ---------------------------------------
+  let generation = 0; // bumped by resync(): answers to older requests are dropped
+
   async function loadOlder() {
     if (loading || nextCursor === null) return;
     loading = true;
     el.older.disabled = true;
+    const gen = generation;
     try {
       const q = new URLSearchParams({ post_id: postId, page_size: String(PAGE_SIZE) });
       if (nextCursor) q.set('before', nextCursor);
       const res = await fetch(`/comments?${q}`, { headers: { Accept: 'application/json' } });
       if (!res.ok) throw new Error(await apiError(res));
       const page = await res.json();
+      if (gen !== generation) return;
       for (const c of page.comments || []) add(c);
       nextCursor = page.next_cursor || null;
     } catch (e) {
@@ -168,6 +172,17 @@
       // The observer only reports changes: re-arm it so a still-visible sentinel loads the next page.
       if (observer && nextCursor !== null) { observer.unobserve(el.more); observer.observe(el.more); }
     }
+  }
+
+  // Starts over from the newest page: when the server could not replay everything we missed.
+  function resync() {
+    generation += 1;
+    items.clear();
+    el.list.replaceChildren();
+    nextCursor = undefined;
+    loading = false;
+    updateEnd();
+    loadOlder();
   }
 
   const observer = 'IntersectionObserver' in window
@@ -188,6 +203,7 @@
   let source = null;
   let everOpen = false;
   let retryTimer = null;
+  let failedOpens = 0; // consecutive streams closed for good without opening
 
   function connect() {
     const q = new URLSearchParams({ post_id: postId });
@@ -199,28 +215,33 @@
 
     source.addEventListener('open', () => {
       clearTimeout(retryTimer);
+      failedOpens = 0;
+      // The server replays what we missed right after the headers, then goes live.
       setState(everOpen ? 'caught-up' : 'live');
       everOpen = true;
       startHistory(); // subscribed first, so nothing falls between history and stream
     });
     source.addEventListener('error', () => {
-      if (source.readyState === EventSource.CLOSED) {
-        // The browser will not retry (e.g. the server answered an error status): we do.
-        setState('offline');
-        source.close();
-        retryTimer = setTimeout(connect, 3000);
-      } else {
-        setState('reconnecting');
-      }
+      if (source.readyState !== EventSource.CLOSED) { setState('reconnecting'); return; }
+      // The browser will not retry (the server answered an error status): we do, with our
+      // last id. Twice refused with it (e.g. a position the server no longer knows): start over.
+      setState('offline');
+      source.close();
+      failedOpens += 1;
+      if (failedOpens >= 2 && lastEventId) { lastEventId = null; resync(); }
+      retryTimer = setTimeout(connect, Math.min(30_000, 1500 * failedOpens));
     });
     source.addEventListener('comment', (ev) => {
       if (ev.lastEventId) lastEventId = ev.lastEventId;
       try { add(JSON.parse(ev.data)); } catch { /* ignore a malformed event */ }
     });
     source.addEventListener('delete', (ev) => {
-      if (ev.lastEventId) lastEventId = ev.lastEventId;
       try { drop(JSON.parse(ev.data).id); } catch { /* ignore */ }
     });
+    // More was missed than one replay carries: reload the history from the newest page.
+    source.addEventListener('truncated', resync);
+    // The server is about to close this stream (shutdown, rebalancing); the browser resumes.
+    source.addEventListener('reconnect', () => setState('reconnecting'));
   }
 
   // ---- identity (demo tokens from /dev/token, kept for this tab only) -------------------------
