@@ -57,11 +57,19 @@ impl LiveEvent {
 
 /// Request on `comments.since.<region>`: comments of `post_id` stored in that region with an id
 /// greater than `after` (all of them when `after` is absent), oldest first, at most `limit`.
+///
+/// Extension for the global reader's newest-first pages: with `newest_first: true` the answer
+/// is the newest comments with an id lower than `before` (all when absent), newest first.
+/// "Since t" is `after` = the greatest id of millisecond t (see `id::max_at`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinceRequest {
     pub post_id: String,
     #[serde(default)]
     pub after: Option<String>,
+    #[serde(default)]
+    pub before: Option<String>,
+    #[serde(default)]
+    pub newest_first: bool,
     pub limit: u32,
 }
 
@@ -131,7 +139,7 @@ mod tests {
 
     #[test]
     fn since_messages_round_trip() {
-        let req = SinceRequest { post_id: "p".into(), after: None, limit: 10 };
+        let req = SinceRequest { post_id: "p".into(), after: None, before: None, newest_first: false, limit: 10 };
         assert_eq!(decode::<SinceRequest>(&encode(&req).unwrap()).unwrap(), req);
         let rep = SinceReply { region: "eu".into(), comments: vec![comment()], more: false, error: None };
         assert_eq!(decode::<SinceReply>(&encode(&rep).unwrap()).unwrap(), rep);

@@ -94,6 +94,20 @@ pub struct CqlArgs {
     /// Keyspace holding this region's comments.
     #[arg(long, env = "LIVECOMMENTS_CQL_KEYSPACE", default_value = "livecomments")]
     pub cql_keyspace: String,
+
+    /// Consistency of CQL reads and writes: `local_quorum` (default), `quorum`, `local_one`,
+    /// `one`, `each_quorum` or `all`. LWTs (idempotency keys) always use LOCAL_SERIAL.
+    #[arg(long, env = "LIVECOMMENTS_CQL_CONSISTENCY", default_value = "local_quorum")]
+    pub cql_consistency: String,
+
+    /// Keep comments this many days (a CQL TTL on every comment row). Unset: forever.
+    #[arg(long, env = "LIVECOMMENTS_CQL_RETENTION_DAYS")]
+    pub cql_retention_days: Option<u32>,
+
+    /// Replication of the keyspace, used by `migrate` when it creates it:
+    /// `SimpleStrategy:1` (dev default) or `NetworkTopologyStrategy:eu-west=3,us-east=3` (prod).
+    #[arg(long, env = "LIVECOMMENTS_CQL_REPLICATION", default_value = "SimpleStrategy:1")]
+    pub cql_replication: String,
 }
 
 #[derive(Debug, Clone, Args)]

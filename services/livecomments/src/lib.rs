@@ -1,5 +1,14 @@
 //! The livecomments server. `main.rs` parses the configuration and starts a role; everything
 //! else lives here so that tests and benches can drive the same code.
 
+pub mod app;
+pub mod auth;
+pub mod bus;
 pub mod config;
+pub mod fanout;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod reader;
+pub mod server;
 pub mod store;

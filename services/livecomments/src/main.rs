@@ -1,1 +1,32 @@
-fn main(){}
+//! `livecomments`: parse the configuration once, set up logging, run the chosen role.
+
+use clap::Parser;
+use livecomments::config::{Cli, Command, Role};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (role, mut settings) = match cli.command {
+        Some(cmd) => cmd.split(),
+        // `cargo run --release` with no arguments: standalone with defaults (env still applies).
+        None => Cli::parse_from(["livecomments", "standalone"]).command.map(Command::split).unwrap_or_else(|| unreachable!()),
+    };
+    if let Err(msg) = settings.validate(role) {
+        eprintln!("livecomments: invalid configuration: {msg}");
+        std::process::exit(2);
+    }
+    init_logging(&settings.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(livecomments::app::run(role, settings))?;
+    let _ = Role::Standalone;
+    Ok(())
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,154 @@
+//! Wiring: which store, bus, history and fanout each role gets, then serve until SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::auth::Authenticator;
+use crate::bus::{Bus, LocalBus, NatsBus};
+use crate::config::{Role, Settings};
+use crate::fanout::{Fanout, FanoutConfig};
+use crate::http::{self, AppState};
+use crate::ingest::{Pipeline, RateLimiter};
+use crate::reader::history::{LocalSource, NatsSource};
+use crate::reader::{History, RegionSource};
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+
+/// How long a remote region may take to answer a read before the page goes out partial.
+const REMOTE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long shutdown waits for in-flight requests after telling streams to reconnect.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+async fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    if s.cql.cql_nodes.is_empty() {
+        let store = EmbeddedStore::open(&s.data_dir)?;
+        let store = Arc::new(store);
+        let purger = store.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                if let Err(e) = purger.purge_expired_keys().await {
+                    tracing::warn!(error = %e, "idempotency purge failed");
+                }
+            }
+        });
+        Ok(store)
+    } else {
+        open_cql(s).await
+    }
+}
+
+pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
+    if role == Role::Migrate {
+        return migrate_cql(&s).await;
+    }
+    let has_store = matches!(role, Role::Standalone | Role::Ingest | Role::Reader);
+    let store = if has_store { Some(open_store(&s).await?) } else { None };
+
+    let nats = match &s.nats_url {
+        Some(url) => Some(NatsBus::connect(url).await?),
+        None => None,
+    };
+    let nats_client = nats.as_ref().map(|n| n.client().clone());
+    let bus: Arc<dyn Bus> = match nats {
+        Some(n) => Arc::new(n),
+        None => Arc::new(LocalBus::new()),
+    };
+
+    // History: this region from the store when we hold it, else over NATS; others over NATS.
+    let mut sources: Vec<Arc<dyn RegionSource>> = Vec::new();
+    for region in &s.regions {
+        if *region == s.region && store.is_some() {
+            sources.push(Arc::new(LocalSource { region: region.clone(), store: store.clone().context("store")? }));
+        } else if let Some(client) = &nats_client {
+            sources.push(Arc::new(NatsSource { region: region.clone(), client: client.clone(), timeout: REMOTE_TIMEOUT }));
+        } else {
+            anyhow::bail!("--regions lists {region:?} but there is no --nats-url to reach it");
+        }
+    }
+    let history = Arc::new(History::new(sources));
+
+    // Readers (and standalone with NATS) answer other regions' since-queries.
+    if let (Some(client), Some(store), true) = (&nats_client, &store, matches!(role, Role::Standalone | Role::Reader)) {
+        let (client, store, region) = (client.clone(), store.clone(), s.region.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::reader::responder::serve(client, region, store).await {
+                tracing::error!(error = %e, "since-query responder stopped");
+            }
+        });
+    }
+
+    let auth = Authenticator::from_args(&s.auth, role == Role::Standalone)?.map(Arc::new);
+    if let Some(a) = &auth {
+        if let Some((token, _)) = a.dev_token("demo", 24 * 3600) {
+            tracing::info!(user_id = "demo", token = %token, "no JWT key configured: generated a dev secret; GET /dev/token?user_id=<id> for more tokens");
+        }
+    }
+    let pipeline = match (&store, matches!(role, Role::Standalone | Role::Ingest)) {
+        (Some(store), true) => Some(Pipeline::start(s.region.clone(), store.clone(), bus.clone())),
+        _ => None,
+    };
+    let fanout = matches!(role, Role::Standalone | Role::Fanout).then(|| {
+        Fanout::new(
+            bus.clone(),
+            history.clone(),
+            FanoutConfig {
+                heartbeat: Duration::from_secs(s.limits.heartbeat_secs),
+                viewer_buffer: s.limits.viewer_buffer,
+                max_streams: s.limits.max_streams,
+                max_streams_per_ip: s.limits.max_streams_per_ip,
+                replay_max: 10_000,
+            },
+        )
+    });
+    let state = Arc::new(AppState {
+        region: s.region.clone(),
+        auth,
+        read_requires_token: s.auth.read_requires_token,
+        pipeline,
+        store: if matches!(role, Role::Standalone | Role::Ingest | Role::Reader) { store.clone() } else { None },
+        bus,
+        history: Some(history),
+        fanout: fanout.clone(),
+        rate: Arc::new(RateLimiter::new(s.limits.rate_limit, Duration::from_secs(s.limits.rate_window_secs))),
+        demo_page: role == Role::Standalone,
+    });
+    let router = http::router(state, role);
+    let listener = tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("binding --listen {}", s.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(role = ?role, listen = %local, region = %s.region, "serving");
+    let fanout_for_shutdown = fanout.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: refusing new connections, telling streams to reconnect");
+        if let Some(f) = fanout_for_shutdown {
+            f.close_all();
+        }
+    };
+    crate::server::serve(listener, router, shutdown, SHUTDOWN_GRACE).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+async fn open_cql(_s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    anyhow::bail!("the CQL store is not wired in yet")
+}
+
+async fn migrate_cql(_s: &Settings) -> anyhow::Result<()> {
+    anyhow::bail!("the CQL store is not wired in yet")
+}

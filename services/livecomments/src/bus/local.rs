@@ -1,0 +1,78 @@
+//! In-process bus for standalone mode: one bounded broadcast channel per subscribed post.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use livecomments_shared::wire::LiveEvent;
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::{Bus, BusError, Subscription};
+use crate::metrics::METRICS;
+
+/// Events buffered per post for its subscribers. A subscriber further behind loses events
+/// (counted in `livecomments_bus_dropped_total`); its viewers repair from the store.
+const CHANNEL_CAPACITY: usize = 4096;
+
+#[derive(Default)]
+pub struct LocalBus {
+    posts: Mutex<HashMap<String, broadcast::Sender<Arc<LiveEvent>>>>,
+    reconnects: Option<tokio::sync::watch::Sender<u64>>,
+}
+
+impl LocalBus {
+    pub fn new() -> Self {
+        LocalBus { posts: Mutex::default(), reconnects: Some(tokio::sync::watch::channel(0).0) }
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    async fn publish(&self, _region: &str, event: &LiveEvent) -> Result<(), BusError> {
+        let mut posts = self.posts.lock();
+        if let Some(tx) = posts.get(event.post_id()) {
+            if tx.send(Arc::new(event.clone())).is_err() {
+                // Nobody listens any more: forget the post so the map stays bounded by
+                // the posts that have subscribers.
+                posts.remove(event.post_id());
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, post_id: &str) -> Result<Subscription, BusError> {
+        let rx = {
+            let mut posts = self.posts.lock();
+            posts.retain(|_, tx| tx.receiver_count() > 0);
+            posts
+                .entry(post_id.to_string())
+                .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+                .subscribe()
+        };
+        Ok(BroadcastStream::new(rx)
+            .filter_map(|item| async move {
+                match item {
+                    Ok(ev) => Some(Arc::unwrap_or_clone(ev)),
+                    Err(_lagged) => {
+                        METRICS.bus_dropped.inc();
+                        None
+                    }
+                }
+            })
+            .boxed())
+    }
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+
+    fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        match &self.reconnects {
+            Some(tx) => tx.subscribe(),
+            None => tokio::sync::watch::channel(0).1,
+        }
+    }
+}

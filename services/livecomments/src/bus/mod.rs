@@ -1,0 +1,43 @@
+//! The bus carries live events from ingest to every fanout: NATS between processes
+//! (`comments.live.<region>.<post_id>`, MessagePack), or an in-process broadcast in standalone.
+//!
+//! The bus is best effort on purpose (core NATS is at-most-once): durability lives in the
+//! store, and viewers repair anything the bus dropped by resuming from their position.
+
+pub mod local;
+pub mod nats;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures::Stream;
+use livecomments_shared::wire::LiveEvent;
+
+pub use local::LocalBus;
+pub use nats::NatsBus;
+
+/// Live events of one post from every region, decoded. Dropping it unsubscribes.
+pub type Subscription = Pin<Box<dyn Stream<Item = LiveEvent> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes on `comments.live.<region of the event>.<post_id>`. Returns once the event is
+    /// handed to the transport; it does not wait for subscribers.
+    async fn publish(&self, region: &str, event: &LiveEvent) -> Result<(), BusError>;
+
+    /// Subscribes to one post's events from every region.
+    async fn subscribe(&self, post_id: &str) -> Result<Subscription, BusError>;
+
+    /// True while the transport is connected (in-process: always).
+    fn is_connected(&self) -> bool;
+
+    /// Resolves each time the transport reconnects after an outage, so fanouts can repair
+    /// the events that were published meanwhile. In-process buses never reconnect.
+    fn reconnects(&self) -> tokio::sync::watch::Receiver<u64>;
+}

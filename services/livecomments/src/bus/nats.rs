@@ -1,0 +1,137 @@
+//! The NATS bus: `comments.live.<region>.<post_id>` with MessagePack payloads (CONTRACT §5).
+//! Subscriptions use `comments.live.*.<post_id>` so one subscription per post carries every
+//! region's events; across a supercluster, gateways forward them because of that interest.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use livecomments_shared::wire::{self, LiveEvent};
+
+use super::{Bus, BusError, Subscription};
+use crate::metrics::METRICS;
+
+/// A publish that cannot be handed to the client within this bound (NATS down and the
+/// client's buffer full) is given up: the comment is already durable and viewers repair.
+const PUBLISH_TIMEOUT: Duration = Duration::from_millis(200);
+
+pub struct NatsBus {
+    client: async_nats::Client,
+    connected: Arc<AtomicBool>,
+    reconnects: tokio::sync::watch::Receiver<u64>,
+}
+
+impl NatsBus {
+    /// Connects (retrying in the background if the server is not up yet).
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let connected = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let flag = connected.clone();
+        let tx = Arc::new(tx);
+        let client = async_nats::ConnectOptions::new()
+            .name("livecomments")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2))
+            .request_timeout(Some(Duration::from_secs(2)))
+            .subscription_capacity(8192)
+            .reconnect_delay_callback(|attempt| Duration::from_millis((attempt as u64 * 100).min(1000)))
+            .event_callback(move |event| {
+                let flag = flag.clone();
+                let tx = tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            let was = flag.swap(true, Ordering::SeqCst);
+                            if !was {
+                                tx.send_modify(|n| *n += 1);
+                                tracing::info!("nats connected");
+                            }
+                        }
+                        async_nats::Event::Disconnected => {
+                            flag.store(false, Ordering::SeqCst);
+                            tracing::warn!("nats disconnected");
+                        }
+                        async_nats::Event::SlowConsumer(_) => METRICS.bus_dropped.inc(),
+                        other => tracing::info!(event = %other, "nats event"),
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .with_context(|| format!("connecting to NATS at {url}"))?;
+        if client.connection_state() == async_nats::connection::State::Connected {
+            connected.store(true, Ordering::SeqCst);
+        }
+        Ok(NatsBus { client, connected, reconnects: rx })
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, region: &str, event: &LiveEvent) -> Result<(), BusError> {
+        let bytes = wire::encode(event).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let subject = wire::live_subject(region, event.post_id());
+        match tokio::time::timeout(PUBLISH_TIMEOUT, self.client.publish(subject, bytes.into())).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+            Err(_) => Err(BusError::Unavailable("publish timed out".into())),
+        }
+    }
+
+    async fn subscribe(&self, post_id: &str) -> Result<Subscription, BusError> {
+        let sub = self
+            .client
+            .subscribe(wire::live_subject_all_regions(post_id))
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let post = post_id.to_string();
+        Ok(sub
+            .filter_map(move |msg| {
+                // A foreign or malicious publisher must not crash or wedge a fanout: anything
+                // that does not decode, or claims another post, is dropped and counted.
+                let ev = match wire::decode::<LiveEvent>(&msg.payload) {
+                    Ok(ev) if ev.post_id() == post && event_is_sane(&ev) => Some(ev),
+                    _ => {
+                        METRICS.bus_decode_errors.inc();
+                        None
+                    }
+                };
+                async move { ev }
+            })
+            .boxed())
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+            || self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reconnects.clone()
+    }
+}
+
+/// Checks what a well-behaved publisher guarantees, so that bad ids or regions never reach
+/// positions or SSE frames.
+pub fn event_is_sane(ev: &LiveEvent) -> bool {
+    use livecomments_shared::{id, validate};
+    match ev {
+        LiveEvent::Comment(c) => {
+            id::is_valid(&c.id)
+                && validate::is_region(&c.region)
+                && validate::post_id(&c.post_id).is_ok()
+                && c.text.len() <= 4 * validate::TEXT_MAX_CHARS
+        }
+        LiveEvent::Delete(d) => {
+            id::is_valid(&d.id) && validate::is_region(&d.region) && validate::post_id(&d.post_id).is_ok()
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! One post's live feed inside a fanout process: one bus subscription, the viewers' queues,
+//! and the hub's position (what it has delivered, per region).
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use livecomments_shared::{Comment, Position, wire::LiveEvent};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+use super::Fanout;
+use super::frame::Frame;
+use crate::metrics::METRICS;
+
+pub type ViewerTx = mpsc::Sender<Arc<Frame>>;
+
+pub struct Hub {
+    fanout: Arc<Fanout>,
+    post_id: String,
+    state: Mutex<State>,
+    ready: watch::Sender<bool>,
+}
+
+struct State {
+    viewers: Vec<(u64, ViewerTx)>,
+    next_viewer: u64,
+    /// Everything up to here (per region) was dispatched live or predates the hub.
+    pos: Arc<Position>,
+    closed: bool,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl Hub {
+    pub(super) fn start(fanout: Arc<Fanout>, post_id: String) -> Arc<Hub> {
+        let hub = Arc::new(Hub {
+            fanout,
+            post_id,
+            state: Mutex::new(State { viewers: Vec::new(), next_viewer: 0, pos: Arc::default(), closed: false, task: None }),
+            ready: watch::channel(false).0,
+        });
+        let task = tokio::spawn(hub.clone().run());
+        hub.state.lock().task = Some(task.abort_handle());
+        hub
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Closes the hub if it has no viewers; true when it did.
+    pub(super) fn try_close(&self) -> bool {
+        let mut st = self.state.lock();
+        if !st.viewers.is_empty() {
+            return false;
+        }
+        st.closed = true;
+        if let Some(t) = st.task.take() {
+            t.abort();
+        }
+        true
+    }
+
+    /// Waits until the hub is subscribed, then registers a viewer queue. Returns the viewer's
+    /// id and the hub position at that instant (a fresh viewer's starting position), or
+    /// `None` if the hub closed meanwhile (the caller takes a new one).
+    pub async fn join(&self, tx: ViewerTx) -> Option<(u64, Position)> {
+        let mut ready = self.ready.subscribe();
+        if ready.wait_for(|r| *r).await.is_err() {
+            return None;
+        }
+        let mut st = self.state.lock();
+        if st.closed {
+            return None;
+        }
+        let id = st.next_viewer;
+        st.next_viewer += 1;
+        st.viewers.push((id, tx));
+        Some((id, Position::clone(&st.pos)))
+    }
+
+    /// Removes a viewer; the last one out closes the hub and releases the subscription.
+    pub fn leave(self: &Arc<Self>, viewer: u64) {
+        let empty = {
+            let mut st = self.state.lock();
+            st.viewers.retain(|(id, _)| *id != viewer);
+            st.viewers.is_empty() && !st.closed
+        };
+        if empty {
+            self.fanout.retire(&self.post_id, self);
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        let fanout = self.fanout.clone();
+        // Position first, then subscribe: anything committed in between is history to a
+        // fresh viewer (GET shows it), and a resuming viewer's replay covers it.
+        let start = fanout.history.latest(&self.post_id).await;
+        let mut sub = loop {
+            match fanout.bus.subscribe(&self.post_id).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(post_id = %self.post_id, error = %e, "subscribe failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        };
+        self.state.lock().pos = Arc::new(start);
+        let _ = self.ready.send(true);
+
+        let mut heartbeat = tokio::time::interval(fanout.cfg.heartbeat);
+        heartbeat.tick().await;
+        let mut reconnects = fanout.bus.reconnects();
+        reconnects.mark_unchanged();
+        let mut closing = fanout.closing.subscribe();
+        loop {
+            tokio::select! {
+                ev = sub.next() => match ev {
+                    Some(LiveEvent::Comment(c)) => self.dispatch_comment(&c),
+                    Some(LiveEvent::Delete(d)) => self.broadcast(Arc::new(Frame::delete(&d))),
+                    None => {
+                        // The transport closed the subscription: take a new one and repair.
+                        match fanout.bus.subscribe(&self.post_id).await {
+                            Ok(s) => { sub = s; self.repair().await; }
+                            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+                        }
+                    }
+                },
+                _ = heartbeat.tick() => self.broadcast(Arc::new(Frame::ping())),
+                Ok(()) = reconnects.changed() => self.repair().await,
+                Ok(()) = closing.changed() => {
+                    self.broadcast(Arc::new(Frame::reconnect()));
+                    self.state.lock().viewers.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After a bus outage: fetch from history what the hub missed and dispatch it (the
+    /// position de-duplicates whatever the bus still delivers late).
+    async fn repair(&self) {
+        let pos = Position::clone(&self.state.lock().pos);
+        match self.fanout.history.replay(&self.post_id, &pos, self.fanout.cfg.replay_max).await {
+            Ok((comments, _)) => {
+                if !comments.is_empty() {
+                    tracing::info!(post_id = %self.post_id, n = comments.len(), "repaired after bus reconnect");
+                }
+                for c in &comments {
+                    self.dispatch_comment(c);
+                }
+            }
+            Err(e) => tracing::warn!(post_id = %self.post_id, error = %e, "repair failed"),
+        }
+    }
+
+    fn dispatch_comment(&self, c: &Comment) {
+        let mut st = self.state.lock();
+        if st.pos.covers(&c.region, &c.id) {
+            return;
+        }
+        let mut pos = Position::clone(&st.pos);
+        pos.advance(&c.region, &c.id);
+        let pos = Arc::new(pos);
+        st.pos = pos.clone();
+        let frame = Arc::new(Frame::comment(c, pos));
+        Self::send_all(&mut st, frame);
+    }
+
+    fn broadcast(&self, frame: Arc<Frame>) {
+        let mut st = self.state.lock();
+        Self::send_all(&mut st, frame);
+    }
+
+    fn send_all(st: &mut State, frame: Arc<Frame>) {
+        let before = st.viewers.len();
+        st.viewers.retain(|(_, tx)| match tx.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Never wait for a slow viewer: cut it off; it resumes with Last-Event-ID.
+                METRICS.sse_slow_disconnects.inc();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        METRICS.sse_events_delivered.add(st.viewers.len() as u64);
+        let _ = before;
+    }
+}

@@ -1,0 +1,81 @@
+//! `POST /comment?post_id=...`: authenticate, validate, rate-limit, write durably, answer 201.
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use livecomments_shared::{CommentInput, ErrorCode, validate};
+
+use super::query::Query;
+use super::{ApiError, ApiResult, MAX_BODY};
+use crate::ingest::pipeline::Submission;
+use crate::store::Inserted;
+
+pub async fn handle(State(st): State<super::State>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let caller = st.authenticate(&headers)?;
+    let post_id = Query::parse(raw.as_deref())?.post_id()?;
+    let input: CommentInput = read_json(&headers, body).await?;
+    let text = validate::text(&input.text)?;
+    let metadata = input.metadata.unwrap_or_default();
+    validate::metadata(&metadata)?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let s = v.to_str().map_err(|_| ApiError::from(validate::idempotency_key("").unwrap_err()))?;
+            Some(validate::idempotency_key(s)?.to_string())
+        }
+    };
+    st.rate.check(&caller.user_id).map_err(|wait| ApiError {
+        retry_after: Some(wait),
+        ..ApiError::new(ErrorCode::RateLimited, "too many comments; slow down")
+    })?;
+    let pipeline = st.pipeline.as_ref().ok_or_else(|| ApiError::unavailable("ingest"))?;
+    let inserted = pipeline
+        .submit(Submission { post_id, user_id: caller.user_id, text, metadata, idempotency_key })
+        .await
+        .map_err(|_| ApiError::unavailable("the comment store"))?;
+    let status = match inserted {
+        Inserted::Created(_) => StatusCode::CREATED,
+        // Same answer as the first time (CONTRACT: "returns the same comment").
+        Inserted::Existing(_) => StatusCode::CREATED,
+    };
+    Ok((status, axum::Json(inserted.comment())).into_response())
+}
+
+/// Reads a JSON body of at most [`MAX_BODY`] bytes with `Content-Type: application/json`.
+pub async fn read_json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Body) -> ApiResult<T> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "Content-Type must be application/json"));
+    }
+    let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, format!("body must be at most {MAX_BODY} bytes"));
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok()) {
+        if len > MAX_BODY as u64 {
+            return Err(too_large());
+        }
+    }
+    let bytes = http_body_util::Limited::new(body, MAX_BODY).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            too_large()
+        } else {
+            ApiError::new(ErrorCode::BadRequest, "could not read the request body")
+        }
+    })?;
+    serde_json::from_slice(&bytes.to_bytes())
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("body is not a valid comment: {}", json_reason(&e))))
+}
+
+/// serde_json's message without input excerpts.
+fn json_reason(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => "malformed JSON".into(),
+        Category::Data => {
+            let s = e.to_string();
+            s.split(" at line ").next().unwrap_or("unexpected fields").to_string()
+        }
+        Category::Io => "unreadable".into(),
+    }
+}

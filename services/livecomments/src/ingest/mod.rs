@@ -1,0 +1,7 @@
+//! The write path: validate, rate-limit, make durable (group commit), then publish.
+
+pub mod pipeline;
+pub mod ratelimit;
+
+pub use pipeline::Pipeline;
+pub use ratelimit::RateLimiter;

@@ -1,0 +1,272 @@
+//! Per-region history sources and the merge across regions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use livecomments_shared::wire::{self, SinceReply, SinceRequest};
+use livecomments_shared::{Comment, Position, comment::newest_first};
+
+use crate::metrics::METRICS;
+use crate::store::Store;
+
+/// One region's answer to a page query.
+#[derive(Debug, Clone, Default)]
+pub struct RegionPage {
+    pub comments: Vec<Comment>,
+    pub more: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("region {region} unavailable: {reason}")]
+    Unavailable { region: String, reason: String },
+}
+
+/// Where one region's comments come from.
+#[async_trait]
+pub trait RegionSource: Send + Sync + 'static {
+    fn region(&self) -> &str;
+    async fn page(&self, q: &SinceRequest) -> Result<RegionPage, HistoryError>;
+}
+
+/// The regional store of this process.
+pub struct LocalSource {
+    pub region: String,
+    pub store: Arc<dyn Store>,
+}
+
+/// Answers a page query from a store: shared by [`LocalSource`] and the NATS responder.
+pub async fn page_from_store(store: &dyn Store, region: &str, q: &SinceRequest) -> Result<RegionPage, HistoryError> {
+    let limit = q.limit.clamp(1, wire::SINCE_MAX_LIMIT) as usize;
+    // One extra row tells whether more follow without a second query.
+    let res = if q.newest_first {
+        store.newest(&q.post_id, q.before.as_deref(), limit + 1).await
+    } else {
+        store.after(&q.post_id, q.after.as_deref(), limit + 1).await
+    };
+    match res {
+        Ok(mut comments) => {
+            let more = comments.len() > limit;
+            comments.truncate(limit);
+            Ok(RegionPage { comments, more })
+        }
+        Err(e) => {
+            METRICS.store_errors.inc();
+            Err(HistoryError::Unavailable { region: region.to_string(), reason: e.to_string() })
+        }
+    }
+}
+
+#[async_trait]
+impl RegionSource for LocalSource {
+    fn region(&self) -> &str {
+        &self.region
+    }
+    async fn page(&self, q: &SinceRequest) -> Result<RegionPage, HistoryError> {
+        page_from_store(self.store.as_ref(), &self.region, q).await
+    }
+}
+
+/// A region reached through its readers on `comments.since.<region>`.
+pub struct NatsSource {
+    pub region: String,
+    pub client: async_nats::Client,
+    pub timeout: Duration,
+}
+
+#[async_trait]
+impl RegionSource for NatsSource {
+    fn region(&self) -> &str {
+        &self.region
+    }
+    async fn page(&self, q: &SinceRequest) -> Result<RegionPage, HistoryError> {
+        let fail = |reason: String| {
+            METRICS.remote_region_failures.inc();
+            HistoryError::Unavailable { region: self.region.clone(), reason }
+        };
+        let payload = wire::encode(q).map_err(|e| fail(e.to_string()))?;
+        let msg = tokio::time::timeout(self.timeout, self.client.request(wire::since_subject(&self.region), payload.into()))
+            .await
+            .map_err(|_| fail("timed out".into()))?
+            .map_err(|e| fail(e.to_string()))?;
+        let reply: SinceReply = wire::decode(&msg.payload).map_err(|e| fail(format!("bad reply: {e}")))?;
+        if let Some(err) = reply.error {
+            return Err(fail(err));
+        }
+        // Never trust a reply blindly: keep only this post's comments of that region.
+        let comments = reply
+            .comments
+            .into_iter()
+            .filter(|c| c.post_id == q.post_id && c.region == self.region && livecomments_shared::id::is_valid(&c.id))
+            .collect();
+        Ok(RegionPage { comments, more: reply.more })
+    }
+}
+
+/// A newest-first page merged from every region.
+#[derive(Debug, Clone, Default)]
+pub struct MergedPage {
+    pub comments: Vec<Comment>,
+    /// More older comments exist (in some region).
+    pub more: bool,
+    /// Regions that did not answer; the page is partial without them.
+    pub missing: Vec<String>,
+}
+
+/// History of every region of the deployment.
+pub struct History {
+    sources: Vec<Arc<dyn RegionSource>>,
+}
+
+impl History {
+    pub fn new(sources: Vec<Arc<dyn RegionSource>>) -> Self {
+        History { sources }
+    }
+
+    pub fn regions(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().map(|s| s.region())
+    }
+
+    /// Newest first, ids below `before`, skipping `skip` (bounded by the caller), `limit` rows.
+    pub async fn newest(&self, post_id: &str, before: Option<&str>, skip: usize, limit: usize) -> MergedPage {
+        let want = skip + limit;
+        let q = SinceRequest {
+            post_id: post_id.to_string(),
+            after: None,
+            before: before.map(str::to_string),
+            newest_first: true,
+            limit: 0,
+        };
+        self.merge(q, want, skip, limit, true).await
+    }
+
+    /// Oldest first, ids above `after` (exclusive), `limit` rows.
+    pub async fn after(&self, post_id: &str, after: Option<&str>, limit: usize) -> MergedPage {
+        let q = SinceRequest {
+            post_id: post_id.to_string(),
+            after: after.map(str::to_string),
+            before: None,
+            newest_first: false,
+            limit: 0,
+        };
+        self.merge(q, limit, 0, limit, false).await
+    }
+
+    /// Asks every region concurrently for `want` rows (in pages of at most SINCE_MAX_LIMIT),
+    /// merges, and cuts `skip..skip+limit`.
+    async fn merge(&self, q: SinceRequest, want: usize, skip: usize, limit: usize, newest: bool) -> MergedPage {
+        let results = join_all(self.sources.iter().map(|src| {
+            let mut q = q.clone();
+            async move {
+                let mut rows = Vec::new();
+                let mut more;
+                loop {
+                    q.limit = (want - rows.len()).clamp(1, wire::SINCE_MAX_LIMIT as usize) as u32;
+                    let page = src.page(&q).await?;
+                    more = page.more;
+                    if let Some(last) = page.comments.last() {
+                        if newest {
+                            q.before = Some(last.id.clone());
+                        } else {
+                            q.after = Some(last.id.clone());
+                        }
+                    }
+                    let got = page.comments.len();
+                    rows.extend(page.comments);
+                    if !more || got == 0 || rows.len() >= want {
+                        break;
+                    }
+                }
+                Ok::<_, HistoryError>((rows, more))
+            }
+        }))
+        .await;
+        let mut out = MergedPage::default();
+        let mut all = Vec::new();
+        for (src, res) in self.sources.iter().zip(results) {
+            match res {
+                Ok((rows, more)) => {
+                    out.more |= more || rows.len() > want;
+                    all.extend(rows);
+                }
+                Err(e) => {
+                    tracing::warn!(region = src.region(), error = %e, "region missing from read");
+                    out.missing.push(src.region().to_string());
+                }
+            }
+        }
+        if newest {
+            all.sort_by(newest_first);
+        } else {
+            all.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        // Another region's rows past our cut mean more exist too.
+        out.more |= all.len() > want;
+        out.comments = all.into_iter().skip(skip).take(limit).collect();
+        out
+    }
+
+    /// Every comment after `pos` (per region; a region absent from `pos` from the start),
+    /// oldest first per region, at most `max` in all. Returns the comments and whether the
+    /// cap cut the replay short.
+    pub async fn replay(&self, post_id: &str, pos: &Position, max: usize) -> Result<(Vec<Comment>, bool), HistoryError> {
+        let results = join_all(self.sources.iter().map(|src| {
+            let after = pos.get(src.region()).map(str::to_string);
+            let post_id = post_id.to_string();
+            async move {
+                let mut q = SinceRequest { post_id, after, before: None, newest_first: false, limit: wire::SINCE_MAX_LIMIT };
+                let mut rows = Vec::new();
+                loop {
+                    let page = src.page(&q).await?;
+                    let got = page.comments.len();
+                    if let Some(last) = page.comments.last() {
+                        q.after = Some(last.id.clone());
+                    }
+                    rows.extend(page.comments);
+                    if !page.more || got == 0 {
+                        return Ok::<_, HistoryError>((rows, false));
+                    }
+                    if rows.len() >= max {
+                        return Ok((rows, true));
+                    }
+                }
+            }
+        }))
+        .await;
+        let mut all = Vec::new();
+        let mut cut = false;
+        for r in results {
+            let (rows, c) = r?;
+            cut |= c;
+            all.extend(rows);
+        }
+        // Oldest first across regions too, so the stream reads naturally.
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        if all.len() > max {
+            all.truncate(max);
+            cut = true;
+        }
+        Ok((all, cut))
+    }
+
+    /// The newest id per region of the post (regions that have none, or did not answer, are
+    /// absent): where a fresh stream starts.
+    pub async fn latest(&self, post_id: &str) -> Position {
+        let results = join_all(self.sources.iter().map(|src| async move {
+            let q = SinceRequest { post_id: post_id.to_string(), after: None, before: None, newest_first: true, limit: 1 };
+            (src.region(), src.page(&q).await)
+        }))
+        .await;
+        let mut pos = Position::new();
+        for (region, res) in results {
+            if let Ok(page) = res {
+                if let Some(c) = page.comments.first() {
+                    pos.advance(region, &c.id);
+                }
+            }
+        }
+        pos
+    }
+}
