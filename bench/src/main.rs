@@ -1,1 +1,150 @@
-fn main(){}
+//! `livecomments-bench`: a load generator for livecomments and, through URL templates, nchan.
+//!
+//! Viewers are lean SSE clients (raw TCP, minimal HTTP/1.1, in-place chunked decoding, no
+//! allocation per event) living in agent processes of at most `--per-agent` viewers each (a
+//! process holds at most ~20,000 fds), spread over loopback source addresses 127.0.x.y. The
+//! coordinator posts comments through the real API with real JWTs and measures what arrives.
+//! Every comment text is `lcb1 <post> <seq> <send-time-ns>`: the viewers detect missing and
+//! duplicate deliveries per (post, seq) and the publish→receive latency from the send time.
+
+mod agent;
+mod coord;
+mod http;
+mod publish;
+mod scenarios;
+mod server;
+mod stats;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub const MARKER_STR: &str = "lcb1";
+pub const MARKER: &[u8] = b"lcb1 ";
+
+#[derive(Parser, Debug)]
+#[command(name = "livecomments-bench", version, about = "Load generator for livecomments and nchan: SSE viewers, publishers, latency, missing/duplicate checks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// N viewers over C posts; optionally publish M comments at R/s. Covers the idle, hot-post
+    /// and many-posts scenarios.
+    Fanout(scenarios::FanoutArgs),
+    /// Highest publish rate one post's viewers take with p99 ≤ a bound and nothing missing.
+    MaxRate(scenarios::MaxRateArgs),
+    /// Viewers drop and reconnect with Last-Event-ID within a window while comments flow.
+    Storm(scenarios::StormArgs),
+    /// POST throughput (durable 201s per second), many users, many connections.
+    Ingest(scenarios::IngestArgs),
+    /// GET newest page of a post (optionally filled first) under closed-loop load.
+    Read(scenarios::ReadArgs),
+    /// A few seconds, small N: exits nonzero when anything is missing or duplicated.
+    Smoke(scenarios::SmokeArgs),
+    /// Internal: a viewer agent process (configured by LCB_AGENT_CONFIG).
+    #[command(hide = true)]
+    Agent,
+}
+
+/// Options every scenario shares: what to load and how to reach it.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// What is under test.
+    #[arg(long, value_enum, default_value = "lc")]
+    pub kind: publish::Kind,
+    /// Base URL(s) viewers subscribe to, comma separated or repeated; viewers are spread
+    /// over them (e.g. three fanout processes).
+    #[arg(long = "url", value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+    pub urls: Vec<String>,
+    /// Base URL comments are posted to (default: the first --url).
+    #[arg(long)]
+    pub pub_url: Option<String>,
+    /// Subscribe URL template with {base} and {post}. Default: lc
+    /// `{base}/comments/stream?post_id={post}`, nchan `{base}/sub/{post}`.
+    #[arg(long)]
+    pub sub_template: Option<String>,
+    /// Publish URL template with {base} and {post}. Default: lc `{base}/comment?post_id={post}`,
+    /// nchan `{base}/pub/{post}`.
+    #[arg(long)]
+    pub pub_template: Option<String>,
+    /// HS256 secret for the JWTs (livecomments).
+    #[arg(long, env = "LIVECOMMENTS_JWT_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Server process ids to read RSS and CPU of (comma separated; e.g. every nginx worker).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// Start this livecomments binary in standalone mode on a free port with a temp data dir
+    /// and a generated secret (rate limit raised), instead of using --url.
+    #[arg(long)]
+    pub server_bin: Option<std::path::PathBuf>,
+    /// Extra arguments for the started server.
+    #[arg(long, allow_hyphen_values = true)]
+    pub server_arg: Vec<String>,
+    /// Data dir for the started server (default: a fresh temp dir, removed afterwards).
+    #[arg(long)]
+    pub server_data_dir: Option<std::path::PathBuf>,
+    /// Loopback source addresses to spread connections over (127.0.x.y); 0: kernel's choice.
+    #[arg(long, default_value_t = 200)]
+    pub src_ips: usize,
+    /// Viewers per agent process (each process holds at most ~20,000 fds).
+    #[arg(long, default_value_t = 15_000)]
+    pub per_agent: usize,
+    /// Connection attempts in flight per agent.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Publisher keep-alive connections.
+    #[arg(long, default_value_t = 4)]
+    pub pub_conns: usize,
+    /// Distinct users (JWT subjects) the publisher rotates through.
+    #[arg(long, default_value_t = 1)]
+    pub users: usize,
+    /// Prefix of the post ids this run uses (default: a fresh one per run).
+    #[arg(long)]
+    pub post_prefix: Option<String>,
+    /// A label for the JSON line.
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// Append the JSON line to this file too.
+    #[arg(long)]
+    pub json_out: Option<std::path::PathBuf>,
+    /// Read buffer per viewer, bytes.
+    #[arg(long, default_value_t = 4096)]
+    pub read_buf: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Agent = cli.cmd {
+        return match agent::run_agent() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    stats::raise_nofile();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let res = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Fanout(a) => scenarios::fanout(a).await,
+            Cmd::MaxRate(a) => scenarios::max_rate(a).await,
+            Cmd::Storm(a) => scenarios::storm(a).await,
+            Cmd::Ingest(a) => scenarios::ingest(a).await,
+            Cmd::Read(a) => scenarios::read(a).await,
+            Cmd::Smoke(a) => scenarios::smoke(a).await,
+            Cmd::Agent => unreachable!(),
+        }
+    });
+    match res {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("livecomments-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! The viewer agent: one single-threaded process holding up to ~18k SSE viewers (a process may
+//! hold at most ~20,000 fds). The coordinator starts one or more agents, talks to each over
+//! stdin/stdout in JSON lines, and aggregates what they report.
+//!
+//! Commands (one per line on stdin): `report`, `reset` (clears the latency histogram),
+//! `drop <window_ms>` (every viewer closes its stream and reconnects with Last-Event-ID at a
+//! random moment within the window), `quit`.
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::http::{self, Dechunk, Url};
+use crate::stats::{hist_from_pairs, hist_pairs, new_hist, now_ns};
+
+/// Everything an agent needs, passed as JSON in `LCB_AGENT_CONFIG`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentConfig {
+    /// (global post index, full subscribe URL, viewers) groups.
+    pub entries: Vec<(usize, String, u32)>,
+    /// Global index of this agent's first viewer (spreads source addresses across agents).
+    pub viewer_offset: usize,
+    /// How many loopback source addresses to spread over (0: let the kernel choose).
+    pub src_count: usize,
+    /// Simultaneous connection attempts.
+    pub connect_concurrency: usize,
+    /// Optional Last-Event-ID to send on the very first connection (resume benchmarks).
+    pub initial_last_event_id: Option<String>,
+    pub read_buf: usize,
+}
+
+/// What an agent reports; counters are cumulative, `lat` since the last `reset`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentReport {
+    pub viewers: u64,
+    pub connected: u64,
+    pub ever_connected: u64,
+    pub connect_errors: u64,
+    pub http_errors: u64,
+    pub disconnects: u64,
+    pub reconnects: u64,
+    pub events: u64,
+    pub dups: u64,
+    pub wrong_post: u64,
+    pub foreign: u64,
+    /// (global post index, distinct comments received summed over this agent's viewers).
+    pub distinct: Vec<(usize, u64)>,
+    pub last_rx_ns: u64,
+    pub lat_us: Vec<(u64, u64)>,
+    pub connect_us: Vec<(u64, u64)>,
+    pub reconnect_us: Vec<(u64, u64)>,
+    /// Viewers that reconnected successfully after the latest `drop`.
+    pub resumed: u64,
+}
+
+impl AgentReport {
+    pub fn merge(&mut self, o: &AgentReport) {
+        self.viewers += o.viewers;
+        self.connected += o.connected;
+        self.ever_connected += o.ever_connected;
+        self.connect_errors += o.connect_errors;
+        self.http_errors += o.http_errors;
+        self.disconnects += o.disconnects;
+        self.reconnects += o.reconnects;
+        self.events += o.events;
+        self.dups += o.dups;
+        self.wrong_post += o.wrong_post;
+        self.foreign += o.foreign;
+        self.distinct.extend_from_slice(&o.distinct);
+        self.last_rx_ns = self.last_rx_ns.max(o.last_rx_ns);
+        self.resumed += o.resumed;
+        for (dst, src) in [(&mut self.lat_us, &o.lat_us), (&mut self.connect_us, &o.connect_us), (&mut self.reconnect_us, &o.reconnect_us)] {
+            let mut h = hist_from_pairs(dst);
+            h.add(hist_from_pairs(src)).ok();
+            *dst = hist_pairs(&h);
+        }
+    }
+
+    pub fn distinct_total(&self) -> u64 {
+        self.distinct.iter().map(|d| d.1).sum()
+    }
+}
+
+struct Shared {
+    posts: Vec<usize>,
+    connected: u64,
+    ever_connected: u64,
+    connect_errors: u64,
+    http_errors: u64,
+    disconnects: u64,
+    reconnects: u64,
+    events: u64,
+    dups: u64,
+    wrong_post: u64,
+    foreign: u64,
+    distinct: Vec<u64>,
+    last_rx_ns: u64,
+    lat: Histogram<u64>,
+    connect: Histogram<u64>,
+    reconnect: Histogram<u64>,
+    resumed: u64,
+    drop_gen: u64,
+}
+
+pub fn run_agent() -> Result<()> {
+    let cfg: AgentConfig = serde_json::from_str(&std::env::var("LCB_AGENT_CONFIG")?)?;
+    crate::stats::raise_nofile();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, agent_main(cfg))
+}
+
+async fn agent_main(cfg: AgentConfig) -> Result<()> {
+    let shared = Rc::new(RefCell::new(Shared {
+        posts: cfg.entries.iter().map(|e| e.0).collect(),
+        connected: 0,
+        ever_connected: 0,
+        connect_errors: 0,
+        http_errors: 0,
+        disconnects: 0,
+        reconnects: 0,
+        events: 0,
+        dups: 0,
+        wrong_post: 0,
+        foreign: 0,
+        distinct: vec![0; cfg.entries.len()],
+        last_rx_ns: 0,
+        lat: new_hist(),
+        connect: new_hist(),
+        reconnect: new_hist(),
+        resumed: 0,
+        drop_gen: 0,
+    }));
+    let (drop_tx, drop_rx) = watch::channel((0u64, 0u64));
+    let sem = Arc::new(Semaphore::new(cfg.connect_concurrency.max(1)));
+    let total: u64 = cfg.entries.iter().map(|e| e.2 as u64).sum();
+    let mut n = 0usize;
+    for (i, (post, url, viewers)) in cfg.entries.iter().enumerate() {
+        let url = Url::parse(url)?;
+        for _ in 0..*viewers {
+            let src = if cfg.src_count == 0 { None } else { Some(http::src_ip((cfg.viewer_offset + n) % cfg.src_count)) };
+            let v = Viewer {
+                post: *post,
+                local: i,
+                url: url.clone(),
+                src,
+                seen: Vec::new(),
+                last_id: cfg.initial_last_event_id.clone().unwrap_or_default(),
+                seed: 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(n as u64 + 1),
+            };
+            tokio::task::spawn_local(v.run(shared.clone(), sem.clone(), drop_rx.clone(), cfg.read_buf));
+            n += 1;
+        }
+    }
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut out = tokio::io::stdout();
+    while let Some(line) = lines.next_line().await? {
+        let mut it = line.split_whitespace();
+        match it.next() {
+            Some("report") => {
+                let s = shared.borrow();
+                let r = AgentReport {
+                    viewers: total,
+                    connected: s.connected,
+                    ever_connected: s.ever_connected,
+                    connect_errors: s.connect_errors,
+                    http_errors: s.http_errors,
+                    disconnects: s.disconnects,
+                    reconnects: s.reconnects,
+                    events: s.events,
+                    dups: s.dups,
+                    wrong_post: s.wrong_post,
+                    foreign: s.foreign,
+                    distinct: s.distinct.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| (s.posts[i], *c)).collect(),
+                    last_rx_ns: s.last_rx_ns,
+                    lat_us: hist_pairs(&s.lat),
+                    connect_us: hist_pairs(&s.connect),
+                    reconnect_us: hist_pairs(&s.reconnect),
+                    resumed: s.resumed,
+                };
+                drop(s);
+                let mut j = serde_json::to_vec(&r)?;
+                j.push(b'\n');
+                out.write_all(&j).await?;
+                out.flush().await?;
+            }
+            Some("reset") => {
+                shared.borrow_mut().lat.reset();
+                out.write_all(b"{}\n").await?;
+                out.flush().await?;
+            }
+            Some("drop") => {
+                let window: u64 = it.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                let generation = {
+                    let mut s = shared.borrow_mut();
+                    s.drop_gen += 1;
+                    s.resumed = 0;
+                    s.reconnect.reset();
+                    s.drop_gen
+                };
+                drop_tx.send((generation, window)).ok();
+                out.write_all(b"{}\n").await?;
+                out.flush().await?;
+            }
+            Some("quit") | None => break,
+            Some(other) => eprintln!("agent: unknown command {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+struct Viewer {
+    post: usize,
+    local: usize,
+    url: Url,
+    src: Option<IpAddr>,
+    /// Bitset of sequence numbers received.
+    seen: Vec<u64>,
+    /// Last SSE `id:` received (the resume token).
+    last_id: String,
+    seed: u64,
+}
+
+enum End {
+    /// The server closed or the read failed: reconnect right away (with Last-Event-ID).
+    Lost,
+    /// A `drop` command: reconnect within the window.
+    Dropped(u64),
+}
+
+impl Viewer {
+    fn rand(&mut self) -> u64 {
+        // xorshift64*
+        let mut x = self.seed | 1;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.seed = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    async fn run(mut self, shared: Rc<RefCell<Shared>>, sem: Arc<Semaphore>, mut drop_rx: watch::Receiver<(u64, u64)>, read_buf: usize) {
+        let mut buf = vec![0u8; read_buf];
+        let mut first = true;
+        let mut dropped_gen = 0u64;
+        let mut failures = 0u32;
+        loop {
+            let started = Instant::now();
+            let permit = sem.clone().acquire_owned().await.ok();
+            let res = self.connect_and_read(&shared, &mut buf, &mut drop_rx, started, first, dropped_gen, permit).await;
+            match res {
+                Ok((End::Dropped(generation), _)) => {
+                    dropped_gen = generation;
+                    let window = drop_rx.borrow().1;
+                    shared.borrow_mut().disconnects += 1;
+                    let delay = if window == 0 { 0 } else { self.rand() % (window * 1000) };
+                    tokio::time::sleep(Duration::from_micros(delay)).await;
+                    first = false;
+                    failures = 0;
+                }
+                Ok((End::Lost, was_connected)) => {
+                    if was_connected {
+                        shared.borrow_mut().disconnects += 1;
+                        first = false;
+                        failures = 0;
+                    } else {
+                        failures += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(if failures == 0 { 0 } else { (50u64 << failures.min(5)).min(1000) + self.rand() % 100 })).await;
+                }
+                Err(_) => {
+                    shared.borrow_mut().connect_errors += 1;
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis((50u64 << failures.min(5)).min(1000) + self.rand() % 100)).await;
+                }
+            }
+        }
+    }
+
+    /// One connection: request, head, then events until it ends. Returns how it ended and
+    /// whether the stream was ever established.
+    async fn connect_and_read(
+        &mut self,
+        shared: &Rc<RefCell<Shared>>,
+        buf: &mut Vec<u8>,
+        drop_rx: &mut watch::Receiver<(u64, u64)>,
+        started: Instant,
+        first: bool,
+        dropped_gen: u64,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(End, bool)> {
+        let mut s = http::connect_from(self.src, self.url.addr).await?;
+        let mut req = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n",
+            self.url.path, self.url.host_header
+        );
+        if !self.last_id.is_empty() {
+            req.push_str("Last-Event-ID: ");
+            req.push_str(&self.last_id);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await?;
+        drop(req);
+        // Head.
+        let mut have = 0;
+        let head = loop {
+            if have == buf.len() {
+                bail!("head too long");
+            }
+            let n = s.read(&mut buf[have..]).await?;
+            if n == 0 {
+                return Ok((End::Lost, false));
+            }
+            have += n;
+            if let Some(h) = http::parse_head(&buf[..have])? {
+                break h;
+            }
+        };
+        drop(permit);
+        if head.status != 200 {
+            shared.borrow_mut().http_errors += 1;
+            return Ok((End::Lost, false));
+        }
+        {
+            let us = started.elapsed().as_micros() as u64;
+            let mut sh = shared.borrow_mut();
+            sh.connected += 1;
+            if first {
+                sh.ever_connected += 1;
+                sh.connect.saturating_record(us.max(1));
+            } else {
+                sh.reconnects += 1;
+                if dropped_gen == sh.drop_gen && dropped_gen > 0 {
+                    sh.resumed += 1;
+                    sh.reconnect.saturating_record(us.max(1));
+                }
+            }
+        }
+        let mut dechunk = Dechunk::default();
+        // Payload bytes after the head.
+        let raw_end = have;
+        buf.copy_within(head.len..raw_end, 0);
+        let mut raw_start = 0;
+        let mut raw_len = raw_end - head.len;
+        let mut pend = 0; // decoded, unparsed bytes at buf[..pend]
+        let end = loop {
+            if raw_len > 0 {
+                let w = if head.chunked {
+                    dechunk.run(buf, raw_start, raw_start + raw_len, pend)?
+                } else {
+                    buf.copy_within(raw_start..raw_start + raw_len, pend);
+                    pend + raw_len
+                };
+                let rx = now_ns();
+                let consumed = self.parse_lines(&buf[..w], rx, shared);
+                buf.copy_within(consumed..w, 0);
+                pend = w - consumed;
+                if matches!(dechunk, Dechunk::Done) {
+                    break End::Lost;
+                }
+            }
+            if pend == buf.len() {
+                let l = buf.len();
+                buf.resize(l * 2, 0);
+            }
+            raw_start = pend;
+            tokio::select! {
+                r = s.read(&mut buf[pend..]) => {
+                    let n = r.unwrap_or(0);
+                    if n == 0 {
+                        break End::Lost;
+                    }
+                    raw_len = n;
+                }
+                _ = drop_rx.changed() => {
+                    let (generation, _) = *drop_rx.borrow_and_update();
+                    break End::Dropped(generation);
+                }
+            }
+        };
+        shared.borrow_mut().connected -= 1;
+        Ok((end, true))
+    }
+
+    /// Handles every complete line in `data`; returns how many bytes were consumed.
+    fn parse_lines(&mut self, data: &[u8], rx: u64, shared: &Rc<RefCell<Shared>>) -> usize {
+        let mut pos = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &data[pos..]) {
+            let line = &data[pos..pos + nl];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            pos += nl + 1;
+            if let Some(rest) = line.strip_prefix(b"data:") {
+                self.on_data(rest, rx, shared);
+            } else if let Some(rest) = line.strip_prefix(b"id:") {
+                let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+                self.last_id.clear();
+                self.last_id.push_str(std::str::from_utf8(rest).unwrap_or(""));
+            }
+        }
+        pos
+    }
+
+    fn on_data(&mut self, data: &[u8], rx: u64, shared: &Rc<RefCell<Shared>>) {
+        let mut sh = shared.borrow_mut();
+        sh.events += 1;
+        sh.last_rx_ns = rx;
+        let Some(m) = memchr::memmem::find(data, crate::MARKER) else {
+            sh.foreign += 1;
+            return;
+        };
+        let mut nums = [0u64; 3];
+        let mut k = 0;
+        let mut cur: Option<u64> = None;
+        for &b in &data[m + crate::MARKER.len()..] {
+            if b.is_ascii_digit() {
+                cur = Some(cur.unwrap_or(0) * 10 + (b - b'0') as u64);
+            } else if b == b' ' {
+                if let Some(c) = cur.take() {
+                    nums[k] = c;
+                    k += 1;
+                    if k == 3 {
+                        break;
+                    }
+                }
+            } else {
+                if let Some(c) = cur.take() {
+                    if k < 3 {
+                        nums[k] = c;
+                        k += 1;
+                    }
+                }
+                break;
+            }
+        }
+        if k < 3 {
+            sh.foreign += 1;
+            return;
+        }
+        let [post, seq, sent] = nums;
+        if post as usize != self.post {
+            sh.wrong_post += 1;
+            return;
+        }
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if word >= self.seen.len() {
+            self.seen.resize(word + 1 + word / 2, 0);
+        }
+        if self.seen[word] & (1 << bit) != 0 {
+            sh.dups += 1;
+            return;
+        }
+        self.seen[word] |= 1 << bit;
+        sh.distinct[self.local] += 1;
+        sh.lat.saturating_record((rx.saturating_sub(sent) / 1000).max(1));
+    }
+}
