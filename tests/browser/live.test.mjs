@@ -67,16 +67,21 @@ test('a comment posted in one page appears live in the other; deletions follow',
   await screenshot(alice, 'live-after-delete');
 
   if (process.env.LIVECOMMENTS_DOCS_SCREENSHOT) {
-    // The picture in docs/DEMO.md: a short conversation seen by one participant.
+    // The picture in docs/DEMO.md: a short conversation, seen by one of its participants.
+    const match = 'match-42';
+    const ann = await openPage(browser, server.base, match, { viewport: { width: 900, height: 700 } });
+    const ben = await openPage(browser, server.base, match);
     for (const [who, page, text] of [
-      ['alice', alice, 'Kick-off! Anyone else watching from the stands?'],
-      ['bob', bob, 'Watching from home — the stream is right on time.'],
-      ['alice', alice, 'What a save by the keeper 🧤'],
+      ['ann', ann, 'Kick-off! Anyone else watching from the stands?'],
+      ['ben', ben, 'Watching from home, the stream is right on time.'],
+      ['ann', ann, 'What a save by the keeper!'],
+      ['ben', ben, 'Second half starts in 5 minutes.'],
     ]) {
       await postViaUi(page, who, text);
-      await waitText(alice, text);
+      await waitText(ann, text);
     }
-    await alice.fill('#comment-text', 'Typing a reply…');
-    await alice.screenshot({ path: new URL('../../docs/img/demo.png', import.meta.url).pathname, fullPage: true });
+    await ann.fill('#comment-text', 'Typing a reply…');
+    await ann.evaluate(() => document.getAnimations().forEach((a) => a.finish()));
+    await ann.screenshot({ path: new URL('../../docs/img/demo.png', import.meta.url).pathname, fullPage: true });
   }
 });
