@@ -100,3 +100,29 @@ test('the page catches up exactly after the server is killed and restarted', { t
   assert.deepEqual(page.errors, []);
   await screenshot(page, 'reconnect-after-kill');
 });
+
+test('a page that has seen no live event yet also catches up after a restart', { timeout: 4 * TIMEOUT }, async () => {
+  // Before its first event the browser has no Last-Event-ID to send: the page resumes with
+  // since=<the server's time of its first history page> instead.
+  const post = 'quiet-until-restart';
+  const expected = new Set();
+  let token = await devToken(server.base, 'poster');
+  expected.add((await postComment(server.base, token, post, 'history only')).id);
+  const page = await openPage(browser, server.base, post);
+  await assertExactly(page, expected, 'history on open');
+
+  await page.route('**/comments/stream**', (route) => route.abort());
+  await server.kill('SIGKILL');
+  await waitState(page, ['reconnecting', 'offline']);
+  await server.start();
+  token = await devToken(server.base, 'poster');
+  for (let i = 1; i <= 3; i++) expected.add((await postComment(server.base, token, post, `while away ${i}`)).id);
+  await page.unroute('**/comments/stream**');
+  await waitState(page, ['caught-up']);
+  await assertExactly(page, expected, 'after the restart');
+  expected.add((await postComment(server.base, token, post, 'and live')).id);
+  await assertExactly(page, expected, 'live after catching up');
+  assert.deepEqual(page.errors, []);
+  await screenshot(page, 'reconnect-no-event-yet');
+});
+

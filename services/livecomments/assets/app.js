@@ -21,7 +21,8 @@
   const deleted = new Set(); // ids deleted while this page was open (history may still return them briefly)
   let nextCursor; // undefined: first page not loaded yet; null: no older page
   let loading = false;
-  let lastEventId = null;
+  let lastEventId = null; // the stream's resume token, from the last `id:` seen
+  let sinceMark = null; // ms since the epoch, server clock: resume point before any `id:` was seen
   let session = null; // { user, token, expiresAt }: the demo identity of this tab
 
   el.postInput.value = postId;
@@ -159,6 +160,12 @@
       if (nextCursor) q.set('before', nextCursor);
       const res = await fetch(`/comments?${q}`, { headers: { Accept: 'application/json' } });
       if (!res.ok) throw new Error(await apiError(res));
+      if (!q.has('before')) {
+        // The newest page. The stream was open before this request: resuming it from a little
+        // before the server's time of this answer misses nothing (what both carry is shown once).
+        const served = Date.parse(res.headers.get('Date'));
+        sinceMark = (Number.isNaN(served) ? Date.now() - 60_000 : served) - 5_000;
+      }
       const page = await res.json();
       if (gen !== generation) return;
       for (const c of page.comments || []) add(c);
@@ -210,6 +217,7 @@
     // A fresh EventSource (after the browser gave up) resumes with our own last id;
     // the browser's automatic reconnects send Last-Event-ID themselves.
     if (lastEventId) q.set('last_event_id', lastEventId);
+    else if (sinceMark !== null) q.set('since', String(sinceMark)); // no event seen yet
     source = new EventSource(`/comments/stream?${q}`);
     setState(everOpen ? 'reconnecting' : 'connecting');
 
@@ -222,7 +230,18 @@
       startHistory(); // subscribed first, so nothing falls between history and stream
     });
     source.addEventListener('error', () => {
-      if (source.readyState !== EventSource.CLOSED) { setState('reconnecting'); return; }
+      if (source.readyState !== EventSource.CLOSED && (lastEventId || sinceMark === null)) {
+        setState('reconnecting'); // the browser reconnects with Last-Event-ID
+        return;
+      }
+      if (source.readyState !== EventSource.CLOSED) {
+        // No event seen yet, so the browser has no Last-Event-ID to resume with: reconnect
+        // ourselves, from the time the history was loaded.
+        setState('reconnecting');
+        source.close();
+        retryTimer = setTimeout(connect, 1000 + Math.random() * 2000);
+        return;
+      }
       // The browser will not retry (the server answered an error status): we do, with our
       // last id. Twice refused with it (e.g. a position the server no longer knows): start over.
       setState('offline');
