@@ -31,6 +31,7 @@ test('every form control has a label, and the state is an aria-live region', { t
   assert.equal(await page.$eval('#notice', (e) => e.getAttribute('aria-live')), 'polite');
   assert.equal(await page.$eval('html', (e) => e.lang), 'en');
   assert.equal(await page.$$eval('h1', (hs) => hs.length), 1);
+  await screenshot(page, 'a11y-labels');
 });
 
 test('keyboard: focus order reaches name, text, post button, with a visible focus ring', { timeout: 2 * TIMEOUT }, async () => {
@@ -58,6 +59,7 @@ test('keyboard: focus order reaches name, text, post button, with a visible focu
   await page.keyboard.press('Tab');
   await page.keyboard.press('Enter');
   await waitFor(async () => (await page.$$eval('#comments .text', (ps) => ps.map((p) => p.textContent))).includes('typed, not clicked'), 'the keyboard comment');
+  await screenshot(page, 'a11y-keyboard');
 });
 
 test('readable contrast for the text on the page', { timeout: 2 * TIMEOUT }, async () => {
@@ -93,6 +95,7 @@ test('readable contrast for the text on the page', { timeout: 2 * TIMEOUT }, asy
     return out;
   });
   assert.deepEqual(low, [], 'text below WCAG AA contrast');
+  await screenshot(page, 'a11y-contrast');
 });
 
 test('usable at 375 px: no horizontal scrolling, controls fit', { timeout: 2 * TIMEOUT }, async () => {

@@ -2,7 +2,7 @@
 // Debian chromium through playwright-core, and small helpers to talk to the API from node.
 import { spawn } from 'node:child_process';
 import { createHmac, randomUUID } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -91,7 +91,9 @@ export class Server {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     running.add(child);
-    const keep = (chunk) => { this.output = (this.output + chunk).slice(-20_000); };
+    this.output += `\n--- ${new Date().toISOString()} ${BIN} ${args.join(' ')}\n`;
+    const mark = this.output.length;
+    const keep = (chunk) => { this.output += chunk; };
     child.stdout.on('data', keep);
     child.stderr.on('data', keep);
     let exited = null;
@@ -106,7 +108,7 @@ export class Server {
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline) {
       if (exited) {
-        if (/in use|AddrInUse|os error 98/i.test(this.output)) return false; // retried by start()
+        if (/in use|AddrInUse|os error 98/i.test(this.output.slice(mark))) return false; // retried by start()
         throw new Error(`livecomments exited early (${JSON.stringify(exited)}):\n${this.output}`);
       }
       try {
@@ -126,8 +128,12 @@ export class Server {
     await this.gone;
   }
 
+  /** Kills the process, keeps its log next to the screenshots, removes a data dir of its own. */
   async stop() {
     await this.kill('SIGKILL');
+    mkdirSync(SHOTS, { recursive: true });
+    const test = path.basename(process.argv[1] || 'test', '.test.mjs');
+    writeFileSync(path.join(SHOTS, `${test}-server-${this.port}.log`), this.output.replace(/\x1b\[[0-9;]*m/g, ''));
     if (this.ownDataDir) rmSync(this.dataDir, { recursive: true, force: true });
   }
 }
