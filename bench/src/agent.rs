@@ -253,8 +253,8 @@ impl Viewer {
         let mut dropped_gen = 0u64;
         let mut failures = 0u32;
         loop {
-            let started = Instant::now();
             let permit = sem.clone().acquire_owned().await.ok();
+            let started = Instant::now();
             let res = self.connect_and_read(&shared, &mut buf, &mut drop_rx, started, first, dropped_gen, permit).await;
             match res {
                 Ok((End::Dropped(generation), _)) => {

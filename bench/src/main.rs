@@ -95,8 +95,8 @@ pub struct Common {
     /// Connection attempts in flight per agent.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
-    /// Publisher keep-alive connections.
-    #[arg(long, default_value_t = 4)]
+    /// Publisher keep-alive connections (the pacing is open loop up to this many in flight).
+    #[arg(long, default_value_t = 16)]
     pub pub_conns: usize,
     /// Distinct users (JWT subjects) the publisher rotates through.
     #[arg(long, default_value_t = 1)]
