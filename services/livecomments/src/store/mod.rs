@@ -5,6 +5,7 @@
 //!
 //! The store only knows its own region's comments; merging regions is the reader's job.
 
+pub mod coalesce;
 pub mod cql;
 pub mod embedded;
 

@@ -1,0 +1,305 @@
+//! Single-flight reads: identical concurrent `newest`/`after` calls (same post, same cursor,
+//! same limit) share one query. When a hot post's viewers all reconnect at once (a deploy, a
+//! network blip) they all ask for the same page; the store answers it once.
+//!
+//! The first caller spawns the query as a task (so it completes and leaves the map even if that
+//! caller goes away) and registers it; callers arriving while it runs await the same result.
+//! The entry is removed when the query completes, so nothing is cached: a follower gets the
+//! answer of a query that started before it arrived and finished after, the same answer it
+//! would have got arriving a moment earlier. The map is bounded: past `max_inflight` distinct
+//! queries, further ones simply run on their own.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use livecomments_shared::Comment;
+use parking_lot::Mutex;
+
+use super::{Inserted, NewComment, Store, StoreError, StoreResult};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Kind {
+    Newest,
+    After,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ReadKey {
+    kind: Kind,
+    post_id: String,
+    cursor: Option<String>,
+    limit: usize,
+}
+
+#[derive(Debug, Clone)]
+enum SharedError {
+    Unavailable(Arc<str>),
+    Schema(Arc<str>),
+}
+
+impl From<SharedError> for StoreError {
+    fn from(e: SharedError) -> Self {
+        match e {
+            SharedError::Unavailable(m) => StoreError::Unavailable(m.to_string()),
+            SharedError::Schema(m) => StoreError::Schema(m.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for SharedError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => SharedError::Unavailable(m.into()),
+            StoreError::Schema(m) => SharedError::Schema(m.into()),
+        }
+    }
+}
+
+type SharedRead = Shared<BoxFuture<'static, Result<Arc<Vec<Comment>>, SharedError>>>;
+type Inflight = Arc<Mutex<HashMap<ReadKey, SharedRead>>>;
+
+/// Default bound on distinct reads in flight.
+pub const DEFAULT_MAX_INFLIGHT: usize = 4096;
+
+/// Wraps any [`Store`]; writes pass through, identical concurrent reads are coalesced.
+pub struct Coalesced<S: Store> {
+    inner: Arc<S>,
+    inflight: Inflight,
+    max_inflight: usize,
+    queries: AtomicU64,
+    joined: AtomicU64,
+}
+
+impl<S: Store> Coalesced<S> {
+    pub fn new(inner: S) -> Self {
+        Self::with_capacity(Arc::new(inner), DEFAULT_MAX_INFLIGHT)
+    }
+
+    pub fn with_capacity(inner: Arc<S>, max_inflight: usize) -> Self {
+        Coalesced {
+            inner,
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+            max_inflight: max_inflight.max(1),
+            queries: AtomicU64::new(0),
+            joined: AtomicU64::new(0),
+        }
+    }
+
+    pub fn inner(&self) -> &Arc<S> {
+        &self.inner
+    }
+
+    /// (reads that ran a query, reads that joined one already running).
+    pub fn stats(&self) -> (u64, u64) {
+        (self.queries.load(Ordering::Relaxed), self.joined.load(Ordering::Relaxed))
+    }
+
+    /// Distinct reads in flight right now.
+    pub fn inflight(&self) -> usize {
+        self.inflight.lock().len()
+    }
+
+    async fn read(&self, key: ReadKey) -> StoreResult<Vec<Comment>> {
+        let shared = {
+            let mut map = self.inflight.lock();
+            if let Some(s) = map.get(&key) {
+                self.joined.fetch_add(1, Ordering::Relaxed);
+                Some(s.clone())
+            } else if map.len() >= self.max_inflight {
+                None
+            } else {
+                self.queries.fetch_add(1, Ordering::Relaxed);
+                let inner = self.inner.clone();
+                let inflight = self.inflight.clone();
+                let k = key.clone();
+                // Spawned while the map is locked: the task's removal cannot run before the
+                // insertion below.
+                let task = tokio::spawn(async move {
+                    let r = run(&*inner, &k).await;
+                    inflight.lock().remove(&k);
+                    r.map(Arc::new).map_err(SharedError::from)
+                });
+                let fut: BoxFuture<'static, _> = task
+                    .map(|joined| match joined {
+                        Ok(r) => r,
+                        Err(e) => Err(SharedError::Unavailable(format!("read task failed: {e}").into())),
+                    })
+                    .boxed();
+                let s = fut.shared();
+                map.insert(key.clone(), s.clone());
+                Some(s)
+            }
+        };
+        match shared {
+            Some(s) => s.await.map(|v| v.as_ref().clone()).map_err(StoreError::from),
+            None => {
+                self.queries.fetch_add(1, Ordering::Relaxed);
+                run(&*self.inner, &key).await
+            }
+        }
+    }
+}
+
+async fn run<S: Store>(store: &S, k: &ReadKey) -> StoreResult<Vec<Comment>> {
+    match k.kind {
+        Kind::Newest => store.newest(&k.post_id, k.cursor.as_deref(), k.limit).await,
+        Kind::After => store.after(&k.post_id, k.cursor.as_deref(), k.limit).await,
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for Coalesced<S> {
+    async fn insert_batch(&self, batch: Vec<NewComment>) -> Vec<StoreResult<Inserted>> {
+        self.inner.insert_batch(batch).await
+    }
+
+    async fn newest(&self, post_id: &str, before: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
+        self.read(ReadKey {
+            kind: Kind::Newest,
+            post_id: post_id.to_string(),
+            cursor: before.map(str::to_string),
+            limit,
+        })
+        .await
+    }
+
+    async fn after(&self, post_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
+        self.read(ReadKey { kind: Kind::After, post_id: post_id.to_string(), cursor: after.map(str::to_string), limit })
+            .await
+    }
+
+    async fn get(&self, post_id: &str, id: &str) -> StoreResult<Option<Comment>> {
+        self.inner.get(post_id, id).await
+    }
+
+    async fn delete(&self, post_id: &str, id: &str) -> StoreResult<bool> {
+        self.inner.delete(post_id, id).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Counts reads; each takes 50 ms; fails for post "down".
+    #[derive(Default)]
+    struct Slow {
+        calls: AtomicUsize,
+    }
+
+    fn comment(post: &str, n: usize) -> Comment {
+        Comment {
+            id: format!("{n:026}"),
+            post_id: post.into(),
+            user_id: "u".into(),
+            text: "t".into(),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+            region: "r".into(),
+            metadata: Default::default(),
+        }
+    }
+
+    #[async_trait]
+    impl Store for Slow {
+        async fn insert_batch(&self, _: Vec<NewComment>) -> Vec<StoreResult<Inserted>> {
+            vec![]
+        }
+        async fn newest(&self, post: &str, _: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if post == "down" {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            Ok((0..limit).map(|n| comment(post, n)).collect())
+        }
+        async fn after(&self, post: &str, a: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
+            self.newest(post, a, limit).await
+        }
+        async fn get(&self, _: &str, _: &str) -> StoreResult<Option<Comment>> {
+            Ok(None)
+        }
+        async fn delete(&self, _: &str, _: &str) -> StoreResult<bool> {
+            Ok(false)
+        }
+        async fn ping(&self) -> StoreResult<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn identical_concurrent_reads_cost_one_query() {
+        let store = Arc::new(Coalesced::new(Slow::default()));
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move { s.newest("p", Some("c"), 3).await }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap().len(), 3);
+        }
+        assert_eq!(store.inner().calls.load(Ordering::SeqCst), 1);
+        assert_eq!(store.stats(), (1, 99));
+        assert_eq!(store.inflight(), 0, "entries leave the map when the query completes");
+    }
+
+    #[tokio::test]
+    async fn different_reads_are_not_merged_and_later_reads_query_again() {
+        let store = Arc::new(Coalesced::new(Slow::default()));
+        let (a, b, c, d, e) = tokio::join!(
+            store.newest("p", None, 3),
+            store.newest("p", None, 4),
+            store.newest("p", Some("x"), 3),
+            store.after("p", None, 3),
+            store.newest("q", None, 3),
+        );
+        for r in [&a, &b, &c, &d, &e] {
+            assert!(r.is_ok());
+        }
+        assert_eq!(b.unwrap().len(), 4);
+        assert_eq!(store.inner().calls.load(Ordering::SeqCst), 5);
+        store.newest("p", None, 3).await.unwrap();
+        assert_eq!(store.inner().calls.load(Ordering::SeqCst), 6, "a completed read is not cached");
+    }
+
+    #[tokio::test]
+    async fn errors_reach_every_waiter() {
+        let store = Arc::new(Coalesced::new(Slow::default()));
+        let (a, b) = tokio::join!(store.newest("down", None, 1), store.newest("down", None, 1));
+        assert!(matches!(a, Err(StoreError::Unavailable(_))));
+        assert!(matches!(b, Err(StoreError::Unavailable(_))));
+        assert_eq!(store.inner().calls.load(Ordering::SeqCst), 1);
+        assert_eq!(store.inflight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_leader_does_not_strand_followers() {
+        let store = Arc::new(Coalesced::new(Slow::default()));
+        let s = store.clone();
+        let leader = tokio::spawn(async move { s.newest("p", None, 2).await });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        leader.abort();
+        assert_eq!(store.newest("p", None, 2).await.unwrap().len(), 2);
+        assert_eq!(store.inner().calls.load(Ordering::SeqCst), 1);
+        assert_eq!(store.inflight(), 0);
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_reads_run_alone() {
+        let store = Arc::new(Coalesced::with_capacity(Arc::new(Slow::default()), 1));
+        let (a, b, c) =
+            tokio::join!(store.newest("p", None, 1), store.newest("q", None, 1), store.newest("p", None, 1));
+        assert!(a.is_ok() && b.is_ok() && c.is_ok());
+        assert_eq!(store.inner().calls.load(Ordering::SeqCst), 2, "q ran alone, the second p joined");
+    }
+}

@@ -1,1 +1,0 @@
-//! CQL store (ScyllaDB / Cassandra): being built.

@@ -1,0 +1,163 @@
+//! Schema migrations: the ordered files of `cql/` (embedded at build time) applied to the
+//! keyspace, each recorded in `<keyspace>.schema_version`.
+//!
+//! Safe to run twice or concurrently:
+//! - every DDL statement is `CREATE ... IF NOT EXISTS`;
+//! - migrators serialise on a lease row (`version = 0`) claimed with an LWT
+//!   (`INSERT ... IF NOT EXISTS USING TTL 120`), so two processes never issue DDL at the same
+//!   time (concurrent schema changes of one table from two coordinators can disagree);
+//! - an applied version is recorded with `INSERT ... IF NOT EXISTS` after the driver has seen
+//!   schema agreement.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use scylla::client::session::Session;
+use scylla::value::CqlTimestamp;
+
+use super::{CqlOptions, lwt_outcome, session};
+
+/// (version, name, CQL with `{keyspace}` placeholders), in order.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "0001_comments", include_str!("../../../../../cql/0001_comments.cql")),
+    (2, "0002_idempotency", include_str!("../../../../../cql/0002_idempotency.cql")),
+];
+
+/// The schema version this binary needs.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Lease of the migrate lock: long enough for the DDL of all files on a slow cluster.
+const LOCK_TTL_SECS: i32 = 120;
+
+/// The statements of one migration file with the keyspace substituted: `--` comments removed,
+/// split on `;`.
+pub fn statements(cql: &str, keyspace: &str) -> Vec<String> {
+    let without_comments: String = cql
+        .lines()
+        .map(|l| match l.find("--") {
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    without_comments
+        .split(';')
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace("{keyspace}", keyspace))
+        .collect()
+}
+
+/// Creates the keyspace (with `opts.replication`) if missing and applies every missing file of
+/// `cql/`. Idempotent; concurrent runs wait for each other.
+pub async fn migrate(opts: &CqlOptions) -> anyhow::Result<()> {
+    let session = session(opts).await?;
+    let ks = &opts.keyspace;
+    let replication = opts.replication_cql()?;
+    session
+        .query_unpaged(format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}"), &[])
+        .await
+        .with_context(|| format!("creating keyspace {ks}"))?;
+    session
+        .query_unpaged(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.schema_version \
+                 (version int PRIMARY KEY, name text, applied_at timestamp, owner text)"
+            ),
+            &[],
+        )
+        .await
+        .with_context(|| format!("creating {ks}.schema_version"))?;
+    session.await_schema_agreement().await.context("waiting for schema agreement")?;
+
+    let owner = format!("{:032x}", rand::random::<u128>());
+    acquire_lock(&session, ks, &owner).await?;
+    let result = apply_missing(&session, ks).await;
+    // Best effort: the lease expires by itself after LOCK_TTL_SECS.
+    let release = session
+        .query_unpaged(format!("DELETE FROM {ks}.schema_version WHERE version = 0 IF owner = ?"), (&owner,))
+        .await;
+    if let Err(e) = release {
+        tracing::warn!(error = %e, "could not release the migrate lock; it expires in {LOCK_TTL_SECS} s");
+    }
+    result
+}
+
+async fn acquire_lock(session: &Session, ks: &str, owner: &str) -> anyhow::Result<()> {
+    let claim = session
+        .prepare(format!(
+            "INSERT INTO {ks}.schema_version (version, name, owner) VALUES (0, 'migrate-lock', ?) \
+             IF NOT EXISTS USING TTL {LOCK_TTL_SECS}"
+        ))
+        .await
+        .context("preparing the migrate lock")?;
+    let deadline = Instant::now() + Duration::from_secs(LOCK_TTL_SECS as u64 + 30);
+    loop {
+        let res = session.execute_unpaged(&claim, (owner,)).await.context("claiming the migrate lock")?;
+        let (applied, _) = lwt_outcome(res).map_err(|e| anyhow::anyhow!("migrate lock: {e}"))?;
+        if applied {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("another `livecomments migrate` holds the lock on {ks}.schema_version; try again later");
+        }
+        tracing::info!("another migrate is running on {ks}; waiting");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Versions recorded in `<ks>.schema_version` (the lock row, version 0, excluded).
+pub(super) async fn applied_versions(session: &Session, ks: &str) -> anyhow::Result<Vec<i32>> {
+    let res = session
+        .query_unpaged(format!("SELECT version FROM {ks}.schema_version"), &[])
+        .await
+        .with_context(|| format!("reading {ks}.schema_version"))?;
+    let mut out = Vec::new();
+    for row in res.into_rows_result()?.rows::<(i32,)>()? {
+        let (v,) = row?;
+        if v > 0 {
+            out.push(v);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+async fn apply_missing(session: &Session, ks: &str) -> anyhow::Result<()> {
+    let applied = applied_versions(session, ks).await?;
+    for (version, name, cql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tracing::info!(keyspace = ks, version, name, "applying CQL migration");
+        for stmt in statements(cql, ks) {
+            session.query_unpaged(stmt.as_str(), &[]).await.with_context(|| format!("migration {name}: {stmt}"))?;
+        }
+        session.await_schema_agreement().await.context("waiting for schema agreement")?;
+        session
+            .query_unpaged(
+                format!("INSERT INTO {ks}.schema_version (version, name, applied_at) VALUES (?, ?, ?) IF NOT EXISTS"),
+                (version, name, CqlTimestamp(livecomments_shared::time::now_millis())),
+            )
+            .await
+            .with_context(|| format!("recording migration {name}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_split_into_statements_with_the_keyspace() {
+        let all: Vec<String> = MIGRATIONS.iter().flat_map(|(_, _, c)| statements(c, "ks1")).collect();
+        assert_eq!(all.len(), 4);
+        for s in &all {
+            assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");
+            assert!(!s.contains("{keyspace}") && !s.contains("--"), "{s}");
+        }
+        let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.0).collect();
+        assert!(versions.windows(2).all(|w| w[0] < w[1]) && versions[0] == 1);
+    }
+}
