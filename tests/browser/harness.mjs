@@ -188,6 +188,8 @@ export async function openPage(browser, base, postId, { viewport = { width: 1000
   page.setDefaultTimeout(TIMEOUT);
   page.dialogs = [];
   page.errors = [];
+  page.consoleErrors = [];
+  page.on('console', (m) => { if (m.type() === 'error') page.consoleErrors.push(m.text()); });
   page.on('dialog', (d) => { page.dialogs.push(d.message()); d.dismiss().catch(() => {}); });
   page.on('pageerror', (e) => page.errors.push(e.message));
   await page.goto(`${base}/?post=${encodeURIComponent(postId)}`);

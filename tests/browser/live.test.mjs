@@ -63,6 +63,7 @@ test('a comment posted in one page appears live in the other; deletions follow',
   for (const page of [alice, bob, carol]) {
     assert.deepEqual(page.errors, [], 'no script errors');
     assert.deepEqual(page.dialogs, [], 'no dialogs');
+    assert.deepEqual(page.consoleErrors, [], 'nothing logged as an error (no failed request)');
   }
   await screenshot(alice, 'live-after-delete');
 

@@ -48,6 +48,7 @@ test('HTML in a comment is shown as text and executes nothing', { timeout: 4 * T
   for (const page of [viewer, author, later]) {
     assert.deepEqual(page.dialogs, [], 'no alert() ran');
     assert.deepEqual(page.errors, [], 'no script errors');
+    assert.deepEqual(page.consoleErrors, [], 'no failed request (an <img src=x> would log one)');
     const created = await page.$$eval('#comments img, #comments script, #comments svg, #comments iframe, #comments a',
       (els) => els.map((e) => e.outerHTML));
     assert.deepEqual(created, [], 'no element was created from comment text');
