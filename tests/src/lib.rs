@@ -1,1 +1,519 @@
+//! Shared helpers for the end-to-end tests: start the real `livecomments` binary and a real
+//! `nats-server` on free loopback ports, mint tokens, and talk HTTP and SSE as a client would.
+//! Every test file uses these; none starts processes or parses SSE on its own.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+/// The binary under test: `$LIVECOMMENTS_BIN`, else `target/debug/livecomments` next to this
+/// test executable.
+pub fn bin() -> PathBuf {
+    if let Ok(p) = std::env::var("LIVECOMMENTS_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test exe path");
+    // target/debug/deps/<test> -> target/debug/livecomments
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join("livecomments");
+    assert!(p.exists(), "{} missing: run `cargo build -p livecomments` first (scripts/test does)", p.display());
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// An HS256 token for `user` signed with [`SECRET`].
+pub fn token(user: &str) -> String {
+    token_with(serde_json::json!({"sub": user, "exp": now_secs() + 3600}))
+}
+
+pub fn token_with(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A running `livecomments` process; killed on drop.
+pub struct Server {
+    pub base: String,
+    pub port: u16,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub struct ServerBuilder {
+    role: String,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    port: Option<u16>,
+    data_dir: Option<PathBuf>,
+    wait_ready: bool,
+    rate_limit: u32,
+}
+
+impl ServerBuilder {
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, it: I) -> Self {
+        self.args.extend(it.into_iter().map(Into::into));
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+    pub fn no_secret(mut self) -> Self {
+        self.envs.retain(|(k, _)| k != "LIVECOMMENTS_JWT_SECRET");
+        self
+    }
+    pub fn nats(self, url: &str) -> Self {
+        self.arg("--nats-url").arg(url)
+    }
+    pub fn data_dir(mut self, d: &Path) -> Self {
+        self.data_dir = Some(d.to_path_buf());
+        self
+    }
+    pub fn port(mut self, p: u16) -> Self {
+        self.port = Some(p);
+        self
+    }
+    /// Comments per user per window (tests default to a limit they never reach).
+    pub fn rate_limit(mut self, n: u32) -> Self {
+        self.rate_limit = n;
+        self
+    }
+    /// Wait for /healthz only, not /readyz (e.g. when a dependency is down on purpose).
+    pub fn no_ready_wait(mut self) -> Self {
+        self.wait_ready = false;
+        self
+    }
+
+    pub async fn start(self) -> Server {
+        let (data_dir, tmp) = match self.data_dir {
+            Some(d) => (d, None),
+            None => {
+                let t = tempfile::tempdir().unwrap();
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let port = self.port.unwrap_or_else(free_port);
+        let mut args = vec![self.role, "--listen".into(), format!("127.0.0.1:{port}")];
+        args.extend(["--data-dir".into(), data_dir.display().to_string()]);
+        if matches!(args[0].as_str(), "standalone" | "ingest") {
+            args.extend(["--rate-limit".into(), self.rate_limit.to_string()]);
+        }
+        args.extend(self.args);
+        let mut s = Server { base: format!("http://127.0.0.1:{port}"), port, args, envs: self.envs, child: None, data_dir, _tmp: tmp };
+        s.spawn();
+        s.wait_up(self.wait_ready).await;
+        s
+    }
+}
+
+impl Server {
+    /// A standalone server with the test secret configured (so [`token`] works).
+    pub fn standalone() -> ServerBuilder {
+        Self::role("standalone")
+    }
+
+    pub fn role(role: &str) -> ServerBuilder {
+        ServerBuilder {
+            role: role.into(),
+            args: vec![],
+            envs: vec![("LIVECOMMENTS_JWT_SECRET".into(), SECRET.into())],
+            port: None,
+            data_dir: None,
+            wait_ready: true,
+            rate_limit: 1_000_000,
+        }
+    }
+
+    fn spawn(&mut self) {
+        let log = std::env::temp_dir().join(format!("livecomments-test-{}.log", self.port));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(&self.args).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info").env("NO_COLOR", "1");
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        // Tests must not inherit a developer's configuration.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("LIVECOMMENTS_") && k != "LIVECOMMENTS_BIN" && !self.envs.iter().any(|(e, _)| *e == k) {
+                cmd.env_remove(k);
+            }
+        }
+        self.child = Some(cmd.spawn().expect("spawn livecomments"));
+    }
+
+    async fn wait_up(&mut self, ready: bool) {
+        let url = format!("{}/{}", self.base, if ready { "readyz" } else { "healthz" });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client().get(&url).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("livecomments {:?} exited early: {status}; see {}", self.args, self.log_path().display());
+                }
+            }
+            assert!(Instant::now() < deadline, "server {} not up in 30 s", self.base);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("livecomments-test-{}.log", self.port))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// `kill -9`: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; returns how long it took.
+    pub fn terminate(&mut self) -> Duration {
+        let t = Instant::now();
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return t.elapsed();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        t.elapsed()
+    }
+
+    /// Starts the same command again (same port and data dir).
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_up(true).await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post(&self, post_id: &str, user: &str, text: &str) -> (u16, Value) {
+        post_comment(&self.base, post_id, &token(user), text).await
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        get_json(&self.url(path)).await
+    }
+
+    /// Every comment of the post, newest first, following next_cursor.
+    pub async fn all_comments(&self, post_id: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/comments?post_id={post_id}&page_size=100");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&before={c}"));
+            }
+            let (status, body) = self.get_json(&path).await;
+            assert_eq!(status, 200, "{body}");
+            out.extend(body["comments"].as_array().unwrap().iter().cloned());
+            match body["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).pool_max_idle_per_host(8).build().unwrap()
+}
+
+pub async fn post_comment(base: &str, post_id: &str, token: &str, text: &str) -> (u16, Value) {
+    let r = client()
+        .post(format!("{base}/comment?post_id={post_id}"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"text": text}))
+        .send()
+        .await
+        .expect("POST");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn get_json(url: &str) -> (u16, Value) {
+    let r = client().get(url).send().await.expect("GET");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Asserts a contract error: status, `error.code`, a message, nothing else surprising.
+pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "body: {body}");
+    assert_eq!(body["error"]["code"], want_code, "body: {body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {body}");
+}
+
+/// One parsed SSE event.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl Event {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or(Value::Null)
+    }
+}
+
+/// An SSE client: events arrive on a channel; comments (`: ping`) are counted.
+pub struct Sse {
+    rx: mpsc::UnboundedReceiver<Event>,
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    task: tokio::task::JoinHandle<()>,
+    pub last_id: Option<String>,
+}
+
+impl Sse {
+    pub async fn connect(base: &str, post_id: &str, last_event_id: Option<&str>) -> Sse {
+        Self::connect_url(&format!("{base}/comments/stream?post_id={post_id}"), last_event_id).await
+    }
+
+    pub async fn connect_url(url: &str, last_event_id: Option<&str>) -> Sse {
+        let c = reqwest::Client::builder().build().unwrap();
+        let mut req = c.get(url).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = req.send().await.expect("stream connect");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut body = resp.bytes_stream();
+            let mut buf = String::new();
+            let mut cur = Event::default();
+            while let Some(Ok(chunk)) = body.next().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(nl) = buf.find('\n') {
+                    let line: String = buf.drain(..=nl).collect();
+                    let line = line.trim_end_matches(['\n', '\r']);
+                    if line.is_empty() {
+                        if !cur.event.is_empty() || !cur.data.is_empty() {
+                            if cur.event.is_empty() {
+                                cur.event = "message".into();
+                            }
+                            if tx.send(std::mem::take(&mut cur)).is_err() {
+                                return;
+                            }
+                        }
+                        cur = Event::default();
+                    } else if let Some(c) = line.strip_prefix(':') {
+                        let _ = tx.send(Event { event: "comment-line".into(), id: None, data: c.trim().into() });
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        cur.event = v.trim().into();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        if !cur.data.is_empty() {
+                            cur.data.push('\n');
+                        }
+                        cur.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        cur.id = Some(v.trim().into());
+                    } else if let Some(v) = line.strip_prefix("retry:") {
+                        let _ = tx.send(Event { event: "retry".into(), id: None, data: v.trim().into() });
+                    }
+                }
+            }
+            let _ = tx.send(Event { event: "closed".into(), id: None, data: String::new() });
+        });
+        Sse { rx, status, headers, task, last_id: last_event_id.map(str::to_string) }
+    }
+
+    /// The next event of any kind, or None after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Event> {
+        let ev = tokio::time::timeout(timeout, self.rx.recv()).await.ok().flatten()?;
+        if let Some(id) = &ev.id {
+            self.last_id = Some(id.clone());
+        }
+        Some(ev)
+    }
+
+    /// The next `event: comment`, skipping heartbeats and other events.
+    pub async fn next_comment(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let ev = self.next(left).await?;
+            match ev.event.as_str() {
+                "comment" => return Some(ev.json()),
+                "closed" => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Collects comments until `n` arrived or `timeout` passed.
+    pub async fn comments(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+            match self.next_comment(left).await {
+                Some(c) => out.push(c),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// True once the server closed the stream (within `timeout`).
+    pub async fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
+            match self.next(left).await {
+                Some(ev) if ev.event == "closed" => return true,
+                Some(_) => continue,
+                None => return false,
+            }
+        }
+    }
+}
+
+impl Drop for Sse {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A `nats-server` on free loopback ports; killed on drop.
+pub struct Nats {
+    pub url: String,
+    pub port: u16,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Nats {
+    pub async fn start() -> Nats {
+        let port = free_port();
+        let args = vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string()];
+        let mut n = Nats { url: format!("nats://127.0.0.1:{port}"), port, child: None, args };
+        n.spawn().await;
+        n
+    }
+
+    /// Starts with a config file (gateways, clusters).
+    pub async fn with_config(config: &Path, port: u16) -> Nats {
+        let args = vec!["-c".into(), config.display().to_string()];
+        let mut n = Nats { url: format!("nats://127.0.0.1:{port}"), port, child: None, args };
+        n.spawn().await;
+        n
+    }
+
+    async fn spawn(&mut self) {
+        let exe = which_nats();
+        self.child = Some(Command::new(exe).args(&self.args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn nats-server"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn which_nats() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/bin"]) {
+        let p = Path::new(dir).join("nats-server");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("nats-server not found on PATH: run scripts/setup (or .ci/run) first");
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Ids of a list of comment JSON values.
+pub fn ids(comments: &[Value]) -> Vec<String> {
+    comments.iter().map(|c| c["id"].as_str().unwrap_or_default().to_string()).collect()
+}

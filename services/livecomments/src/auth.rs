@@ -64,7 +64,10 @@ impl Authenticator {
         let mut validation = Validation::new(alg);
         validation.leeway = 5;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        required.extend(args.jwt_issuer.as_ref().map(|_| "iss"));
+        required.extend(args.jwt_audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         match &args.jwt_issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,

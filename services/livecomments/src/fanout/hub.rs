@@ -138,18 +138,25 @@ impl Hub {
 
     /// After a bus outage: fetch from history what the hub missed and dispatch it (the
     /// position de-duplicates whatever the bus still delivers late).
+    /// Retried for a while: right after a reconnect the readers may not have re-subscribed yet.
     async fn repair(&self) {
-        let pos = Position::clone(&self.state.lock().pos);
-        match self.fanout.history.replay(&self.post_id, &pos, self.fanout.cfg.replay_max).await {
-            Ok((comments, _)) => {
-                if !comments.is_empty() {
-                    tracing::info!(post_id = %self.post_id, n = comments.len(), "repaired after bus reconnect");
+        for attempt in 0..20u64 {
+            let pos = Position::clone(&self.state.lock().pos);
+            match self.fanout.history.replay(&self.post_id, &pos, self.fanout.cfg.replay_max).await {
+                Ok((comments, _)) => {
+                    if !comments.is_empty() {
+                        tracing::info!(post_id = %self.post_id, n = comments.len(), "repaired after bus reconnect");
+                    }
+                    for c in &comments {
+                        self.dispatch_comment(c);
+                    }
+                    return;
                 }
-                for c in &comments {
-                    self.dispatch_comment(c);
+                Err(e) => {
+                    tracing::warn!(post_id = %self.post_id, error = %e, attempt, "repair failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(250 * (attempt + 1).min(4))).await;
                 }
             }
-            Err(e) => tracing::warn!(post_id = %self.post_id, error = %e, "repair failed"),
         }
     }
 

@@ -63,7 +63,12 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body
             ApiError::new(ErrorCode::BadRequest, "could not read the request body")
         }
     })?;
-    serde_json::from_slice(&bytes.to_bytes())
+    let bytes = bytes.to_bytes();
+    // serde would also accept a JSON array for a struct; the contract's body is an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::new(ErrorCode::InvalidJson, "body must be a JSON object"));
+    }
+    serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("body is not a valid comment: {}", json_reason(&e))))
 }
 

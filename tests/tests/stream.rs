@@ -1,0 +1,207 @@
+//! The SSE stream against a real standalone process: headers, live delivery, resume without
+//! gaps or duplicates, `since`, heartbeats, slow viewers cut off while others keep going.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use livecomments_tests::*;
+
+const T: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn stream_headers_retry_and_live_comments() {
+    let s = Server::standalone().start().await;
+    let mut v = Sse::connect(&s.base, "live", None).await;
+    assert_eq!(v.status, 200);
+    assert_eq!(v.headers["content-type"], "text/event-stream");
+    assert_eq!(v.headers["cache-control"], "no-cache");
+    assert_eq!(v.headers["x-accel-buffering"], "no");
+    let first = v.next(T).await.unwrap();
+    assert_eq!(first.event, "retry", "a retry: line comes first");
+    let (_, posted) = s.post("live", "alice", "<b>hi</b> & bye").await;
+    let got = v.next_comment(T).await.expect("live comment");
+    assert_eq!(got, posted, "the stream carries exactly the comment JSON");
+    assert!(v.last_id.as_deref().unwrap().contains(posted["id"].as_str().unwrap()));
+    // Another post's comments do not leak in.
+    s.post("other", "alice", "elsewhere").await;
+    let (_, p2) = s.post("live", "bob", "second").await;
+    assert_eq!(v.next_comment(T).await.unwrap()["id"], p2["id"]);
+}
+
+#[tokio::test]
+async fn resume_replays_exactly_what_was_missed() {
+    let s = Server::standalone().start().await;
+    let mut v = Sse::connect(&s.base, "r", None).await;
+    let mut posted = Vec::new();
+    for i in 0..5 {
+        posted.push(s.post("r", "u", &format!("a{i}")).await.1);
+    }
+    let got = v.comments(3, T).await;
+    assert_eq!(ids(&got), ids(&posted[..3]));
+    let resume_from = v.last_id.clone().unwrap();
+    drop(v);
+    for i in 0..5 {
+        posted.push(s.post("r", "u", &format!("b{i}")).await.1);
+    }
+    // Header form.
+    let mut v2 = Sse::connect(&s.base, "r", Some(&resume_from)).await;
+    let got = v2.comments(7, T).await;
+    assert_eq!(ids(&got), ids(&posted[3..]), "missed ones, in order, none twice");
+    // Live continues after the replay with no duplicate at the seam.
+    let (_, live) = s.post("r", "u", "after").await;
+    assert_eq!(v2.next_comment(T).await.unwrap()["id"], live["id"]);
+    assert!(v2.next_comment(Duration::from_millis(500)).await.is_none(), "nothing doubled");
+    // Query form, from the middle.
+    let mid = format!("local.{}", posted[7]["id"].as_str().unwrap());
+    let mut v3 = Sse::connect_url(&s.url(&format!("/comments/stream?post_id=r&last_event_id={mid}")), None).await;
+    let got = v3.comments(3, T).await;
+    assert_eq!(ids(&got), vec![posted[8]["id"].as_str().unwrap(), posted[9]["id"].as_str().unwrap(), live["id"].as_str().unwrap()]);
+    // since= starts from a time.
+    let mut v4 = Sse::connect_url(&s.url("/comments/stream?post_id=r&since=0"), None).await;
+    assert_eq!(v4.comments(11, T).await.len(), 11);
+}
+
+#[tokio::test]
+async fn resume_under_concurrent_posting_has_no_gap_or_duplicate() {
+    let s = Server::standalone().start().await;
+    let base = s.base.clone();
+    let writer = tokio::spawn(async move {
+        let tok = token("w");
+        let mut ids = Vec::new();
+        for i in 0..150 {
+            let (st, c) = post_comment(&base, "seam", &tok, &format!("m{i}")).await;
+            assert_eq!(st, 201);
+            ids.push(c["id"].as_str().unwrap().to_string());
+            if i % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        ids
+    });
+    // A viewer that keeps disconnecting and resuming while comments flow.
+    let mut seen = Vec::new();
+    let mut last: Option<String> = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 150 && Instant::now() < deadline {
+        let mut v = Sse::connect_url(&s.url("/comments/stream?post_id=seam&since=0"), last.as_deref()).await;
+        for c in v.comments(7, Duration::from_secs(3)).await {
+            seen.push(c["id"].as_str().unwrap().to_string());
+        }
+        last = v.last_id.clone().or(last);
+    }
+    let posted = writer.await.unwrap();
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no duplicates across resumes");
+    assert_eq!(seen, posted, "every comment, in order, exactly once");
+}
+
+#[tokio::test]
+async fn heartbeats_when_idle() {
+    let s = Server::standalone().args(["--heartbeat-secs", "1"]).start().await;
+    let mut v = Sse::connect(&s.base, "quiet", None).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut pings = 0;
+    while Instant::now() < deadline && pings < 2 {
+        if let Some(ev) = v.next(Duration::from_secs(3)).await {
+            if ev.event == "comment-line" && ev.data == "ping" {
+                pings += 1;
+            }
+        }
+    }
+    assert!(pings >= 2, "got {pings} pings");
+}
+
+#[tokio::test]
+async fn bad_resume_tokens_are_refused() {
+    let s = Server::standalone().start().await;
+    for bad in ["garbage", "local.", "local.01JDQ7Z8XK3M4N5P6Q7R8S9T0", "LOCAL.01JDQ7Z8XK3M4N5P6Q7R8S9T0V", "a.b.c"] {
+        let v = Sse::connect(&s.base, "p", Some(bad)).await;
+        assert_eq!(v.status, 400, "{bad}");
+    }
+    let v = Sse::connect_url(&s.url("/comments/stream?post_id=p&since=tomorrow"), None).await;
+    assert_eq!(v.status, 400);
+    let v = Sse::connect_url(&s.url("/comments/stream?post_id=a.b"), None).await;
+    assert_eq!(v.status, 400);
+    assert_eq!(s.get_json("/healthz").await.0, 200);
+}
+
+/// A viewer that never reads is cut off once its buffer is full; a reading viewer keeps
+/// receiving everything meanwhile.
+#[tokio::test]
+async fn slow_viewer_is_cut_off_and_others_keep_up() {
+    let s = Server::standalone().args(["--viewer-buffer", "16"]).start().await;
+    // The stalled viewer: a raw socket that sends the request and never reads.
+    use tokio::io::AsyncWriteExt;
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", s.port)).await.unwrap();
+    stalled
+        .write_all(b"GET /comments/stream?post_id=hot HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    // Shrink the receive buffer's effect: comments are large so the kernel buffers fill fast.
+    let mut good = Sse::connect(&s.base, "hot", None).await;
+    let big = "x".repeat(1900);
+    let tok = token("w");
+    let mut latencies = Vec::new();
+    let mut slow_cut = false;
+    for i in 0..4000 {
+        let t0 = Instant::now();
+        let (st, c) = post_comment(&s.base, "hot", &tok, &format!("{i} {big}")).await;
+        assert_eq!(st, 201);
+        let got = good.next_comment(T).await.expect("good viewer keeps receiving");
+        assert_eq!(got["id"], c["id"]);
+        latencies.push(t0.elapsed());
+        if i % 50 == 49 {
+            let metrics = client().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+            if metrics.lines().any(|l| l.starts_with("livecomments_sse_slow_disconnects_total") && !l.ends_with(" 0")) {
+                slow_cut = true;
+                break;
+            }
+        }
+    }
+    assert!(slow_cut, "the stalled viewer was disconnected");
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    assert!(p50 < Duration::from_secs(1), "good viewer p50 {p50:?}");
+}
+
+#[tokio::test]
+async fn per_ip_stream_limit_answers_429() {
+    let s = Server::standalone().args(["--max-streams-per-ip", "3"]).start().await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let v = Sse::connect(&s.base, "p", None).await;
+        assert_eq!(v.status, 200);
+        open.push(v);
+    }
+    let refused = client().get(s.url("/comments/stream?post_id=p")).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(refused.json::<serde_json::Value>().await.unwrap()["error"]["code"], "too_many_connections");
+    open.pop();
+    let again = eventually(Duration::from_secs(5), || async {
+        let v = Sse::connect(&s.base, "p", None).await;
+        (v.status == 200).then_some(v)
+    })
+    .await;
+    assert!(again.is_some(), "a slot frees when a stream closes");
+}
+
+#[tokio::test]
+async fn sigterm_tells_viewers_to_reconnect_and_exits_promptly() {
+    let mut s = Server::standalone().start().await;
+    let mut v = Sse::connect(&s.base, "bye", None).await;
+    s.post("bye", "a", "x").await;
+    assert!(v.next_comment(T).await.is_some());
+    let took = s.terminate();
+    assert!(took < Duration::from_secs(12), "exit took {took:?}");
+    let mut saw_reconnect = false;
+    while let Some(ev) = v.next(Duration::from_secs(2)).await {
+        if ev.event == "reconnect" {
+            saw_reconnect = true;
+        }
+        if ev.event == "closed" {
+            break;
+        }
+    }
+    assert!(saw_reconnect, "viewers are told to reconnect");
+}
