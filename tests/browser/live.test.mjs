@@ -56,6 +56,12 @@ test('a comment posted in one page appears live in the other; deletions follow',
   assert.deepEqual(await textsOf(bob), ['hi alice, bob here']);
 
   // A page opened now loads the history without the deleted comment.
+  // Reloading keeps the tab's demo identity (sessionStorage): the name and the delete buttons.
+  await bob.reload();
+  await waitText(bob, 'hi alice, bob here');
+  assert.equal(await bob.$eval('#user-name', (i) => i.value), 'bob');
+  assert.deepEqual(await buttons(bob), [['hi alice, bob here', true]]);
+
   const carol = await openPage(browser, server.base, post);
   await waitText(carol, 'hi alice, bob here');
   assert.deepEqual(await textsOf(carol), ['hi alice, bob here']);

@@ -5,8 +5,8 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, test } from 'node:test';
 import {
-  connState, devToken, launchBrowser, loadAll, openPage, postComment, screenshot, Server, shownIds, sleep,
-  TIMEOUT, waitShown, waitState,
+  connState, devToken, launchBrowser, loadAll, openPage, postComment, postViaUi, screenshot, Server, shownIds,
+  sleep, TIMEOUT, waitFor, waitShown, waitState,
 } from './harness.mjs';
 
 let server;
@@ -40,6 +40,10 @@ test('the page catches up exactly after the server is killed and restarted', { t
   await assertExactly(page, expected, 'history on open');
   for (let i = 1; i <= 2; i++) expected.add((await postComment(server.base, token, POST, `live ${i}`)).id);
   await assertExactly(page, expected, 'live comments');
+  // The page signs in through the form now, so it holds a token of this server process.
+  await postViaUi(page, 'viewer', 'from the page, before the restarts');
+  await waitFor(async () => (await page.$eval('#notice', (n) => n.textContent)) === 'Posted.', 'the page’s post');
+  expected.add(await page.$eval('#comments > li:first-child', (li) => li.dataset.id));
 
   // 1. A deterministic gap: the page cannot reconnect until we let it, while comments are posted.
   await page.route('**/comments/stream**', (route) => route.abort());
@@ -98,6 +102,12 @@ test('the page catches up exactly after the server is killed and restarted', { t
 
   assert.equal(await connState(page), 'caught-up');
   assert.deepEqual(page.errors, []);
+
+  // The page's token is from the first process (a dev secret of its own): posting renews it.
+  await postViaUi(page, 'viewer', 'from the page, after the restarts');
+  await waitFor(async () => (await page.$eval('#notice', (n) => n.textContent)) === 'Posted.', 'posting with a renewed token');
+  expected.add(await page.$eval('#comments > li:first-child', (li) => li.dataset.id));
+  await assertExactly(page, expected, 'after posting from the page');
   await screenshot(page, 'reconnect-after-kill');
 });
 
