@@ -37,6 +37,10 @@ pub struct FanoutArgs {
     /// After publishing, wait this long without progress before declaring the rest missing.
     #[arg(long, default_value_t = 5.0)]
     pub drain_secs: f64,
+    /// Stop publishing after this many seconds even if not all comments went out (a server
+    /// that cannot take the rate); 0: no limit.
+    #[arg(long, default_value_t = 0.0)]
+    pub max_secs: f64,
 }
 
 #[derive(Args, Debug)]
@@ -175,7 +179,8 @@ impl Phase {
     fn write(&self, o: &mut Out, prefix: &str) {
         let k = |s: &str| format!("{prefix}{s}");
         o.set(&k("published"), json!(self.accepted));
-        o.set(&k("publish_errors"), json!(self.errors + self.r429 + self.attempted.saturating_sub(self.accepted + self.errors + self.r429)));
+        o.set(&k("publish_errors"), json!(self.errors + self.r429));
+        o.set(&k("publish_attempted"), json!(self.attempted));
         o.set(&k("publish_rate"), r3(self.pub_rate));
         o.set(&k("expected_deliveries"), json!(self.expected));
         o.set(&k("delivered"), json!(self.delivered));
@@ -198,14 +203,14 @@ impl Phase {
     }
 }
 
-async fn publish_phase(ctx: &Ctx, agents: &mut Agents, publisher: &mut Publisher, count: u64, rate: f64, quiet: Duration) -> Result<Phase> {
+async fn publish_phase(ctx: &Ctx, agents: &mut Agents, publisher: &mut Publisher, count: u64, rate: f64, quiet: Duration, max_secs: f64) -> Result<Phase> {
     agents.reset().await?;
     let before = agents.report().await?;
     let acc_before = publisher.accepted_by_post();
     let scpu0 = ctx.server_cpu();
     let gcpu0 = agents.cpu() + stats::cpu_secs(std::process::id()).unwrap_or(0.0);
     let t0 = Instant::now();
-    let pr = publisher.run(count, rate, None).await?;
+    let pr = publisher.run(count, rate, (max_secs > 0.0).then(|| Duration::from_secs_f64(max_secs))).await?;
     let acc_after = publisher.accepted_by_post();
     let accepted_delta: Vec<u64> = acc_after.iter().zip(&acc_before).map(|(a, b)| a - b).collect();
     let total_expected = agents.expected(&acc_after);
@@ -294,7 +299,7 @@ async fn fanout_inner(ctx: &Ctx, a: &FanoutArgs) -> Result<bool> {
     }
     if a.comments > 0 {
         let mut publisher = ctx.publisher(a.posts, ctx.common.pub_conns, ctx.common.users)?;
-        let ph = publish_phase(ctx, &mut agents, &mut publisher, a.comments, a.rate, Duration::from_secs_f64(a.drain_secs)).await?;
+        let ph = publish_phase(ctx, &mut agents, &mut publisher, a.comments, a.rate, Duration::from_secs_f64(a.drain_secs), a.max_secs).await?;
         ph.write(&mut o, "");
         ok &= ph.missing() == 0 && ph.dups == 0 && ph.errors == 0;
     }
@@ -326,8 +331,9 @@ async fn max_rate_inner(ctx: &Ctx, a: &MaxRateArgs) -> Result<bool> {
     let mut refine = 0;
     loop {
         let count = (rate * a.step_secs).ceil().max(1.0) as u64;
-        let ph = publish_phase(ctx, &mut agents, &mut publisher, count, rate, Duration::from_secs(3)).await?;
+        let ph = publish_phase(ctx, &mut agents, &mut publisher, count, rate, Duration::from_secs(3), a.step_secs * 1.5).await?;
         let p99 = if ph.lat.is_empty() { f64::INFINITY } else { ph.lat.value_at_quantile(0.99) as f64 / 1000.0 };
+        let p50 = if ph.lat.is_empty() { f64::INFINITY } else { ph.lat.value_at_quantile(0.5) as f64 / 1000.0 };
         // The publisher must also keep up: an ingest that cannot take the rate fails the step.
         let kept_up = ph.pub_rate >= rate * 0.9;
         let pass = ph.missing() == 0 && ph.dups == 0 && ph.errors == 0 && p99 <= a.p99_ms && kept_up;
@@ -339,7 +345,7 @@ async fn max_rate_inner(ctx: &Ctx, a: &MaxRateArgs) -> Result<bool> {
             ph.pub_rate,
             if pass { "pass" } else { "FAIL" }
         );
-        steps.push(json!({"rate": rate, "pass": pass, "p99_ms": p99, "deliveries_per_s": r3(ph.deliveries_per_s), "missing": ph.missing(), "duplicates": ph.dups, "published_per_s": r3(ph.pub_rate)}));
+        steps.push(json!({"rate": rate, "pass": pass, "p50_ms": p50, "p99_ms": p99, "deliveries_per_s": r3(ph.deliveries_per_s), "missing": ph.missing(), "duplicates": ph.dups, "published_per_s": r3(ph.pub_rate)}));
         if pass {
             lo = rate;
             best = Some((rate, ph));
@@ -566,7 +572,7 @@ pub async fn smoke(a: SmokeArgs) -> Result<bool> {
         let mut agents = connect_viewers(&ctx, &mut o, a.viewers, a.posts, 20.0).await?;
         let connected = agents.report().await?.connected == agents.total;
         let mut publisher = ctx.publisher(a.posts, ctx.common.pub_conns, ctx.common.users)?;
-        let ph = publish_phase(&ctx, &mut agents, &mut publisher, a.comments, a.rate, Duration::from_secs(3)).await?;
+        let ph = publish_phase(&ctx, &mut agents, &mut publisher, a.comments, a.rate, Duration::from_secs(3), 0.0).await?;
         ph.write(&mut o, "");
         let mut ok = connected && ph.missing() == 0 && ph.dups == 0 && ph.errors == 0 && ph.accepted == a.comments;
         let mut o2 = Out { fields: Vec::new() };
