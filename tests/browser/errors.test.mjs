@@ -1,9 +1,11 @@
-// API errors reach the status line: a 429 (rate limited) and a server that hands out no demo
-// tokens (a JWT secret is configured); the page still streams what others post.
+// API errors reach the status line: a 429 (rate limited), a server that hands out no demo
+// tokens (a JWT secret is configured; the page still streams what others post), and a failed
+// history load, which the page offers to retry.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import {
-  launchBrowser, mintToken, openPage, postComment, postViaUi, screenshot, Server, shownTexts, TIMEOUT, waitFor,
+  devToken, launchBrowser, mintToken, openPage, postComment, postViaUi, screenshot, Server, shownIds, shownTexts,
+  TIMEOUT, waitFor,
 } from './harness.mjs';
 
 let browser;
@@ -40,6 +42,33 @@ test('with a configured secret: no demo tokens, but the page streams comments', 
     await postComment(server.base, token, 'keyed', 'posted with a real HS256 token');
     await waitFor(async () => (await shownTexts(page)).includes('posted with a real HS256 token'), 'the comment, live');
     await screenshot(page, 'no-dev-token');
+  } finally {
+    await server.stop();
+  }
+});
+
+test('a failed history load is reported and can be retried', { timeout: 2 * TIMEOUT }, async () => {
+  const server = await Server.start();
+  try {
+    const post = 'flaky-history';
+    const c = await postComment(server.base, await devToken(server.base, 'someone'), post, 'here all along');
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    // The first GET /comments fails as a store outage would (503 with the API's error body).
+    await page.route('**/comments?*', (route) => route.fulfill({
+      status: 503, contentType: 'application/json',
+      body: JSON.stringify({ error: { code: 'unavailable', message: 'the comment store is unavailable' } }),
+    }), { times: 1 });
+    await page.goto(`${server.base}/?post=${post}`);
+    await waitFor(async () => /could not load comments: the comment store is unavailable/i.test(await notice(page)), 'the error in the status line');
+    await page.waitForSelector('#load-older:not([hidden])');
+    assert.equal((await page.textContent('#load-older')).trim(), 'Try loading again');
+    assert.deepEqual(await shownTexts(page), []);
+    await screenshot(page, 'history-failed');
+    await page.click('#load-older');
+    await waitFor(async () => JSON.stringify(await shownIds(page)) === JSON.stringify([c.id]), 'the history after the retry');
+    assert.equal(await page.isHidden('#load-older'), true);
+    await context.close();
   } finally {
     await server.stop();
   }

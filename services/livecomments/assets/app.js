@@ -129,9 +129,12 @@
     updateEnd();
   }
 
+  // Under the list: the load-older button (also the retry after a failed load), or the end.
   function updateEnd() {
-    el.older.hidden = nextCursor == null; // unknown before the first page, or no older page
-    el.end.hidden = nextCursor !== null;
+    const done = nextCursor === null;
+    el.older.hidden = done || (nextCursor === undefined && !historyFailed);
+    el.older.textContent = historyFailed ? 'Try loading again' : 'Load older comments';
+    el.end.hidden = !done;
     el.end.textContent = items.size ? 'No older comments.' : 'No comments yet.';
   }
 
@@ -149,6 +152,7 @@
 
   // ---- history (newest first, older pages on scroll) ---------------------------------------
   let generation = 0; // bumped by resync(): answers to older requests are dropped
+  let historyFailed = false;
 
   async function loadOlder() {
     if (loading || nextCursor === null) return;
@@ -170,14 +174,19 @@
       if (gen !== generation) return;
       for (const c of page.comments || []) add(c);
       nextCursor = page.next_cursor || null;
+      historyFailed = false;
     } catch (e) {
+      if (gen !== generation) return;
+      historyFailed = true;
       notify(`Could not load comments: ${e.message}`, true);
     } finally {
-      loading = false;
-      el.older.disabled = false;
-      updateEnd();
-      // The observer only reports changes: re-arm it so a still-visible sentinel loads the next page.
-      if (observer && nextCursor !== null) { observer.unobserve(el.more); observer.observe(el.more); }
+      if (gen === generation) {
+        loading = false;
+        el.older.disabled = false;
+        updateEnd();
+        // The observer only reports changes: re-arm it so a still-visible sentinel loads the next page.
+        if (observer && typeof nextCursor === 'string') { observer.unobserve(el.more); observer.observe(el.more); }
+      }
     }
   }
 
@@ -228,6 +237,7 @@
       setState(everOpen ? 'caught-up' : 'live');
       everOpen = true;
       startHistory(); // subscribed first, so nothing falls between history and stream
+      if (historyFailed && nextCursor === undefined) loadOlder(); // the server is back
     });
     source.addEventListener('error', () => {
       if (source.readyState !== EventSource.CLOSED && (lastEventId || sinceMark === null)) {
