@@ -1,0 +1,161 @@
+//! Measures `CqlStore` latency against a running CQL server (docs/CQL.md reports the numbers).
+//!
+//! ```text
+//! scripts/cassandra start
+//! cargo run --release -p livecomments --example cql_latency -- [nodes] [requests per run]
+//! ```
+//! Defaults: `$LIVECOMMENTS_TEST_CQL` or `127.0.0.2:9042`, 4000 requests. Each operation runs
+//! with 1 client and with 64 concurrent clients, in a throwaway keyspace dropped at the end.
+//! Operations: a single-comment insert, an insert with an Idempotency-Key (LWT), the newest page
+//! of 20 of a post with history, a page of 20 with a cursor, and a get by id.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use livecomments::store::cql::{CqlOptions, CqlStore, migrate};
+use livecomments::store::{NewComment, Store};
+use livecomments_shared::Comment;
+use livecomments_shared::time::{format_millis, now_millis};
+use ulid::Ulid;
+
+fn comment(post: &str, ms: i64) -> Comment {
+    Comment {
+        id: Ulid::from_parts(ms as u64, rand::random::<u128>()).to_string(),
+        post_id: post.to_string(),
+        user_id: format!("user{}", rand::random::<u32>() % 1000),
+        // ~300 B typical row: ~200 characters of text plus a little metadata.
+        text: "a typical live comment of about two hundred characters, long enough to look like the real thing \
+               and to make the row size realistic for the partition arithmetic in docs/CQL.md, nothing more."
+            .to_string(),
+        timestamp: format_millis(ms),
+        region: "eu".into(),
+        metadata: [("lang".to_string(), "en".to_string())].into(),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Insert,
+    InsertKeyed,
+    Newest,
+    NewestCursor,
+    Get,
+}
+
+async fn one(store: &CqlStore, op: Op, hist: &[Comment]) {
+    match op {
+        Op::Insert => {
+            let c = comment("lat-write", now_millis());
+            let r = store.insert_batch(vec![NewComment { comment: c, idempotency_key: None }]).await;
+            r.into_iter().next().unwrap().unwrap();
+        }
+        Op::InsertKeyed => {
+            let c = comment("lat-write-keyed", now_millis());
+            let key = format!("{:x}", rand::random::<u64>());
+            let r = store.insert_batch(vec![NewComment { comment: c, idempotency_key: Some(key) }]).await;
+            r.into_iter().next().unwrap().unwrap();
+        }
+        Op::Newest => {
+            assert_eq!(store.newest("lat-read", None, 20).await.unwrap().len(), 20);
+        }
+        Op::NewestCursor => {
+            let at = &hist[20 + rand::random::<u32>() as usize % (hist.len() - 20)];
+            assert_eq!(store.newest("lat-read", Some(&at.id), 20).await.unwrap().len(), 20);
+        }
+        Op::Get => {
+            let c = &hist[rand::random::<u32>() as usize % hist.len()];
+            assert!(store.get("lat-read", &c.id).await.unwrap().is_some());
+        }
+    }
+}
+
+async fn run(
+    store: Arc<CqlStore>,
+    hist: Arc<Vec<Comment>>,
+    op: Op,
+    clients: usize,
+    total: usize,
+) -> (Vec<Duration>, f64) {
+    let per = total / clients;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (store, hist) = (store.clone(), hist.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for _ in 0..per {
+                let t = Instant::now();
+                one(&store, op, &hist).await;
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort();
+    let rate = all.len() as f64 / secs;
+    (all, rate)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let nodes =
+        args.next().or_else(|| std::env::var("LIVECOMMENTS_TEST_CQL").ok()).unwrap_or_else(|| "127.0.0.2:9042".into());
+    let total: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(4000);
+    let ks = format!("lc_latency_{:08x}", rand::random::<u32>());
+    let opts = CqlOptions::new(nodes.split(',').map(str::to_string).collect(), ks.clone());
+    migrate(&opts).await?;
+    let store = Arc::new(CqlStore::connect(&opts).await?);
+
+    // History for the reads: 2,000 comments over the last ~10 minutes (one every ~300 ms).
+    let now = now_millis();
+    let mut hist: Vec<Comment> = (0..2000).map(|i| comment("lat-read", now - 600_000 + i * 300)).collect();
+    hist.sort_by(|a, b| a.id.cmp(&b.id));
+    for chunk in hist.chunks(200) {
+        for r in store
+            .insert_batch(chunk.iter().map(|c| NewComment { comment: c.clone(), idempotency_key: None }).collect())
+            .await
+        {
+            r?;
+        }
+    }
+    let hist = Arc::new(hist);
+
+    println!("CqlStore latency, {total} requests per row, keyspace {ks} on {nodes}");
+    println!("{:<34} {:>7} {:>9} {:>9} {:>9} {:>10}", "operation", "clients", "p50 ms", "p99 ms", "max ms", "ops/s");
+    let ops = [
+        (Op::Insert, "insert 1 comment"),
+        (Op::InsertKeyed, "insert 1 comment + key (LWT)"),
+        (Op::Newest, "newest 20 (no cursor)"),
+        (Op::NewestCursor, "newest 20 before a cursor"),
+        (Op::Get, "get by id"),
+    ];
+    for (op, name) in ops {
+        // Warm-up: prepared statements, connections, JIT on the server.
+        run(store.clone(), hist.clone(), op, 8, 400).await;
+        for clients in [1, 64] {
+            let (lat, rate) = run(store.clone(), hist.clone(), op, clients, total).await;
+            println!(
+                "{:<34} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>10.0}",
+                name,
+                clients,
+                percentile(&lat, 0.50),
+                percentile(&lat, 0.99),
+                percentile(&lat, 1.0),
+                rate
+            );
+        }
+    }
+    store.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[]).await?;
+    Ok(())
+}
