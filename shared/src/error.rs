@@ -30,8 +30,14 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         use ErrorCode::*;
         match self {
-            BadRequest | InvalidPostId | InvalidText | InvalidMetadata | InvalidJson
-            | InvalidIdempotencyKey | InvalidParameter | InvalidCursor => 400,
+            BadRequest
+            | InvalidPostId
+            | InvalidText
+            | InvalidMetadata
+            | InvalidJson
+            | InvalidIdempotencyKey
+            | InvalidParameter
+            | InvalidCursor => 400,
             InvalidToken => 401,
             Forbidden => 403,
             NotFound => 404,
@@ -78,7 +84,10 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Rejection { code, message: message.into() }
+        Rejection {
+            code,
+            message: message.into(),
+        }
     }
 
     /// The JSON body of CONTRACT §2: `{"error": {"code": ..., "message": ...}}`.

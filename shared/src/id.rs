@@ -20,7 +20,11 @@ impl IdGenerator {
     /// time part `now_ms` unless the clock went backwards (then the previous time is kept).
     pub fn next(&mut self, now_ms: i64, random: u128) -> Ulid {
         let fresh = Ulid::from_parts(now_ms.max(0) as u64, random).0;
-        let id = if fresh > self.last { fresh } else { self.last + 1 };
+        let id = if fresh > self.last {
+            fresh
+        } else {
+            self.last + 1
+        };
         self.last = id;
         Ulid(id)
     }

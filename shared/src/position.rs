@@ -75,7 +75,8 @@ impl Position {
             if !validate::is_region(region) || !id::is_valid(ulid) {
                 return None;
             }
-            if map.insert(region.to_string(), ulid.to_string()).is_some() || map.len() > MAX_REGIONS {
+            if map.insert(region.to_string(), ulid.to_string()).is_some() || map.len() > MAX_REGIONS
+            {
                 return None;
             }
         }
@@ -84,7 +85,12 @@ impl Position {
 
     /// A position at time `ms` in every listed region: replay comments newer than `ms`.
     pub fn at_time(regions: &[String], ms: i64) -> Position {
-        Position(regions.iter().map(|r| (r.clone(), id::max_at(ms))).collect())
+        Position(
+            regions
+                .iter()
+                .map(|r| (r.clone(), id::max_at(ms)))
+                .collect(),
+        )
     }
 }
 

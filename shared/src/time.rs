@@ -28,7 +28,9 @@ pub fn parse_since(s: &str) -> Option<i64> {
 
 /// Parses the RFC 3339 form written by [`format_millis`].
 pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 pub fn now_millis() -> i64 {

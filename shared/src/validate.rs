@@ -18,7 +18,8 @@ pub const USER_ID_MAX: usize = 128;
 pub fn post_id(s: &str) -> Result<&str, Rejection> {
     let ok = !s.is_empty()
         && s.len() <= POST_ID_MAX
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(s)
     } else {
@@ -33,14 +34,18 @@ pub fn post_id(s: &str) -> Result<&str, Rejection> {
 pub fn is_region(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= REGION_MAX
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Comment text: trimmed, 1..=2000 scalar values, no control characters but `\n` and `\t`.
 pub fn text(s: &str) -> Result<String, Rejection> {
     let t = s.trim();
     if t.is_empty() {
-        return Err(Rejection::new(ErrorCode::InvalidText, "text must not be empty"));
+        return Err(Rejection::new(
+            ErrorCode::InvalidText,
+            "text must not be empty",
+        ));
     }
     if t.chars().count() > TEXT_MAX_CHARS {
         return Err(Rejection::new(
@@ -61,15 +66,21 @@ pub fn text(s: &str) -> Result<String, Rejection> {
 pub fn metadata(m: &BTreeMap<String, String>) -> Result<(), Rejection> {
     let bad = |msg: String| Err(Rejection::new(ErrorCode::InvalidMetadata, msg));
     if m.len() > METADATA_MAX_ENTRIES {
-        return bad(format!("metadata must have at most {METADATA_MAX_ENTRIES} entries"));
+        return bad(format!(
+            "metadata must have at most {METADATA_MAX_ENTRIES} entries"
+        ));
     }
     for (k, v) in m {
         let kl = k.chars().count();
         if kl == 0 || kl > METADATA_KEY_MAX {
-            return bad(format!("metadata keys must be 1 to {METADATA_KEY_MAX} characters"));
+            return bad(format!(
+                "metadata keys must be 1 to {METADATA_KEY_MAX} characters"
+            ));
         }
         if v.chars().count() > METADATA_VALUE_MAX {
-            return bad(format!("metadata values must be at most {METADATA_VALUE_MAX} characters"));
+            return bad(format!(
+                "metadata values must be at most {METADATA_VALUE_MAX} characters"
+            ));
         }
     }
     Ok(())
@@ -122,7 +133,9 @@ mod tests {
         assert!(metadata(&m).is_ok());
         m.insert(String::new(), "x".into());
         assert!(metadata(&m).is_err());
-        let many: BTreeMap<_, _> = (0..17).map(|i| (format!("k{i}"), "v".to_string())).collect();
+        let many: BTreeMap<_, _> = (0..17)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
         assert!(metadata(&many).is_err());
         let long: BTreeMap<_, _> = [("k".to_string(), "v".repeat(257))].into();
         assert!(metadata(&long).is_err());

@@ -126,22 +126,42 @@ mod tests {
         let v: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(v["type"], "comment");
         assert_eq!(v["text"], "what a goal!");
-        let del = LiveEvent::Delete(Deletion { id: "x".into(), post_id: "p".into(), region: "eu".into() });
+        let del = LiveEvent::Delete(Deletion {
+            id: "x".into(),
+            post_id: "p".into(),
+            region: "eu".into(),
+        });
         assert_eq!(decode::<LiveEvent>(&encode(&del).unwrap()).unwrap(), del);
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bytes in [&b""[..], b"\xff\xff", b"\x81\xa4type\xa3bad", b"\x92\x01\x02"] {
+        for bytes in [
+            &b""[..],
+            b"\xff\xff",
+            b"\x81\xa4type\xa3bad",
+            b"\x92\x01\x02",
+        ] {
             assert!(decode::<LiveEvent>(bytes).is_err());
         }
     }
 
     #[test]
     fn since_messages_round_trip() {
-        let req = SinceRequest { post_id: "p".into(), after: None, before: None, newest_first: false, limit: 10 };
+        let req = SinceRequest {
+            post_id: "p".into(),
+            after: None,
+            before: None,
+            newest_first: false,
+            limit: 10,
+        };
         assert_eq!(decode::<SinceRequest>(&encode(&req).unwrap()).unwrap(), req);
-        let rep = SinceReply { region: "eu".into(), comments: vec![comment()], more: false, error: None };
+        let rep = SinceReply {
+            region: "eu".into(),
+            comments: vec![comment()],
+            more: false,
+            error: None,
+        };
         assert_eq!(decode::<SinceReply>(&encode(&rep).unwrap()).unwrap(), rep);
     }
 }

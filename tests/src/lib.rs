@@ -23,16 +23,27 @@ pub fn bin() -> PathBuf {
     // target/debug/deps/<test> -> target/debug/livecomments
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let p = dir.join("livecomments");
-    assert!(p.exists(), "{} missing: run `cargo build -p livecomments` first (scripts/test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build -p livecomments` first (scripts/test does)",
+        p.display()
+    );
     p
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// An HS256 token for `user` signed with [`SECRET`].
@@ -124,7 +135,15 @@ impl ServerBuilder {
             args.extend(["--rate-limit".into(), self.rate_limit.to_string()]);
         }
         args.extend(self.args);
-        let mut s = Server { base: format!("http://127.0.0.1:{port}"), port, args, envs: self.envs, child: None, data_dir, _tmp: tmp };
+        let mut s = Server {
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            args,
+            envs: self.envs,
+            child: None,
+            data_dir,
+            _tmp: tmp,
+        };
         s.spawn();
         s.wait_up(self.wait_ready).await;
         s
@@ -151,15 +170,26 @@ impl Server {
 
     fn spawn(&mut self) {
         let log = std::env::temp_dir().join(format!("livecomments-test-{}.log", self.port));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let mut cmd = Command::new(bin());
-        cmd.args(&self.args).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info").env("NO_COLOR", "1");
+        cmd.args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
         // Tests must not inherit a developer's configuration.
         for (k, _) in std::env::vars() {
-            if k.starts_with("LIVECOMMENTS_") && k != "LIVECOMMENTS_BIN" && !self.envs.iter().any(|(e, _)| *e == k) {
+            if k.starts_with("LIVECOMMENTS_")
+                && k != "LIVECOMMENTS_BIN"
+                && !self.envs.iter().any(|(e, _)| *e == k)
+            {
                 cmd.env_remove(k);
             }
         }
@@ -177,10 +207,18 @@ impl Server {
             }
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!("livecomments {:?} exited early: {status}; see {}", self.args, self.log_path().display());
+                    panic!(
+                        "livecomments {:?} exited early: {status}; see {}",
+                        self.args,
+                        self.log_path().display()
+                    );
                 }
             }
-            assert!(Instant::now() < deadline, "server {} not up in 30 s", self.base);
+            assert!(
+                Instant::now() < deadline,
+                "server {} not up in 30 s",
+                self.base
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -205,7 +243,10 @@ impl Server {
     pub fn terminate(&mut self) -> Duration {
         let t = Instant::now();
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -265,7 +306,11 @@ impl Drop for Server {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).pool_max_idle_per_host(8).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .pool_max_idle_per_host(8)
+        .build()
+        .unwrap()
 }
 
 pub async fn post_comment(base: &str, post_id: &str, token: &str, text: &str) -> (u16, Value) {
@@ -290,7 +335,12 @@ pub async fn get_json(url: &str) -> (u16, Value) {
 pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
     assert_eq!(status, want_status, "body: {body}");
     assert_eq!(body["error"]["code"], want_code, "body: {body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "body: {body}"
+    );
 }
 
 /// One parsed SSE event.
@@ -318,7 +368,11 @@ pub struct Sse {
 
 impl Sse {
     pub async fn connect(base: &str, post_id: &str, last_event_id: Option<&str>) -> Sse {
-        Self::connect_url(&format!("{base}/comments/stream?post_id={post_id}"), last_event_id).await
+        Self::connect_url(
+            &format!("{base}/comments/stream?post_id={post_id}"),
+            last_event_id,
+        )
+        .await
     }
 
     pub async fn connect_url(url: &str, last_event_id: Option<&str>) -> Sse {
@@ -351,7 +405,11 @@ impl Sse {
                         }
                         cur = Event::default();
                     } else if let Some(c) = line.strip_prefix(':') {
-                        let _ = tx.send(Event { event: "comment-line".into(), id: None, data: c.trim().into() });
+                        let _ = tx.send(Event {
+                            event: "comment-line".into(),
+                            id: None,
+                            data: c.trim().into(),
+                        });
                     } else if let Some(v) = line.strip_prefix("event:") {
                         cur.event = v.trim().into();
                     } else if let Some(v) = line.strip_prefix("data:") {
@@ -362,18 +420,35 @@ impl Sse {
                     } else if let Some(v) = line.strip_prefix("id:") {
                         cur.id = Some(v.trim().into());
                     } else if let Some(v) = line.strip_prefix("retry:") {
-                        let _ = tx.send(Event { event: "retry".into(), id: None, data: v.trim().into() });
+                        let _ = tx.send(Event {
+                            event: "retry".into(),
+                            id: None,
+                            data: v.trim().into(),
+                        });
                     }
                 }
             }
-            let _ = tx.send(Event { event: "closed".into(), id: None, data: String::new() });
+            let _ = tx.send(Event {
+                event: "closed".into(),
+                id: None,
+                data: String::new(),
+            });
         });
-        Sse { rx, status, headers, task, last_id: last_event_id.map(str::to_string) }
+        Sse {
+            rx,
+            status,
+            headers,
+            task,
+            last_id: last_event_id.map(str::to_string),
+        }
     }
 
     /// The next event of any kind, or None after `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> Option<Event> {
-        let ev = tokio::time::timeout(timeout, self.rx.recv()).await.ok().flatten()?;
+        let ev = tokio::time::timeout(timeout, self.rx.recv())
+            .await
+            .ok()
+            .flatten()?;
         if let Some(id) = &ev.id {
             self.last_id = Some(id.clone());
         }
@@ -399,7 +474,9 @@ impl Sse {
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         while out.len() < n {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
             match self.next_comment(left).await {
                 Some(c) => out.push(c),
                 None => break,
@@ -412,7 +489,9 @@ impl Sse {
     pub async fn closed_within(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
             match self.next(left).await {
                 Some(ev) if ev.event == "closed" => return true,
                 Some(_) => continue,
@@ -439,8 +518,18 @@ pub struct Nats {
 impl Nats {
     pub async fn start() -> Nats {
         let port = free_port();
-        let args = vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string()];
-        let mut n = Nats { url: format!("nats://127.0.0.1:{port}"), port, child: None, args };
+        let args = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        let mut n = Nats {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            child: None,
+            args,
+        };
         n.spawn().await;
         n
     }
@@ -448,14 +537,26 @@ impl Nats {
     /// Starts with a config file (gateways, clusters).
     pub async fn with_config(config: &Path, port: u16) -> Nats {
         let args = vec!["-c".into(), config.display().to_string()];
-        let mut n = Nats { url: format!("nats://127.0.0.1:{port}"), port, child: None, args };
+        let mut n = Nats {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            child: None,
+            args,
+        };
         n.spawn().await;
         n
     }
 
     async fn spawn(&mut self) {
         let exe = which_nats();
-        self.child = Some(Command::new(exe).args(&self.args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn nats-server"));
+        self.child = Some(
+            Command::new(exe)
+                .args(&self.args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nats-server"),
+        );
         let deadline = Instant::now() + Duration::from_secs(15);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "nats-server did not start");
@@ -486,7 +587,11 @@ fn which_nats() -> PathBuf {
     if let Ok(p) = std::env::var("NATS_SERVER") {
         return PathBuf::from(p);
     }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/bin"]) {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/bin"])
+    {
         let p = Path::new(dir).join("nats-server");
         if p.exists() {
             return p;
@@ -515,5 +620,52 @@ where
 
 /// Ids of a list of comment JSON values.
 pub fn ids(comments: &[Value]) -> Vec<String> {
-    comments.iter().map(|c| c["id"].as_str().unwrap_or_default().to_string()).collect()
+    comments
+        .iter()
+        .map(|c| c["id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The CQL server for tests: `$LIVECOMMENTS_TEST_CQL` or Cassandra on 127.0.0.2:9042 (started
+/// by `scripts/test`). None when unreachable and not in CI; under `CI=true` unreachable fails.
+pub fn cql_node() -> Option<String> {
+    let addr = std::env::var("LIVECOMMENTS_TEST_CQL").unwrap_or_else(|_| "127.0.0.2:9042".into());
+    let reachable = addr
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    if reachable {
+        return Some(addr);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but no CQL server at {addr}: scripts/cassandra start");
+    }
+    eprintln!(
+        "SKIPPED: no CQL server at {addr} (run scripts/cassandra start); CI runs this for real"
+    );
+    None
+}
+
+/// Applies the schema to a fresh keyspace with the real `livecomments migrate`.
+pub fn migrate_keyspace(node: &str, keyspace: &str) {
+    let out = Command::new(bin())
+        .args(["migrate", "--cql-nodes", node, "--cql-keyspace", keyspace])
+        .env_remove("LIVECOMMENTS_JWT_SECRET")
+        .output()
+        .expect("run migrate");
+    assert!(
+        out.status.success(),
+        "migrate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A keyspace name no other test uses.
+pub fn fresh_keyspace(prefix: &str) -> String {
+    let n: u64 = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        ^ u64::from(std::process::id());
+    format!("{prefix}_{:x}", n & 0xffff_ffff_ffff)
 }

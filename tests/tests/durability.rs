@@ -42,7 +42,12 @@ async fn kill_9_under_load_loses_no_acknowledged_comment() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let seen_before: Vec<String> = viewer.comments(usize::MAX, Duration::from_millis(200)).await.iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    let seen_before: Vec<String> = viewer
+        .comments(usize::MAX, Duration::from_millis(200))
+        .await
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
     let resume = viewer.last_id.clone();
     s.kill9();
     let mut acked = Vec::new();
@@ -54,8 +59,16 @@ async fn kill_9_under_load_loses_no_acknowledged_comment() {
     let stored: Vec<String> = ids(&s.all_comments("d").await);
     let stored_set: HashSet<_> = stored.iter().cloned().collect();
     assert_eq!(stored_set.len(), stored.len(), "no duplicates in the store");
-    let missing: Vec<_> = acked.iter().filter(|id| !stored_set.contains(*id)).collect();
-    assert!(missing.is_empty(), "{} acknowledged comments lost: {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|id| !stored_set.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged comments lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
 
     // The viewer resumes after the restart and gets every stored comment it had not seen.
     let mut v2 = Sse::connect(&s.base, "d", resume.as_deref()).await;

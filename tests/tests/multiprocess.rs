@@ -43,7 +43,10 @@ async fn two_fanouts_share_a_post_and_survive_losing_one() {
     assert_eq!(ids(&a2.comments(5, T).await), ids(&posted[11..]));
     let (_, live) = core.post("shared", "bob", "live again").await;
     assert_eq!(a2.next_comment(T).await.unwrap()["id"], live["id"]);
-    assert!(a2.next_comment(Duration::from_millis(300)).await.is_none(), "no duplicates");
+    assert!(
+        a2.next_comment(Duration::from_millis(300)).await.is_none(),
+        "no duplicates"
+    );
     assert_eq!(ids(&b.comments(6, T).await).len(), 6);
 }
 
@@ -68,7 +71,10 @@ async fn fanout_catches_up_after_nats_restart() {
     // The fanout repairs what the bus dropped once it reconnects, without a restart.
     let got = v.comments(5, Duration::from_secs(20)).await;
     assert_eq!(ids(&got), ids(&during));
-    let ready = eventually(Duration::from_secs(10), || async { (core.get_json("/readyz").await.0 == 200).then_some(()) }).await;
+    let ready = eventually(Duration::from_secs(10), || async {
+        (core.get_json("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
     assert!(ready.is_some());
     let (_, after) = core.post("n", "a", "after").await;
     let got = v.next_comment(T).await.unwrap();

@@ -21,7 +21,12 @@ async fn stream_headers_retry_and_live_comments() {
     let (_, posted) = s.post("live", "alice", "<b>hi</b> & bye").await;
     let got = v.next_comment(T).await.expect("live comment");
     assert_eq!(got, posted, "the stream carries exactly the comment JSON");
-    assert!(v.last_id.as_deref().unwrap().contains(posted["id"].as_str().unwrap()));
+    assert!(
+        v.last_id
+            .as_deref()
+            .unwrap()
+            .contains(posted["id"].as_str().unwrap())
+    );
     // Another post's comments do not leak in.
     s.post("other", "alice", "elsewhere").await;
     let (_, p2) = s.post("live", "bob", "second").await;
@@ -46,16 +51,34 @@ async fn resume_replays_exactly_what_was_missed() {
     // Header form.
     let mut v2 = Sse::connect(&s.base, "r", Some(&resume_from)).await;
     let got = v2.comments(7, T).await;
-    assert_eq!(ids(&got), ids(&posted[3..]), "missed ones, in order, none twice");
+    assert_eq!(
+        ids(&got),
+        ids(&posted[3..]),
+        "missed ones, in order, none twice"
+    );
     // Live continues after the replay with no duplicate at the seam.
     let (_, live) = s.post("r", "u", "after").await;
     assert_eq!(v2.next_comment(T).await.unwrap()["id"], live["id"]);
-    assert!(v2.next_comment(Duration::from_millis(500)).await.is_none(), "nothing doubled");
+    assert!(
+        v2.next_comment(Duration::from_millis(500)).await.is_none(),
+        "nothing doubled"
+    );
     // Query form, from the middle.
     let mid = format!("local.{}", posted[7]["id"].as_str().unwrap());
-    let mut v3 = Sse::connect_url(&s.url(&format!("/comments/stream?post_id=r&last_event_id={mid}")), None).await;
+    let mut v3 = Sse::connect_url(
+        &s.url(&format!("/comments/stream?post_id=r&last_event_id={mid}")),
+        None,
+    )
+    .await;
     let got = v3.comments(3, T).await;
-    assert_eq!(ids(&got), vec![posted[8]["id"].as_str().unwrap(), posted[9]["id"].as_str().unwrap(), live["id"].as_str().unwrap()]);
+    assert_eq!(
+        ids(&got),
+        vec![
+            posted[8]["id"].as_str().unwrap(),
+            posted[9]["id"].as_str().unwrap(),
+            live["id"].as_str().unwrap()
+        ]
+    );
     // since= starts from a time.
     let mut v4 = Sse::connect_url(&s.url("/comments/stream?post_id=r&since=0"), None).await;
     assert_eq!(v4.comments(11, T).await.len(), 11);
@@ -83,7 +106,11 @@ async fn resume_under_concurrent_posting_has_no_gap_or_duplicate() {
     let mut last: Option<String> = None;
     let deadline = Instant::now() + Duration::from_secs(30);
     while seen.len() < 150 && Instant::now() < deadline {
-        let mut v = Sse::connect_url(&s.url("/comments/stream?post_id=seam&since=0"), last.as_deref()).await;
+        let mut v = Sse::connect_url(
+            &s.url("/comments/stream?post_id=seam&since=0"),
+            last.as_deref(),
+        )
+        .await;
         for c in v.comments(7, Duration::from_secs(3)).await {
             seen.push(c["id"].as_str().unwrap().to_string());
         }
@@ -97,7 +124,10 @@ async fn resume_under_concurrent_posting_has_no_gap_or_duplicate() {
 
 #[tokio::test]
 async fn heartbeats_when_idle() {
-    let s = Server::standalone().args(["--heartbeat-secs", "1"]).start().await;
+    let s = Server::standalone()
+        .args(["--heartbeat-secs", "1"])
+        .start()
+        .await;
     let mut v = Sse::connect(&s.base, "quiet", None).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut pings = 0;
@@ -114,7 +144,13 @@ async fn heartbeats_when_idle() {
 #[tokio::test]
 async fn bad_resume_tokens_are_refused() {
     let s = Server::standalone().start().await;
-    for bad in ["garbage", "local.", "local.01JDQ7Z8XK3M4N5P6Q7R8S9T0", "LOCAL.01JDQ7Z8XK3M4N5P6Q7R8S9T0V", "a.b.c"] {
+    for bad in [
+        "garbage",
+        "local.",
+        "local.01JDQ7Z8XK3M4N5P6Q7R8S9T0",
+        "LOCAL.01JDQ7Z8XK3M4N5P6Q7R8S9T0V",
+        "a.b.c",
+    ] {
         let v = Sse::connect(&s.base, "p", Some(bad)).await;
         assert_eq!(v.status, 400, "{bad}");
     }
@@ -129,10 +165,15 @@ async fn bad_resume_tokens_are_refused() {
 /// receiving everything meanwhile.
 #[tokio::test]
 async fn slow_viewer_is_cut_off_and_others_keep_up() {
-    let s = Server::standalone().args(["--viewer-buffer", "16"]).start().await;
+    let s = Server::standalone()
+        .args(["--viewer-buffer", "16"])
+        .start()
+        .await;
     // The stalled viewer: a raw socket that sends the request and never reads.
     use tokio::io::AsyncWriteExt;
-    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", s.port)).await.unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .unwrap();
     stalled
         .write_all(b"GET /comments/stream?post_id=hot HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
         .await
@@ -147,12 +188,24 @@ async fn slow_viewer_is_cut_off_and_others_keep_up() {
         let t0 = Instant::now();
         let (st, c) = post_comment(&s.base, "hot", &tok, &format!("{i} {big}")).await;
         assert_eq!(st, 201);
-        let got = good.next_comment(T).await.expect("good viewer keeps receiving");
+        let got = good
+            .next_comment(T)
+            .await
+            .expect("good viewer keeps receiving");
         assert_eq!(got["id"], c["id"]);
         latencies.push(t0.elapsed());
         if i % 50 == 49 {
-            let metrics = client().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
-            if metrics.lines().any(|l| l.starts_with("livecomments_sse_slow_disconnects_total") && !l.ends_with(" 0")) {
+            let metrics = client()
+                .get(s.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if metrics.lines().any(|l| {
+                l.starts_with("livecomments_sse_slow_disconnects_total") && !l.ends_with(" 0")
+            }) {
                 slow_cut = true;
                 break;
             }
@@ -166,17 +219,27 @@ async fn slow_viewer_is_cut_off_and_others_keep_up() {
 
 #[tokio::test]
 async fn per_ip_stream_limit_answers_429() {
-    let s = Server::standalone().args(["--max-streams-per-ip", "3"]).start().await;
+    let s = Server::standalone()
+        .args(["--max-streams-per-ip", "3"])
+        .start()
+        .await;
     let mut open = Vec::new();
     for _ in 0..3 {
         let v = Sse::connect(&s.base, "p", None).await;
         assert_eq!(v.status, 200);
         open.push(v);
     }
-    let refused = client().get(s.url("/comments/stream?post_id=p")).send().await.unwrap();
+    let refused = client()
+        .get(s.url("/comments/stream?post_id=p"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refused.status().as_u16(), 429);
     assert!(refused.headers().contains_key("retry-after"));
-    assert_eq!(refused.json::<serde_json::Value>().await.unwrap()["error"]["code"], "too_many_connections");
+    assert_eq!(
+        refused.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+        "too_many_connections"
+    );
     open.pop();
     let again = eventually(Duration::from_secs(5), || async {
         let v = Sse::connect(&s.base, "p", None).await;

@@ -14,17 +14,20 @@ use crate::ingest::{Pipeline, RateLimiter};
 use crate::reader::history::{LocalSource, NatsSource};
 use crate::reader::{History, RegionSource};
 use crate::store::Store;
+use crate::store::coalesce::Coalesced;
+use crate::store::cql::{CqlOptions, CqlStore};
 use crate::store::embedded::EmbeddedStore;
 
 /// How long a remote region may take to answer a read before the page goes out partial.
 const REMOTE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Distinct identical-read groups in flight at once; beyond it reads go straight to the store.
+const COALESCE_INFLIGHT: usize = 4096;
 /// How long shutdown waits for in-flight requests after telling streams to reconnect.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 async fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     if s.cql.cql_nodes.is_empty() {
-        let store = EmbeddedStore::open(&s.data_dir)?;
-        let store = Arc::new(store);
+        let store = Arc::new(EmbeddedStore::open(&s.data_dir)?);
         let purger = store.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(3600));
@@ -35,18 +38,27 @@ async fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
                 }
             }
         });
-        Ok(store)
+        Ok(Arc::new(Coalesced::with_capacity(store, COALESCE_INFLIGHT)))
     } else {
-        open_cql(s).await
+        let opts = CqlOptions::from_args(&s.cql)?;
+        let store = CqlStore::connect(&opts).await?;
+        Ok(Arc::new(Coalesced::with_capacity(
+            Arc::new(store),
+            COALESCE_INFLIGHT,
+        )))
     }
 }
 
 pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
     if role == Role::Migrate {
-        return migrate_cql(&s).await;
+        return crate::store::cql::migrate(&CqlOptions::from_args(&s.cql)?).await;
     }
     let has_store = matches!(role, Role::Standalone | Role::Ingest | Role::Reader);
-    let store = if has_store { Some(open_store(&s).await?) } else { None };
+    let store = if has_store {
+        Some(open_store(&s).await?)
+    } else {
+        None
+    };
 
     let nats = match &s.nats_url {
         Some(url) => Some(NatsBus::connect(url).await?),
@@ -62,9 +74,16 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
     let mut sources: Vec<Arc<dyn RegionSource>> = Vec::new();
     for region in &s.regions {
         if *region == s.region && store.is_some() {
-            sources.push(Arc::new(LocalSource { region: region.clone(), store: store.clone().context("store")? }));
+            sources.push(Arc::new(LocalSource {
+                region: region.clone(),
+                store: store.clone().context("store")?,
+            }));
         } else if let Some(client) = &nats_client {
-            sources.push(Arc::new(NatsSource { region: region.clone(), client: client.clone(), timeout: REMOTE_TIMEOUT }));
+            sources.push(Arc::new(NatsSource {
+                region: region.clone(),
+                client: client.clone(),
+                timeout: REMOTE_TIMEOUT,
+            }));
         } else {
             anyhow::bail!("--regions lists {region:?} but there is no --nats-url to reach it");
         }
@@ -72,7 +91,11 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
     let history = Arc::new(History::new(sources));
 
     // Readers (and standalone with NATS) answer other regions' since-queries.
-    if let (Some(client), Some(store), true) = (&nats_client, &store, matches!(role, Role::Standalone | Role::Reader)) {
+    if let (Some(client), Some(store), true) = (
+        &nats_client,
+        &store,
+        matches!(role, Role::Standalone | Role::Reader),
+    ) {
         let (client, store, region) = (client.clone(), store.clone(), s.region.clone());
         tokio::spawn(async move {
             if let Err(e) = crate::reader::responder::serve(client, region, store).await {
@@ -88,7 +111,11 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         }
     }
     let pipeline = match (&store, matches!(role, Role::Standalone | Role::Ingest)) {
-        (Some(store), true) => Some(Pipeline::start(s.region.clone(), store.clone(), bus.clone())),
+        (Some(store), true) => Some(Pipeline::start(
+            s.region.clone(),
+            store.clone(),
+            bus.clone(),
+        )),
         _ => None,
     };
     let fanout = matches!(role, Role::Standalone | Role::Fanout).then(|| {
@@ -109,15 +136,24 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         auth,
         read_requires_token: s.auth.read_requires_token,
         pipeline,
-        store: if matches!(role, Role::Standalone | Role::Ingest | Role::Reader) { store.clone() } else { None },
+        store: if matches!(role, Role::Standalone | Role::Ingest | Role::Reader) {
+            store.clone()
+        } else {
+            None
+        },
         bus,
         history: Some(history),
         fanout: fanout.clone(),
-        rate: Arc::new(RateLimiter::new(s.limits.rate_limit, Duration::from_secs(s.limits.rate_window_secs))),
+        rate: Arc::new(RateLimiter::new(
+            s.limits.rate_limit,
+            Duration::from_secs(s.limits.rate_window_secs),
+        )),
         demo_page: role == Role::Standalone,
     });
     let router = http::router(state, role);
-    let listener = tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("binding --listen {}", s.listen))?;
+    let listener = tokio::net::TcpListener::bind(s.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", s.listen))?;
     let local = listener.local_addr()?;
     tracing::info!(role = ?role, listen = %local, region = %s.region, "serving");
     let fanout_for_shutdown = fanout.clone();
@@ -143,12 +179,4 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
     }
-}
-
-async fn open_cql(_s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    anyhow::bail!("the CQL store is not wired in yet")
-}
-
-async fn migrate_cql(_s: &Settings) -> anyhow::Result<()> {
-    anyhow::bail!("the CQL store is not wired in yet")
 }

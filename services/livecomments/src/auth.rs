@@ -42,9 +42,14 @@ impl Authenticator {
     /// HS256 secret when no key is configured.
     pub fn from_args(args: &AuthArgs, allow_dev: bool) -> anyhow::Result<Option<Self>> {
         let (key, alg, dev_signer) = if let Some(secret) = &args.jwt_secret {
-            (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256, None)
+            (
+                DecodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+                None,
+            )
         } else if let Some(path) = &args.jwt_public_key_file {
-            let pem = std::fs::read(path).with_context(|| format!("reading --jwt-public-key-file {}", path.display()))?;
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --jwt-public-key-file {}", path.display()))?;
             let (key, alg) = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
                 (k, Algorithm::RS256)
             } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
@@ -52,12 +57,19 @@ impl Authenticator {
             } else if let Ok(k) = DecodingKey::from_ed_pem(&pem) {
                 (k, Algorithm::EdDSA)
             } else {
-                anyhow::bail!("--jwt-public-key-file {}: not an RSA, EC P-256 or Ed25519 public key in PEM", path.display());
+                anyhow::bail!(
+                    "--jwt-public-key-file {}: not an RSA, EC P-256 or Ed25519 public key in PEM",
+                    path.display()
+                );
             };
             (key, alg, None)
         } else if allow_dev {
             let secret: [u8; 32] = rand::random();
-            (DecodingKey::from_secret(&secret), Algorithm::HS256, Some(EncodingKey::from_secret(&secret)))
+            (
+                DecodingKey::from_secret(&secret),
+                Algorithm::HS256,
+                Some(EncodingKey::from_secret(&secret)),
+            )
         } else {
             return Ok(None);
         };
@@ -76,7 +88,11 @@ impl Authenticator {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        Ok(Some(Authenticator { key, validation, dev_signer }))
+        Ok(Some(Authenticator {
+            key,
+            validation,
+            dev_signer,
+        }))
     }
 
     /// Verifies an `Authorization` header value.
@@ -96,23 +112,27 @@ impl Authenticator {
         if token.len() > MAX_TOKEN_LEN {
             return Err("token too large");
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind::*;
-            match e.kind() {
-                ExpiredSignature => "token expired",
-                ImmatureSignature => "token not valid yet",
-                InvalidIssuer => "wrong issuer",
-                InvalidAudience => "wrong audience",
-                InvalidAlgorithm => "algorithm not accepted",
-                InvalidSignature => "bad signature",
-                MissingRequiredClaim(_) => "missing required claim",
-                _ => "malformed token",
-            }
-        })?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind::*;
+                match e.kind() {
+                    ExpiredSignature => "token expired",
+                    ImmatureSignature => "token not valid yet",
+                    InvalidIssuer => "wrong issuer",
+                    InvalidAudience => "wrong audience",
+                    InvalidAlgorithm => "algorithm not accepted",
+                    InvalidSignature => "bad signature",
+                    MissingRequiredClaim(_) => "missing required claim",
+                    _ => "malformed token",
+                }
+            })?;
         if !validate::user_id(&data.claims.sub) {
             return Err("unusable sub claim");
         }
-        Ok(Caller { moderator: data.claims.role.as_deref() == Some("moderator"), user_id: data.claims.sub })
+        Ok(Caller {
+            moderator: data.claims.role.as_deref() == Some("moderator"),
+            user_id: data.claims.sub,
+        })
     }
 
     pub fn dev_tokens_enabled(&self) -> bool {
@@ -122,8 +142,18 @@ impl Authenticator {
     /// A token for `/dev/token` and the start-up log; `None` when a real key is configured.
     pub fn dev_token(&self, user_id: &str, ttl_secs: u64) -> Option<(String, u64)> {
         let key = self.dev_signer.as_ref()?;
-        let exp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + ttl_secs;
-        let claims = Claims { sub: user_id.to_string(), exp, role: None };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).ok().map(|t| (t, exp))
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            + ttl_secs;
+        let claims = Claims {
+            sub: user_id.to_string(),
+            exp,
+            role: None,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
+            .ok()
+            .map(|t| (t, exp))
     }
 }

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "livecomments", version, about = "Live comments: ingest, fanout and global reader in one binary")]
+#[command(
+    name = "livecomments",
+    version,
+    about = "Live comments: ingest, fanout and global reader in one binary"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -92,12 +96,20 @@ pub struct CqlArgs {
     pub cql_nodes: Vec<String>,
 
     /// Keyspace holding this region's comments.
-    #[arg(long, env = "LIVECOMMENTS_CQL_KEYSPACE", default_value = "livecomments")]
+    #[arg(
+        long,
+        env = "LIVECOMMENTS_CQL_KEYSPACE",
+        default_value = "livecomments"
+    )]
     pub cql_keyspace: String,
 
     /// Consistency of CQL reads and writes: `local_quorum` (default), `quorum`, `local_one`,
     /// `one`, `each_quorum` or `all`. LWTs (idempotency keys) always use LOCAL_SERIAL.
-    #[arg(long, env = "LIVECOMMENTS_CQL_CONSISTENCY", default_value = "local_quorum")]
+    #[arg(
+        long,
+        env = "LIVECOMMENTS_CQL_CONSISTENCY",
+        default_value = "local_quorum"
+    )]
     pub cql_consistency: String,
 
     /// Keep comments this many days (a CQL TTL on every comment row). Unset: forever.
@@ -106,7 +118,11 @@ pub struct CqlArgs {
 
     /// Replication of the keyspace, used by `migrate` when it creates it:
     /// `SimpleStrategy:1` (dev default) or `NetworkTopologyStrategy:eu-west=3,us-east=3` (prod).
-    #[arg(long, env = "LIVECOMMENTS_CQL_REPLICATION", default_value = "SimpleStrategy:1")]
+    #[arg(
+        long,
+        env = "LIVECOMMENTS_CQL_REPLICATION",
+        default_value = "SimpleStrategy:1"
+    )]
     pub cql_replication: String,
 }
 
@@ -129,7 +145,11 @@ pub struct AuthArgs {
     pub jwt_audience: Option<String>,
 
     /// Require a token for GET /comments and the stream too.
-    #[arg(long, env = "LIVECOMMENTS_READ_REQUIRES_TOKEN", default_value_t = false)]
+    #[arg(
+        long,
+        env = "LIVECOMMENTS_READ_REQUIRES_TOKEN",
+        default_value_t = false
+    )]
     pub read_requires_token: bool,
 }
 
@@ -165,7 +185,10 @@ impl Settings {
     pub fn validate(&mut self, role: Role) -> Result<(), String> {
         use livecomments_shared::validate::is_region;
         if !is_region(&self.region) {
-            return Err(format!("--region {:?}: must match [a-z0-9-]{{1,16}}", self.region));
+            return Err(format!(
+                "--region {:?}: must match [a-z0-9-]{{1,16}}",
+                self.region
+            ));
         }
         if self.regions.is_empty() {
             self.regions.push(self.region.clone());
@@ -176,12 +199,20 @@ impl Settings {
             }
         }
         if !self.regions.contains(&self.region) {
-            return Err(format!("--regions must include this process's --region {:?}", self.region));
+            return Err(format!(
+                "--regions must include this process's --region {:?}",
+                self.region
+            ));
         }
         if self.auth.jwt_secret.is_some() && self.auth.jwt_public_key_file.is_some() {
             return Err("set only one of --jwt-secret and --jwt-public-key-file".into());
         }
-        if self.auth.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
+        if self
+            .auth
+            .jwt_secret
+            .as_deref()
+            .is_some_and(|s| s.len() < 16)
+        {
             return Err("--jwt-secret must be at least 16 bytes".into());
         }
         let needs_nats = matches!(role, Role::Ingest | Role::Fanout | Role::Reader);
@@ -191,7 +222,10 @@ impl Settings {
         let needs_key = matches!(role, Role::Ingest)
             || (self.auth.read_requires_token && matches!(role, Role::Fanout | Role::Reader));
         if needs_key && self.auth.jwt_secret.is_none() && self.auth.jwt_public_key_file.is_none() {
-            return Err("set --jwt-secret or --jwt-public-key-file (only standalone may generate one)".into());
+            return Err(
+                "set --jwt-secret or --jwt-public-key-file (only standalone may generate one)"
+                    .into(),
+            );
         }
         if role == Role::Migrate && self.cql.cql_nodes.is_empty() {
             return Err("migrate needs --cql-nodes".into());

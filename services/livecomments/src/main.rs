@@ -1,29 +1,42 @@
 //! `livecomments`: parse the configuration once, set up logging, run the chosen role.
 
 use clap::Parser;
-use livecomments::config::{Cli, Command, Role};
+use livecomments::config::{Cli, Command};
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
     let (role, mut settings) = match cli.command {
         Some(cmd) => cmd.split(),
         // `cargo run --release` with no arguments: standalone with defaults (env still applies).
-        None => Cli::parse_from(["livecomments", "standalone"]).command.map(Command::split).unwrap_or_else(|| unreachable!()),
+        None => Cli::parse_from(["livecomments", "standalone"])
+            .command
+            .map(Command::split)
+            .unwrap_or_else(|| unreachable!()),
     };
     if let Err(msg) = settings.validate(role) {
         eprintln!("livecomments: invalid configuration: {msg}");
         std::process::exit(2);
     }
     init_logging(&settings.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(livecomments::app::run(role, settings))?;
-    let _ = Role::Standalone;
-    Ok(())
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(livecomments::app::run(role, settings)));
+    if let Err(e) = result {
+        // One line with the whole cause chain; no backtrace noise for configuration errors.
+        tracing::error!("{e:#}");
+        eprintln!("livecomments: {e:#}");
+        std::process::exit(1);
+    }
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {

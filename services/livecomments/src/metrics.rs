@@ -86,29 +86,103 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP livecomments_{name} {help}\n# TYPE livecomments_{name} counter\nlivecomments_{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP livecomments_{name} {help}\n# TYPE livecomments_{name} counter\nlivecomments_{name} {v}"
+            );
         };
-        counter("comments_created_total", "Comments durably stored by this process.", self.comments_created.get());
-        counter("comments_idempotent_replays_total", "POSTs answered from an earlier Idempotency-Key.", self.comments_idempotent_replays.get());
-        counter("comments_deleted_total", "Comments deleted.", self.comments_deleted.get());
-        counter("requests_rejected_total", "Requests answered with a 4xx error.", self.requests_rejected.get());
-        counter("rate_limited_total", "POSTs refused by the per-user rate limit.", self.rate_limited.get());
-        counter("store_errors_total", "Store operations that failed.", self.store_errors.get());
-        counter("store_batches_total", "Group-commit batches written.", self.store_batches.get());
-        counter("bus_publish_errors_total", "Live events that could not be published.", self.bus_publish_errors.get());
-        counter("bus_decode_errors_total", "Bus messages dropped as undecodable or inconsistent.", self.bus_decode_errors.get());
-        counter("bus_dropped_total", "Bus messages lost to a slow local consumer.", self.bus_dropped.get());
-        counter("sse_events_delivered_total", "Events queued to SSE viewers.", self.sse_events_delivered.get());
-        counter("sse_slow_disconnects_total", "Viewers cut off because their buffer was full.", self.sse_slow_disconnects.get());
-        counter("sse_replayed_total", "Comments replayed to resuming viewers.", self.sse_replayed.get());
-        counter("sse_refused_total", "Streams refused by connection limits.", self.sse_refused.get());
-        counter("since_queries_served_total", "Since-queries answered over NATS.", self.since_queries_served.get());
-        counter("remote_region_failures_total", "Remote region queries that failed or timed out.", self.remote_region_failures.get());
+        counter(
+            "comments_created_total",
+            "Comments durably stored by this process.",
+            self.comments_created.get(),
+        );
+        counter(
+            "comments_idempotent_replays_total",
+            "POSTs answered from an earlier Idempotency-Key.",
+            self.comments_idempotent_replays.get(),
+        );
+        counter(
+            "comments_deleted_total",
+            "Comments deleted.",
+            self.comments_deleted.get(),
+        );
+        counter(
+            "requests_rejected_total",
+            "Requests answered with a 4xx error.",
+            self.requests_rejected.get(),
+        );
+        counter(
+            "rate_limited_total",
+            "POSTs refused by the per-user rate limit.",
+            self.rate_limited.get(),
+        );
+        counter(
+            "store_errors_total",
+            "Store operations that failed.",
+            self.store_errors.get(),
+        );
+        counter(
+            "store_batches_total",
+            "Group-commit batches written.",
+            self.store_batches.get(),
+        );
+        counter(
+            "bus_publish_errors_total",
+            "Live events that could not be published.",
+            self.bus_publish_errors.get(),
+        );
+        counter(
+            "bus_decode_errors_total",
+            "Bus messages dropped as undecodable or inconsistent.",
+            self.bus_decode_errors.get(),
+        );
+        counter(
+            "bus_dropped_total",
+            "Bus messages lost to a slow local consumer.",
+            self.bus_dropped.get(),
+        );
+        counter(
+            "sse_events_delivered_total",
+            "Events queued to SSE viewers.",
+            self.sse_events_delivered.get(),
+        );
+        counter(
+            "sse_slow_disconnects_total",
+            "Viewers cut off because their buffer was full.",
+            self.sse_slow_disconnects.get(),
+        );
+        counter(
+            "sse_replayed_total",
+            "Comments replayed to resuming viewers.",
+            self.sse_replayed.get(),
+        );
+        counter(
+            "sse_refused_total",
+            "Streams refused by connection limits.",
+            self.sse_refused.get(),
+        );
+        counter(
+            "since_queries_served_total",
+            "Since-queries answered over NATS.",
+            self.since_queries_served.get(),
+        );
+        counter(
+            "remote_region_failures_total",
+            "Remote region queries that failed or timed out.",
+            self.remote_region_failures.get(),
+        );
         let mut gauge = |name: &str, help: &str, v: i64| {
-            let _ = writeln!(out, "# HELP livecomments_{name} {help}\n# TYPE livecomments_{name} gauge\nlivecomments_{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP livecomments_{name} {help}\n# TYPE livecomments_{name} gauge\nlivecomments_{name} {v}"
+            );
         };
         gauge("sse_streams", "Open SSE streams.", self.sse_streams.get());
-        gauge("sse_posts", "Posts with at least one viewer on this process (one bus subscription each).", self.sse_posts.get());
+        gauge(
+            "sse_posts",
+            "Posts with at least one viewer on this process (one bus subscription each).",
+            self.sse_posts.get(),
+        );
         out
     }
 }

@@ -25,7 +25,10 @@ pub struct LocalBus {
 
 impl LocalBus {
     pub fn new() -> Self {
-        LocalBus { posts: Mutex::default(), reconnects: Some(tokio::sync::watch::channel(0).0) }
+        LocalBus {
+            posts: Mutex::default(),
+            reconnects: Some(tokio::sync::watch::channel(0).0),
+        }
     }
 }
 

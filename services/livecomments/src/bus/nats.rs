@@ -38,7 +38,9 @@ impl NatsBus {
             .connection_timeout(Duration::from_secs(2))
             .request_timeout(Some(Duration::from_secs(2)))
             .subscription_capacity(8192)
-            .reconnect_delay_callback(|attempt| Duration::from_millis((attempt as u64 * 100).min(1000)))
+            .reconnect_delay_callback(|attempt| {
+                Duration::from_millis((attempt as u64 * 100).min(1000))
+            })
             .event_callback(move |event| {
                 let flag = flag.clone();
                 let tx = tx.clone();
@@ -66,7 +68,11 @@ impl NatsBus {
         if client.connection_state() == async_nats::connection::State::Connected {
             connected.store(true, Ordering::SeqCst);
         }
-        Ok(NatsBus { client, connected, reconnects: rx })
+        Ok(NatsBus {
+            client,
+            connected,
+            reconnects: rx,
+        })
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -79,7 +85,9 @@ impl Bus for NatsBus {
     async fn publish(&self, region: &str, event: &LiveEvent) -> Result<(), BusError> {
         let bytes = wire::encode(event).map_err(|e| BusError::Unavailable(e.to_string()))?;
         let subject = wire::live_subject(region, event.post_id());
-        match tokio::time::timeout(PUBLISH_TIMEOUT, self.client.publish(subject, bytes.into())).await {
+        match tokio::time::timeout(PUBLISH_TIMEOUT, self.client.publish(subject, bytes.into()))
+            .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
             Err(_) => Err(BusError::Unavailable("publish timed out".into())),
@@ -131,7 +139,9 @@ pub fn event_is_sane(ev: &LiveEvent) -> bool {
                 && c.text.len() <= 4 * validate::TEXT_MAX_CHARS
         }
         LiveEvent::Delete(d) => {
-            id::is_valid(&d.id) && validate::is_region(&d.region) && validate::post_id(&d.post_id).is_ok()
+            id::is_valid(&d.id)
+                && validate::is_region(&d.region)
+                && validate::post_id(&d.post_id).is_ok()
         }
     }
 }

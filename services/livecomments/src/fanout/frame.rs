@@ -35,22 +35,36 @@ impl Frame {
         b.put_slice(b"\n\n");
         Frame {
             bytes: b.freeze(),
-            comment: Some(CommentRef { region: c.region.clone(), id: c.id.clone(), position, body_at }),
+            comment: Some(CommentRef {
+                region: c.region.clone(),
+                id: c.id.clone(),
+                position,
+                body_at,
+            }),
         }
     }
 
     pub fn delete(d: &Deletion) -> Frame {
         let json = serde_json::json!({"id": d.id, "post_id": d.post_id});
-        Frame { bytes: Bytes::from(format!("event: delete\ndata: {json}\n\n")), comment: None }
+        Frame {
+            bytes: Bytes::from(format!("event: delete\ndata: {json}\n\n")),
+            comment: None,
+        }
     }
 
     pub fn ping() -> Frame {
-        Frame { bytes: Bytes::from_static(b": ping\n\n"), comment: None }
+        Frame {
+            bytes: Bytes::from_static(b": ping\n\n"),
+            comment: None,
+        }
     }
 
     /// Tells the viewer to reconnect (it will resume elsewhere with Last-Event-ID).
     pub fn reconnect() -> Frame {
-        Frame { bytes: Bytes::from_static(b"event: reconnect\ndata: {}\n\n"), comment: None }
+        Frame {
+            bytes: Bytes::from_static(b"event: reconnect\ndata: {}\n\n"),
+            comment: None,
+        }
     }
 
     /// The same frame with a viewer-specific `id:` line.

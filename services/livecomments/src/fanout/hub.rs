@@ -35,7 +35,13 @@ impl Hub {
         let hub = Arc::new(Hub {
             fanout,
             post_id,
-            state: Mutex::new(State { viewers: Vec::new(), next_viewer: 0, pos: Arc::default(), closed: false, task: None }),
+            state: Mutex::new(State {
+                viewers: Vec::new(),
+                next_viewer: 0,
+                pos: Arc::default(),
+                closed: false,
+                task: None,
+            }),
             ready: watch::channel(false).0,
         });
         let task = tokio::spawn(hub.clone().run());
@@ -142,7 +148,12 @@ impl Hub {
     async fn repair(&self) {
         for attempt in 0..20u64 {
             let pos = Position::clone(&self.state.lock().pos);
-            match self.fanout.history.replay(&self.post_id, &pos, self.fanout.cfg.replay_max).await {
+            match self
+                .fanout
+                .history
+                .replay(&self.post_id, &pos, self.fanout.cfg.replay_max)
+                .await
+            {
                 Ok((comments, _)) => {
                     if !comments.is_empty() {
                         tracing::info!(post_id = %self.post_id, n = comments.len(), "repaired after bus reconnect");
@@ -154,7 +165,10 @@ impl Hub {
                 }
                 Err(e) => {
                     tracing::warn!(post_id = %self.post_id, error = %e, attempt, "repair failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(250 * (attempt + 1).min(4))).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        250 * (attempt + 1).min(4),
+                    ))
+                    .await;
                 }
             }
         }
@@ -180,15 +194,16 @@ impl Hub {
 
     fn send_all(st: &mut State, frame: Arc<Frame>) {
         let before = st.viewers.len();
-        st.viewers.retain(|(_, tx)| match tx.try_send(frame.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // Never wait for a slow viewer: cut it off; it resumes with Last-Event-ID.
-                METRICS.sse_slow_disconnects.inc();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+        st.viewers
+            .retain(|(_, tx)| match tx.try_send(frame.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Never wait for a slow viewer: cut it off; it resumes with Last-Event-ID.
+                    METRICS.sse_slow_disconnects.inc();
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
         METRICS.sse_events_delivered.add(st.viewers.len() as u64);
         let _ = before;
     }

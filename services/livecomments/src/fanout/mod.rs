@@ -62,7 +62,9 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.fanout.total.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.fanout
+            .total
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let mut per_ip = self.fanout.per_ip.lock();
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
@@ -109,7 +111,10 @@ impl Fanout {
         }
         *n += 1;
         METRICS.sse_streams.inc();
-        Ok(Slot { fanout: self.clone(), ip })
+        Ok(Slot {
+            fanout: self.clone(),
+            ip,
+        })
     }
 
     /// The hub of `post_id`, created (and subscribed) if this is its first viewer.

@@ -41,13 +41,28 @@ impl Drop for Viewer {
 
 impl Viewer {
     /// Joins the post's hub (subscribing if first). Replay happens when the body is polled.
-    pub async fn open(fanout: Arc<Fanout>, post_id: String, resume: Option<Position>, slot: Slot) -> Viewer {
+    pub async fn open(
+        fanout: Arc<Fanout>,
+        post_id: String,
+        resume: Option<Position>,
+        slot: Slot,
+    ) -> Viewer {
         loop {
             let hub = fanout.hub(&post_id);
             let (tx, rx) = mpsc::channel(fanout.cfg.viewer_buffer);
             if let Some((id, hub_pos)) = hub.join(tx).await {
                 let pos = resume.clone().unwrap_or(hub_pos);
-                return Viewer { hub, id, rx, pos, resume, started: false, fanout: fanout.clone(), post_id, _slot: slot };
+                return Viewer {
+                    hub,
+                    id,
+                    rx,
+                    pos,
+                    resume,
+                    started: false,
+                    fanout: fanout.clone(),
+                    post_id,
+                    _slot: slot,
+                };
             }
         }
     }
@@ -59,7 +74,11 @@ impl Viewer {
                 if !self.pos.advance(&c.region, &c.id) {
                     return None;
                 }
-                if self.pos == *c.position { Some(f.bytes.clone()) } else { Some(f.with_position(&self.pos)) }
+                if self.pos == *c.position {
+                    Some(f.bytes.clone())
+                } else {
+                    Some(f.with_position(&self.pos))
+                }
             }
             None => Some(f.bytes.clone()),
         }
@@ -70,7 +89,12 @@ impl Viewer {
         let retry_ms = 1000 + rand::random::<u64>() % 2000;
         let mut out = BytesMut::from(format!("retry: {retry_ms}\n\n").as_bytes());
         if let Some(from) = self.resume.take() {
-            match self.fanout.history.replay(&self.post_id, &from, self.fanout.cfg.replay_max).await {
+            match self
+                .fanout
+                .history
+                .replay(&self.post_id, &from, self.fanout.cfg.replay_max)
+                .await
+            {
                 Ok((comments, cut)) => {
                     for c in &comments {
                         if self.pos.advance(&c.region, &c.id) {
@@ -80,12 +104,16 @@ impl Viewer {
                     }
                     if cut {
                         // More was missed than one replay carries: the client should reload.
-                        out.extend_from_slice(b"event: truncated\ndata: {\"reason\":\"replay_limit\"}\n\n");
+                        out.extend_from_slice(
+                            b"event: truncated\ndata: {\"reason\":\"replay_limit\"}\n\n",
+                        );
                     }
                 }
                 Err(e) => {
                     tracing::warn!(post_id = %self.post_id, error = %e, "replay failed; closing stream");
-                    out.extend_from_slice(b"event: reconnect\ndata: {\"reason\":\"history_unavailable\"}\n\n");
+                    out.extend_from_slice(
+                        b"event: reconnect\ndata: {\"reason\":\"history_unavailable\"}\n\n",
+                    );
                     self.rx.close();
                     // Drain nothing further: the stream ends after this chunk.
                     while self.rx.try_recv().is_ok() {}
@@ -102,7 +130,9 @@ impl Viewer {
         }
         loop {
             let first = self.rx.recv().await?;
-            let Some(mut bytes) = self.render(&first) else { continue };
+            let Some(mut bytes) = self.render(&first) else {
+                continue;
+            };
             let mut batch: Option<BytesMut> = None;
             for _ in 1..MAX_FRAMES_PER_WRITE {
                 let Ok(next) = self.rx.try_recv() else { break };
@@ -119,6 +149,8 @@ impl Viewer {
     }
 
     pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
-        futures::stream::unfold(self, |mut v| async move { v.next_chunk().await.map(|b| (Ok(b), v)) })
+        futures::stream::unfold(self, |mut v| async move {
+            v.next_chunk().await.map(|b| (Ok(b), v))
+        })
     }
 }

@@ -12,7 +12,11 @@ use super::{ApiError, ApiResult};
 /// Deepest row reachable with `page_number`; deeper pages use `next_cursor` (O(page) each).
 pub const MAX_OFFSET: u64 = 10_000;
 
-pub async fn handle(State(st): State<super::State>, RawQuery(raw): RawQuery, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn handle(
+    State(st): State<super::State>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let q = Query::parse(raw.as_deref())?;
     st.authorize_read(&headers, q.get("access_token")?)?;
     let post_id = q.post_id()?;
@@ -22,7 +26,10 @@ pub async fn handle(State(st): State<super::State>, RawQuery(raw): RawQuery, hea
         match q.get(name)? {
             None => Ok(None),
             Some(c) if id::is_valid(c) => Ok(Some(c.to_string())),
-            Some(_) => Err(ApiError::new(ErrorCode::InvalidCursor, format!("{name} is not a cursor returned by this API"))),
+            Some(_) => Err(ApiError::new(
+                ErrorCode::InvalidCursor,
+                format!("{name} is not a cursor returned by this API"),
+            )),
         }
     };
     let before = cursor("before")?;
@@ -30,24 +37,43 @@ pub async fn handle(State(st): State<super::State>, RawQuery(raw): RawQuery, hea
     let since = match q.get("since")? {
         None => None,
         Some(s) => Some(time::parse_since(s).ok_or_else(|| {
-            ApiError::new(ErrorCode::InvalidParameter, "since must be RFC 3339 or integer milliseconds since the Unix epoch")
+            ApiError::new(
+                ErrorCode::InvalidParameter,
+                "since must be RFC 3339 or integer milliseconds since the Unix epoch",
+            )
         })?),
     };
     let forward = since.is_some() || after.is_some();
-    if [before.is_some(), since.is_some(), after.is_some()].iter().filter(|b| **b).count() > 1 {
-        return Err(ApiError::new(ErrorCode::InvalidParameter, "use only one of before, since and after"));
+    if [before.is_some(), since.is_some(), after.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count()
+        > 1
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            "use only one of before, since and after",
+        ));
     }
     if forward && page_number != 1 {
-        return Err(ApiError::new(ErrorCode::InvalidParameter, "page_number applies to newest-first pages only"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            "page_number applies to newest-first pages only",
+        ));
     }
     let skip = (page_number - 1).saturating_mul(page_size);
     if skip > MAX_OFFSET {
         return Err(ApiError::new(
             ErrorCode::InvalidParameter,
-            format!("page_number reaches past {MAX_OFFSET} comments; follow next_cursor with before= instead"),
+            format!(
+                "page_number reaches past {MAX_OFFSET} comments; follow next_cursor with before= instead"
+            ),
         ));
     }
-    let history = st.history.as_ref().ok_or_else(|| ApiError::unavailable("the reader"))?;
+    let history = st
+        .history
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("the reader"))?;
     let page_size = page_size as usize;
     let (page, next_cursor) = if forward {
         let from = after.or_else(|| since.map(id::max_at));
@@ -56,8 +82,14 @@ pub async fn handle(State(st): State<super::State>, RawQuery(raw): RawQuery, hea
         // `after=<next_after>` instead.
         (page, None)
     } else {
-        let page = history.newest(&post_id, before.as_deref(), skip as usize, page_size).await;
-        let next = if page.more { page.comments.last().map(|c| c.id.clone()) } else { None };
+        let page = history
+            .newest(&post_id, before.as_deref(), skip as usize, page_size)
+            .await;
+        let next = if page.more {
+            page.comments.last().map(|c| c.id.clone())
+        } else {
+            None
+        };
         (page, next)
     };
     if page.missing.len() == history.regions().count() {
@@ -69,7 +101,11 @@ pub async fn handle(State(st): State<super::State>, RawQuery(raw): RawQuery, hea
         "next_cursor": next_cursor,
     });
     if forward {
-        let next_after = if page.more { page.comments.last().map(|c| c.id.clone()) } else { None };
+        let next_after = if page.more {
+            page.comments.last().map(|c| c.id.clone())
+        } else {
+            None
+        };
         body["next_after"] = next_after.into();
     }
     let mut resp_headers = axum::http::HeaderMap::new();

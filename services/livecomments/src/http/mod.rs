@@ -54,16 +54,25 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { rejection: Rejection::new(code, message), retry_after: None }
+        ApiError {
+            rejection: Rejection::new(code, message),
+            retry_after: None,
+        }
     }
     pub fn unavailable(what: &str) -> Self {
-        Self::new(ErrorCode::Unavailable, format!("{what} is unavailable, try again shortly"))
+        Self::new(
+            ErrorCode::Unavailable,
+            format!("{what} is unavailable, try again shortly"),
+        )
     }
 }
 
 impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> Self {
-        ApiError { rejection, retry_after: None }
+        ApiError {
+            rejection,
+            retry_after: None,
+        }
     }
 }
 
@@ -76,7 +85,10 @@ impl IntoResponse for ApiError {
         }
         let mut headers = HeaderMap::new();
         if code == ErrorCode::InvalidToken {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
         }
         if let Some(d) = self.retry_after {
             let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
@@ -93,12 +105,18 @@ pub type ApiResult<T> = Result<T, ApiError>;
 impl AppState {
     /// The caller from `Authorization: Bearer`, or 401.
     pub fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Caller> {
-        let auth = self.auth.as_ref().ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "no token key is configured"))?;
+        let auth = self
+            .auth
+            .as_ref()
+            .ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "no token key is configured"))?;
         let value = match headers.get(header::AUTHORIZATION) {
             None => None,
-            Some(v) => Some(v.to_str().map_err(|_| ApiError::new(ErrorCode::InvalidToken, "malformed Authorization header"))?),
+            Some(v) => Some(v.to_str().map_err(|_| {
+                ApiError::new(ErrorCode::InvalidToken, "malformed Authorization header")
+            })?),
         };
-        auth.verify_header(value).map_err(|why| ApiError::new(ErrorCode::InvalidToken, why))
+        auth.verify_header(value)
+            .map_err(|why| ApiError::new(ErrorCode::InvalidToken, why))
     }
 
     /// For reads: a token only when the operator requires one (header, or `access_token` for
@@ -108,9 +126,10 @@ impl AppState {
             return Ok(());
         }
         match (access_token, &self.auth) {
-            (Some(t), Some(auth)) if !headers.contains_key(header::AUTHORIZATION) => {
-                auth.verify(t).map(|_| ()).map_err(|why| ApiError::new(ErrorCode::InvalidToken, why))
-            }
+            (Some(t), Some(auth)) if !headers.contains_key(header::AUTHORIZATION) => auth
+                .verify(t)
+                .map(|_| ())
+                .map_err(|why| ApiError::new(ErrorCode::InvalidToken, why)),
             _ => self.authenticate(headers).map(|_| ()),
         }
     }
@@ -146,6 +165,11 @@ pub fn router(state: State, role: Role) -> Router {
         r = r.route("/dev/token", get(ops::dev_token));
     }
     r.fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
-        .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this route",
+            )
+        })
         .with_state(state)
 }

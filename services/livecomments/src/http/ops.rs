@@ -16,7 +16,9 @@ pub async fn healthz() -> impl IntoResponse {
 /// 200 when the store (if this role has one) and the bus answer, else 503 naming what failed.
 pub async fn readyz(State(st): State<super::State>) -> Response {
     let store_ok = match &st.store {
-        Some(s) => tokio::time::timeout(std::time::Duration::from_secs(2), s.ping()).await.is_ok_and(|r| r.is_ok()),
+        Some(s) => tokio::time::timeout(std::time::Duration::from_secs(2), s.ping())
+            .await
+            .is_ok_and(|r| r.is_ok()),
         None => true,
     };
     let bus_ok = st.bus.is_connected();
@@ -24,44 +26,89 @@ pub async fn readyz(State(st): State<super::State>) -> Response {
     if store_ok && bus_ok {
         (StatusCode::OK, axum::Json(body)).into_response()
     } else {
-        let failing = if store_ok { "the bus" } else { "the comment store" };
+        let failing = if store_ok {
+            "the bus"
+        } else {
+            "the comment store"
+        };
         let mut resp = ApiError::unavailable(failing).into_response();
-        *resp.body_mut() = axum::body::Body::from(serde_json::json!({
-            "error": {"code": "unavailable", "message": format!("{failing} is unavailable")},
-            "store": body["store"], "bus": body["bus"],
-        }).to_string());
+        *resp.body_mut() = axum::body::Body::from(
+            serde_json::json!({
+                "error": {"code": "unavailable", "message": format!("{failing} is unavailable")},
+                "store": body["store"], "bus": body["bus"],
+            })
+            .to_string(),
+        );
         resp
     }
 }
 
 pub async fn metrics() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], METRICS.render())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        METRICS.render(),
+    )
 }
 
 pub async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("../../openapi.json"))
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../../openapi.json"),
+    )
 }
 
 /// `GET /dev/token?user_id=...` (standalone without a configured key only).
-pub async fn dev_token(State(st): State<super::State>, RawQuery(raw): RawQuery) -> ApiResult<Response> {
+pub async fn dev_token(
+    State(st): State<super::State>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
     let q = Query::parse(raw.as_deref())?;
     let user = q.get("user_id")?.unwrap_or("demo");
     if !validate::user_id(user) || user.trim() != user {
-        return Err(ApiError::new(ErrorCode::InvalidParameter, "user_id must be 1 to 128 printable characters"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            "user_id must be 1 to 128 printable characters",
+        ));
     }
-    let auth = st.auth.as_ref().ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such route"))?;
-    let (token, exp) = auth.dev_token(user, 24 * 3600).ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such route"))?;
+    let auth = st
+        .auth
+        .as_ref()
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such route"))?;
+    let (token, exp) = auth
+        .dev_token(user, 24 * 3600)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such route"))?;
     Ok(axum::Json(serde_json::json!({"token": token, "user_id": user, "expires_at": livecomments_shared::time::format_millis(exp as i64 * 1000)})).into_response())
 }
 
 pub async fn index() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], include_str!("../../assets/index.html"))
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../assets/index.html"),
+    )
 }
 
 pub async fn app_js() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], include_str!("../../assets/app.js"))
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../assets/app.js"),
+    )
 }
 
 pub async fn style_css() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], include_str!("../../assets/style.css"))
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../assets/style.css"),
+    )
 }

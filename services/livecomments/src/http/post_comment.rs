@@ -12,7 +12,12 @@ use super::{ApiError, ApiResult, MAX_BODY};
 use crate::ingest::pipeline::Submission;
 use crate::store::Inserted;
 
-pub async fn handle(State(st): State<super::State>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+pub async fn handle(
+    State(st): State<super::State>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
     let caller = st.authenticate(&headers)?;
     let post_id = Query::parse(raw.as_deref())?.post_id()?;
     let input: CommentInput = read_json(&headers, body).await?;
@@ -22,7 +27,9 @@ pub async fn handle(State(st): State<super::State>, RawQuery(raw): RawQuery, hea
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
-            let s = v.to_str().map_err(|_| ApiError::from(validate::idempotency_key("").unwrap_err()))?;
+            let s = v
+                .to_str()
+                .map_err(|_| ApiError::from(validate::idempotency_key("").unwrap_err()))?;
             Some(validate::idempotency_key(s)?.to_string())
         }
     };
@@ -30,9 +37,18 @@ pub async fn handle(State(st): State<super::State>, RawQuery(raw): RawQuery, hea
         retry_after: Some(wait),
         ..ApiError::new(ErrorCode::RateLimited, "too many comments; slow down")
     })?;
-    let pipeline = st.pipeline.as_ref().ok_or_else(|| ApiError::unavailable("ingest"))?;
+    let pipeline = st
+        .pipeline
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("ingest"))?;
     let inserted = pipeline
-        .submit(Submission { post_id, user_id: caller.user_id, text, metadata, idempotency_key })
+        .submit(Submission {
+            post_id,
+            user_id: caller.user_id,
+            text,
+            metadata,
+            idempotency_key,
+        })
         .await
         .map_err(|_| ApiError::unavailable("the comment store"))?;
     let status = match inserted {
@@ -44,32 +60,62 @@ pub async fn handle(State(st): State<super::State>, RawQuery(raw): RawQuery, hea
 }
 
 /// Reads a JSON body of at most [`MAX_BODY`] bytes with `Content-Type: application/json`.
-pub async fn read_json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Body) -> ApiResult<T> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<T> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
-        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "Content-Type must be application/json"));
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "Content-Type must be application/json",
+        ));
     }
-    let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, format!("body must be at most {MAX_BODY} bytes"));
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok()) {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("body must be at most {MAX_BODY} bytes"),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok())
+    {
         if len > MAX_BODY as u64 {
             return Err(too_large());
         }
     }
-    let bytes = http_body_util::Limited::new(body, MAX_BODY).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            too_large()
-        } else {
-            ApiError::new(ErrorCode::BadRequest, "could not read the request body")
-        }
-    })?;
+    let bytes = http_body_util::Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                too_large()
+            } else {
+                ApiError::new(ErrorCode::BadRequest, "could not read the request body")
+            }
+        })?;
     let bytes = bytes.to_bytes();
     // serde would also accept a JSON array for a struct; the contract's body is an object.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::new(ErrorCode::InvalidJson, "body must be a JSON object"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "body must be a JSON object",
+        ));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("body is not a valid comment: {}", json_reason(&e))))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("body is not a valid comment: {}", json_reason(&e)),
+        )
+    })
 }
 
 /// serde_json's message without input excerpts.
@@ -79,7 +125,10 @@ fn json_reason(e: &serde_json::Error) -> String {
         Category::Syntax | Category::Eof => "malformed JSON".into(),
         Category::Data => {
             let s = e.to_string();
-            s.split(" at line ").next().unwrap_or("unexpected fields").to_string()
+            s.split(" at line ")
+                .next()
+                .unwrap_or("unexpected fields")
+                .to_string()
         }
         Category::Io => "unreadable".into(),
     }

@@ -14,9 +14,16 @@ impl Query {
     pub fn parse(raw: Option<&str>) -> ApiResult<Query> {
         let raw = raw.unwrap_or("");
         if raw.len() > MAX_QUERY {
-            return Err(ApiError::new(ErrorCode::BadRequest, "query string too long"));
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "query string too long",
+            ));
         }
-        Ok(Query(form_urlencoded::parse(raw.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()))
+        Ok(Query(
+            form_urlencoded::parse(raw.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        ))
     }
 
     /// A parameter given at most once.
@@ -24,25 +31,39 @@ impl Query {
         let mut it = self.0.iter().filter(|(k, _)| k == name);
         let first = it.next().map(|(_, v)| v.as_str());
         if it.next().is_some() {
-            return Err(ApiError::new(ErrorCode::InvalidParameter, format!("{name} given more than once")));
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                format!("{name} given more than once"),
+            ));
         }
         Ok(first)
     }
 
     pub fn post_id(&self) -> ApiResult<String> {
-        let p = self.get("post_id")?.ok_or_else(|| ApiError::new(ErrorCode::InvalidPostId, "post_id is required"))?;
+        let p = self
+            .get("post_id")?
+            .ok_or_else(|| ApiError::new(ErrorCode::InvalidPostId, "post_id is required"))?;
         Ok(validate::post_id(p)?.to_string())
     }
 
     /// An integer parameter within `range`, or `default` when absent.
-    pub fn int(&self, name: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> ApiResult<u64> {
+    pub fn int(
+        &self,
+        name: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> ApiResult<u64> {
         match self.get(name)? {
             None => Ok(default),
             Some(s) => match s.parse::<u64>() {
                 Ok(n) if range.contains(&n) => Ok(n),
                 _ => Err(ApiError::new(
                     ErrorCode::InvalidParameter,
-                    format!("{name} must be an integer from {} to {}", range.start(), range.end()),
+                    format!(
+                        "{name} must be an integer from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
                 )),
             },
         }

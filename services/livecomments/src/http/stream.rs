@@ -23,11 +23,24 @@ pub async fn handle(
     let q = Query::parse(raw.as_deref())?;
     st.authorize_read(&headers, q.get("access_token")?)?;
     let post_id = q.post_id()?;
-    let fanout = st.fanout.clone().ok_or_else(|| ApiError::unavailable("the fanout"))?;
-    let bad_token = || ApiError::new(ErrorCode::InvalidCursor, "Last-Event-ID is not an event id from this stream");
+    let fanout = st
+        .fanout
+        .clone()
+        .ok_or_else(|| ApiError::unavailable("the fanout"))?;
+    let bad_token = || {
+        ApiError::new(
+            ErrorCode::InvalidCursor,
+            "Last-Event-ID is not an event id from this stream",
+        )
+    };
     // The header wins over the query parameter: browsers set it on automatic reconnects.
     let resume = match headers.get("last-event-id") {
-        Some(v) => Some(v.to_str().ok().and_then(Position::parse).ok_or_else(bad_token)?),
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(Position::parse)
+                .ok_or_else(bad_token)?,
+        ),
         None => match q.get("last_event_id")? {
             Some(s) => Some(Position::parse(s).ok_or_else(bad_token)?),
             None => None,
@@ -37,7 +50,10 @@ pub async fn handle(
         (Some(p), _) => Some(p),
         (None, Some(s)) => {
             let ms = time::parse_since(s).ok_or_else(|| {
-                ApiError::new(ErrorCode::InvalidParameter, "since must be RFC 3339 or integer milliseconds since the Unix epoch")
+                ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    "since must be RFC 3339 or integer milliseconds since the Unix epoch",
+                )
             })?;
             let regions: Vec<String> = fanout.history.regions().map(str::to_string).collect();
             Some(Position::at_time(&regions, ms))
@@ -46,15 +62,23 @@ pub async fn handle(
     };
     let slot = fanout.admit(peer.ip()).map_err(|r| {
         let msg = match r {
-            Refusal::TooManyStreams => "this server holds as many streams as it can; try another or later",
+            Refusal::TooManyStreams => {
+                "this server holds as many streams as it can; try another or later"
+            }
             Refusal::TooManyStreamsFromIp => "too many open streams from your address",
         };
-        ApiError { retry_after: Some(std::time::Duration::from_secs(5)), ..ApiError::new(ErrorCode::TooManyConnections, msg) }
+        ApiError {
+            retry_after: Some(std::time::Duration::from_secs(5)),
+            ..ApiError::new(ErrorCode::TooManyConnections, msg)
+        }
     })?;
     let viewer = Viewer::open(fanout, post_id, resume, slot).await;
     let mut resp = Response::new(Body::from_stream(viewer.into_stream()));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)

@@ -55,11 +55,17 @@ impl Pipeline {
         self.tx
             .try_send(Job { sub, reply })
             .map_err(|_| StoreError::Unavailable("write queue full".into()))?;
-        rx.await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+        rx.await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
     }
 }
 
-async fn run(region: String, store: Arc<dyn Store>, bus: Arc<dyn Bus>, mut rx: mpsc::Receiver<Job>) {
+async fn run(
+    region: String,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    mut rx: mpsc::Receiver<Job>,
+) {
     let mut ids = IdGenerator::new();
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     loop {

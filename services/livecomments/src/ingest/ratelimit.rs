@@ -17,7 +17,11 @@ pub struct RateLimiter {
 impl RateLimiter {
     pub fn new(limit: u32, window: Duration) -> Self {
         let capacity = f64::from(limit.max(1));
-        RateLimiter { capacity, per_sec: capacity / window.as_secs_f64().max(0.001), users: Mutex::default() }
+        RateLimiter {
+            capacity,
+            per_sec: capacity / window.as_secs_f64().max(0.001),
+            users: Mutex::default(),
+        }
     }
 
     /// Takes one token for `user`, or says how long until one is available.
@@ -26,14 +30,19 @@ impl RateLimiter {
         let mut users = self.users.lock();
         if users.len() >= MAX_TRACKED_USERS && !users.contains_key(user) {
             let (cap, rate) = (self.capacity, self.per_sec);
-            users.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < cap);
+            users.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < cap
+            });
             if users.len() >= MAX_TRACKED_USERS {
                 // Every tracked user is active: refuse newcomers briefly rather than grow.
                 return Err(Duration::from_secs(1));
             }
         }
-        let (tokens, at) = users.entry(user.to_string()).or_insert((self.capacity, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.capacity);
+        let (tokens, at) = users
+            .entry(user.to_string())
+            .or_insert((self.capacity, now));
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.capacity);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -55,7 +64,10 @@ mod tests {
             assert!(rl.check("alice").is_ok());
         }
         let wait = rl.check("alice").unwrap_err();
-        assert!(wait > Duration::from_secs(2) && wait <= Duration::from_secs(4), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(2) && wait <= Duration::from_secs(4),
+            "{wait:?}"
+        );
         assert!(rl.check("bob").is_ok(), "users are independent");
     }
 }

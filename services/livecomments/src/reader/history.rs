@@ -38,11 +38,17 @@ pub struct LocalSource {
 }
 
 /// Answers a page query from a store: shared by [`LocalSource`] and the NATS responder.
-pub async fn page_from_store(store: &dyn Store, region: &str, q: &SinceRequest) -> Result<RegionPage, HistoryError> {
+pub async fn page_from_store(
+    store: &dyn Store,
+    region: &str,
+    q: &SinceRequest,
+) -> Result<RegionPage, HistoryError> {
     let limit = q.limit.clamp(1, wire::SINCE_MAX_LIMIT) as usize;
     // One extra row tells whether more follow without a second query.
     let res = if q.newest_first {
-        store.newest(&q.post_id, q.before.as_deref(), limit + 1).await
+        store
+            .newest(&q.post_id, q.before.as_deref(), limit + 1)
+            .await
     } else {
         store.after(&q.post_id, q.after.as_deref(), limit + 1).await
     };
@@ -54,7 +60,10 @@ pub async fn page_from_store(store: &dyn Store, region: &str, q: &SinceRequest) 
         }
         Err(e) => {
             METRICS.store_errors.inc();
-            Err(HistoryError::Unavailable { region: region.to_string(), reason: e.to_string() })
+            Err(HistoryError::Unavailable {
+                region: region.to_string(),
+                reason: e.to_string(),
+            })
         }
     }
 }
@@ -84,14 +93,22 @@ impl RegionSource for NatsSource {
     async fn page(&self, q: &SinceRequest) -> Result<RegionPage, HistoryError> {
         let fail = |reason: String| {
             METRICS.remote_region_failures.inc();
-            HistoryError::Unavailable { region: self.region.clone(), reason }
+            HistoryError::Unavailable {
+                region: self.region.clone(),
+                reason,
+            }
         };
         let payload = wire::encode(q).map_err(|e| fail(e.to_string()))?;
-        let msg = tokio::time::timeout(self.timeout, self.client.request(wire::since_subject(&self.region), payload.into()))
-            .await
-            .map_err(|_| fail("timed out".into()))?
-            .map_err(|e| fail(e.to_string()))?;
-        let reply: SinceReply = wire::decode(&msg.payload).map_err(|e| fail(format!("bad reply: {e}")))?;
+        let msg = tokio::time::timeout(
+            self.timeout,
+            self.client
+                .request(wire::since_subject(&self.region), payload.into()),
+        )
+        .await
+        .map_err(|_| fail("timed out".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+        let reply: SinceReply =
+            wire::decode(&msg.payload).map_err(|e| fail(format!("bad reply: {e}")))?;
         if let Some(err) = reply.error {
             return Err(fail(err));
         }
@@ -99,9 +116,16 @@ impl RegionSource for NatsSource {
         let comments = reply
             .comments
             .into_iter()
-            .filter(|c| c.post_id == q.post_id && c.region == self.region && livecomments_shared::id::is_valid(&c.id))
+            .filter(|c| {
+                c.post_id == q.post_id
+                    && c.region == self.region
+                    && livecomments_shared::id::is_valid(&c.id)
+            })
             .collect();
-        Ok(RegionPage { comments, more: reply.more })
+        Ok(RegionPage {
+            comments,
+            more: reply.more,
+        })
     }
 }
 
@@ -130,7 +154,13 @@ impl History {
     }
 
     /// Newest first, ids below `before`, skipping `skip` (bounded by the caller), `limit` rows.
-    pub async fn newest(&self, post_id: &str, before: Option<&str>, skip: usize, limit: usize) -> MergedPage {
+    pub async fn newest(
+        &self,
+        post_id: &str,
+        before: Option<&str>,
+        skip: usize,
+        limit: usize,
+    ) -> MergedPage {
         let want = skip + limit;
         let q = SinceRequest {
             post_id: post_id.to_string(),
@@ -156,7 +186,14 @@ impl History {
 
     /// Asks every region concurrently for `want` rows (in pages of at most SINCE_MAX_LIMIT),
     /// merges, and cuts `skip..skip+limit`.
-    async fn merge(&self, q: SinceRequest, want: usize, skip: usize, limit: usize, newest: bool) -> MergedPage {
+    async fn merge(
+        &self,
+        q: SinceRequest,
+        want: usize,
+        skip: usize,
+        limit: usize,
+        newest: bool,
+    ) -> MergedPage {
         let results = join_all(self.sources.iter().map(|src| {
             let mut q = q.clone();
             async move {
@@ -211,12 +248,23 @@ impl History {
     /// Every comment after `pos` (per region; a region absent from `pos` from the start),
     /// oldest first per region, at most `max` in all. Returns the comments and whether the
     /// cap cut the replay short.
-    pub async fn replay(&self, post_id: &str, pos: &Position, max: usize) -> Result<(Vec<Comment>, bool), HistoryError> {
+    pub async fn replay(
+        &self,
+        post_id: &str,
+        pos: &Position,
+        max: usize,
+    ) -> Result<(Vec<Comment>, bool), HistoryError> {
         let results = join_all(self.sources.iter().map(|src| {
             let after = pos.get(src.region()).map(str::to_string);
             let post_id = post_id.to_string();
             async move {
-                let mut q = SinceRequest { post_id, after, before: None, newest_first: false, limit: wire::SINCE_MAX_LIMIT };
+                let mut q = SinceRequest {
+                    post_id,
+                    after,
+                    before: None,
+                    newest_first: false,
+                    limit: wire::SINCE_MAX_LIMIT,
+                };
                 let mut rows = Vec::new();
                 loop {
                     let page = src.page(&q).await?;
@@ -255,7 +303,13 @@ impl History {
     /// absent): where a fresh stream starts.
     pub async fn latest(&self, post_id: &str) -> Position {
         let results = join_all(self.sources.iter().map(|src| async move {
-            let q = SinceRequest { post_id: post_id.to_string(), after: None, before: None, newest_first: true, limit: 1 };
+            let q = SinceRequest {
+                post_id: post_id.to_string(),
+                after: None,
+                before: None,
+                newest_first: true,
+                limit: 1,
+            };
             (src.region(), src.page(&q).await)
         }))
         .await;

@@ -5,7 +5,10 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use livecomments_shared::{id, validate, wire::{self, SinceReply, SinceRequest}};
+use livecomments_shared::{
+    id, validate,
+    wire::{self, SinceReply, SinceRequest},
+};
 use tokio::sync::Semaphore;
 
 use super::history::page_from_store;
@@ -15,16 +18,27 @@ use crate::store::Store;
 /// Concurrent since-queries per reader; more wait in the subscription's bounded buffer.
 const MAX_IN_FLIGHT: usize = 64;
 
-pub async fn serve(client: async_nats::Client, region: String, store: Arc<dyn Store>) -> anyhow::Result<()> {
+pub async fn serve(
+    client: async_nats::Client,
+    region: String,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<()> {
     let mut sub = client
-        .queue_subscribe(wire::since_subject(&region), wire::SINCE_QUEUE_GROUP.to_string())
+        .queue_subscribe(
+            wire::since_subject(&region),
+            wire::SINCE_QUEUE_GROUP.to_string(),
+        )
         .await
         .map_err(|e| anyhow::anyhow!("subscribing to since-queries: {e}"))?;
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     tracing::info!(%region, "answering since-queries");
     while let Some(msg) = sub.next().await {
-        let Some(reply_to) = msg.reply.clone() else { continue };
-        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let Some(reply_to) = msg.reply.clone() else {
+            continue;
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
         let (client, store, region) = (client.clone(), store.clone(), region.clone());
         tokio::spawn(async move {
             let reply = answer(&msg.payload, &region, store.as_ref()).await;
@@ -39,7 +53,12 @@ pub async fn serve(client: async_nats::Client, region: String, store: Arc<dyn St
 }
 
 async fn answer(payload: &[u8], region: &str, store: &dyn Store) -> SinceReply {
-    let refuse = |e: String| SinceReply { region: region.to_string(), comments: vec![], more: false, error: Some(e) };
+    let refuse = |e: String| SinceReply {
+        region: region.to_string(),
+        comments: vec![],
+        more: false,
+        error: Some(e),
+    };
     let q: SinceRequest = match wire::decode(payload) {
         Ok(q) => q,
         Err(_) => return refuse("malformed request".into()),
@@ -47,11 +66,18 @@ async fn answer(payload: &[u8], region: &str, store: &dyn Store) -> SinceReply {
     if validate::post_id(&q.post_id).is_err() {
         return refuse("invalid post_id".into());
     }
-    if q.after.as_deref().is_some_and(|a| !id::is_valid(a)) || q.before.as_deref().is_some_and(|b| !id::is_valid(b)) {
+    if q.after.as_deref().is_some_and(|a| !id::is_valid(a))
+        || q.before.as_deref().is_some_and(|b| !id::is_valid(b))
+    {
         return refuse("invalid cursor".into());
     }
     match page_from_store(store, region, &q).await {
-        Ok(page) => SinceReply { region: region.to_string(), comments: page.comments, more: page.more, error: None },
+        Ok(page) => SinceReply {
+            region: region.to_string(),
+            comments: page.comments,
+            more: page.more,
+            error: None,
+        },
         Err(_) => refuse("store unavailable".into()),
     }
 }

@@ -95,7 +95,10 @@ impl<S: Store> Coalesced<S> {
 
     /// (reads that ran a query, reads that joined one already running).
     pub fn stats(&self) -> (u64, u64) {
-        (self.queries.load(Ordering::Relaxed), self.joined.load(Ordering::Relaxed))
+        (
+            self.queries.load(Ordering::Relaxed),
+            self.joined.load(Ordering::Relaxed),
+        )
     }
 
     /// Distinct reads in flight right now.
@@ -126,7 +129,9 @@ impl<S: Store> Coalesced<S> {
                 let fut: BoxFuture<'static, _> = task
                     .map(|joined| match joined {
                         Ok(r) => r,
-                        Err(e) => Err(SharedError::Unavailable(format!("read task failed: {e}").into())),
+                        Err(e) => Err(SharedError::Unavailable(
+                            format!("read task failed: {e}").into(),
+                        )),
                     })
                     .boxed();
                 let s = fut.shared();
@@ -135,7 +140,10 @@ impl<S: Store> Coalesced<S> {
             }
         };
         match shared {
-            Some(s) => s.await.map(|v| v.as_ref().clone()).map_err(StoreError::from),
+            Some(s) => s
+                .await
+                .map(|v| v.as_ref().clone())
+                .map_err(StoreError::from),
             None => {
                 self.queries.fetch_add(1, Ordering::Relaxed);
                 run(&*self.inner, &key).await
@@ -157,7 +165,12 @@ impl<S: Store> Store for Coalesced<S> {
         self.inner.insert_batch(batch).await
     }
 
-    async fn newest(&self, post_id: &str, before: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
+    async fn newest(
+        &self,
+        post_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Comment>> {
         self.read(ReadKey {
             kind: Kind::Newest,
             post_id: post_id.to_string(),
@@ -167,9 +180,19 @@ impl<S: Store> Store for Coalesced<S> {
         .await
     }
 
-    async fn after(&self, post_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
-        self.read(ReadKey { kind: Kind::After, post_id: post_id.to_string(), cursor: after.map(str::to_string), limit })
-            .await
+    async fn after(
+        &self,
+        post_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Comment>> {
+        self.read(ReadKey {
+            kind: Kind::After,
+            post_id: post_id.to_string(),
+            cursor: after.map(str::to_string),
+            limit,
+        })
+        .await
     }
 
     async fn get(&self, post_id: &str, id: &str) -> StoreResult<Option<Comment>> {
@@ -215,7 +238,12 @@ mod tests {
         async fn insert_batch(&self, _: Vec<NewComment>) -> Vec<StoreResult<Inserted>> {
             vec![]
         }
-        async fn newest(&self, post: &str, _: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
+        async fn newest(
+            &self,
+            post: &str,
+            _: Option<&str>,
+            limit: usize,
+        ) -> StoreResult<Vec<Comment>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(50)).await;
             if post == "down" {
@@ -223,7 +251,12 @@ mod tests {
             }
             Ok((0..limit).map(|n| comment(post, n)).collect())
         }
-        async fn after(&self, post: &str, a: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
+        async fn after(
+            &self,
+            post: &str,
+            a: Option<&str>,
+            limit: usize,
+        ) -> StoreResult<Vec<Comment>> {
             self.newest(post, a, limit).await
         }
         async fn get(&self, _: &str, _: &str) -> StoreResult<Option<Comment>> {
@@ -243,14 +276,20 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..100 {
             let s = store.clone();
-            tasks.push(tokio::spawn(async move { s.newest("p", Some("c"), 3).await }));
+            tasks.push(tokio::spawn(
+                async move { s.newest("p", Some("c"), 3).await },
+            ));
         }
         for t in tasks {
             assert_eq!(t.await.unwrap().unwrap().len(), 3);
         }
         assert_eq!(store.inner().calls.load(Ordering::SeqCst), 1);
         assert_eq!(store.stats(), (1, 99));
-        assert_eq!(store.inflight(), 0, "entries leave the map when the query completes");
+        assert_eq!(
+            store.inflight(),
+            0,
+            "entries leave the map when the query completes"
+        );
     }
 
     #[tokio::test]
@@ -269,7 +308,11 @@ mod tests {
         assert_eq!(b.unwrap().len(), 4);
         assert_eq!(store.inner().calls.load(Ordering::SeqCst), 5);
         store.newest("p", None, 3).await.unwrap();
-        assert_eq!(store.inner().calls.load(Ordering::SeqCst), 6, "a completed read is not cached");
+        assert_eq!(
+            store.inner().calls.load(Ordering::SeqCst),
+            6,
+            "a completed read is not cached"
+        );
     }
 
     #[tokio::test]
@@ -297,9 +340,16 @@ mod tests {
     #[tokio::test]
     async fn past_the_bound_reads_run_alone() {
         let store = Arc::new(Coalesced::with_capacity(Arc::new(Slow::default()), 1));
-        let (a, b, c) =
-            tokio::join!(store.newest("p", None, 1), store.newest("q", None, 1), store.newest("p", None, 1));
+        let (a, b, c) = tokio::join!(
+            store.newest("p", None, 1),
+            store.newest("q", None, 1),
+            store.newest("p", None, 1)
+        );
         assert!(a.is_ok() && b.is_ok() && c.is_ok());
-        assert_eq!(store.inner().calls.load(Ordering::SeqCst), 2, "q ran alone, the second p joined");
+        assert_eq!(
+            store.inner().calls.load(Ordering::SeqCst),
+            2,
+            "q ran alone, the second p joined"
+        );
     }
 }

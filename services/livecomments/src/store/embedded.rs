@@ -60,7 +60,8 @@ impl EmbeddedStore {
     /// Opens (or creates) `<dir>/comments.redb`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         use anyhow::Context;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data dir {}", dir.display()))?;
         let path = dir.join("comments.redb");
         let db = Database::create(&path).with_context(|| format!("opening {}", path.display()))?;
         let txn = db.begin_write()?;
@@ -75,7 +76,9 @@ impl EmbeddedStore {
         f: impl FnOnce(&Database) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db)).await.map_err(unavailable)?
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(unavailable)?
     }
 
     /// Drops idempotency records older than 24 h. Bounded by what 24 h of keyed posts wrote.
@@ -87,7 +90,8 @@ impl EmbeddedStore {
             {
                 let mut t = txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
                 let before = t.len().map_err(unavailable)?;
-                t.retain(|_, v| created_ms(v) >= cutoff).map_err(unavailable)?;
+                t.retain(|_, v| created_ms(v) >= cutoff)
+                    .map_err(unavailable)?;
                 removed = (before - t.len().map_err(unavailable)?) as usize;
             }
             txn.commit().map_err(unavailable)?;
@@ -98,7 +102,10 @@ impl EmbeddedStore {
 }
 
 fn created_ms(v: &[u8]) -> i64 {
-    v.get(..8).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes).unwrap_or(0)
+    v.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_be_bytes)
+        .unwrap_or(0)
 }
 
 fn write_batch(db: &Database, batch: Vec<NewComment>) -> StoreResult<Vec<Inserted>> {
@@ -126,10 +133,14 @@ fn write_batch(db: &Database, batch: Vec<NewComment>) -> StoreResult<Vec<Inserte
                 let mut v = Vec::with_capacity(8 + encoded.len());
                 v.extend_from_slice(&now.to_be_bytes());
                 v.extend_from_slice(&encoded);
-                idem.insert(k.as_slice(), v.as_slice()).map_err(unavailable)?;
+                idem.insert(k.as_slice(), v.as_slice())
+                    .map_err(unavailable)?;
             }
             comments
-                .insert(comment_key(&c.post_id, &c.id).as_slice(), encoded.as_slice())
+                .insert(
+                    comment_key(&c.post_id, &c.id).as_slice(),
+                    encoded.as_slice(),
+                )
                 .map_err(unavailable)?;
             out.push(Inserted::Created(c));
         }
@@ -146,11 +157,18 @@ impl Store for EmbeddedStore {
         match self.blocking(move |db| write_batch(db, batch)).await {
             Ok(v) => v.into_iter().map(Ok).collect(),
             // One transaction: it all failed, nothing was stored.
-            Err(e) => (0..n).map(|_| Err(StoreError::Unavailable(e.to_string()))).collect(),
+            Err(e) => (0..n)
+                .map(|_| Err(StoreError::Unavailable(e.to_string())))
+                .collect(),
         }
     }
 
-    async fn newest(&self, post_id: &str, before: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
+    async fn newest(
+        &self,
+        post_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Comment>> {
         let lo = comment_key(post_id, "");
         let hi = match before {
             Some(id) => comment_key(post_id, id),
@@ -160,7 +178,12 @@ impl Store for EmbeddedStore {
             let txn = db.begin_read().map_err(unavailable)?;
             let t = txn.open_table(COMMENTS).map_err(unavailable)?;
             let mut out = Vec::with_capacity(limit.min(128));
-            for row in t.range(lo.as_slice()..hi.as_slice()).map_err(unavailable)?.rev().take(limit) {
+            for row in t
+                .range(lo.as_slice()..hi.as_slice())
+                .map_err(unavailable)?
+                .rev()
+                .take(limit)
+            {
                 let (_, v) = row.map_err(unavailable)?;
                 out.push(decode_comment(v.value())?);
             }
@@ -169,7 +192,12 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn after(&self, post_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
+    async fn after(
+        &self,
+        post_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Comment>> {
         let lo = match after {
             // Exclusive: the smallest key greater than `post 0x00 after` is that key plus 0x00.
             Some(id) => {
@@ -184,7 +212,11 @@ impl Store for EmbeddedStore {
             let txn = db.begin_read().map_err(unavailable)?;
             let t = txn.open_table(COMMENTS).map_err(unavailable)?;
             let mut out = Vec::with_capacity(limit.min(128));
-            for row in t.range(lo.as_slice()..hi.as_slice()).map_err(unavailable)?.take(limit) {
+            for row in t
+                .range(lo.as_slice()..hi.as_slice())
+                .map_err(unavailable)?
+                .take(limit)
+            {
                 let (_, v) = row.map_err(unavailable)?;
                 out.push(decode_comment(v.value())?);
             }
@@ -221,6 +253,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.blocking(|db| db.begin_read().map(|_| ()).map_err(unavailable)).await
+        self.blocking(|db| db.begin_read().map(|_| ()).map_err(unavailable))
+            .await
     }
 }

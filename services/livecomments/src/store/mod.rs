@@ -61,11 +61,21 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_batch(&self, batch: Vec<NewComment>) -> Vec<StoreResult<Inserted>>;
 
     /// Newest first: the `limit` newest comments of the post with id < `before` (all when None).
-    async fn newest(&self, post_id: &str, before: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>>;
+    async fn newest(
+        &self,
+        post_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Comment>>;
 
     /// Oldest first: the first `limit` comments of the post with id > `after` (from the start
     /// when None).
-    async fn after(&self, post_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>>;
+    async fn after(
+        &self,
+        post_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Comment>>;
 
     /// One comment by id.
     async fn get(&self, post_id: &str, id: &str) -> StoreResult<Option<Comment>>;

@@ -19,8 +19,16 @@ use super::{CqlOptions, lwt_outcome, session};
 
 /// (version, name, CQL with `{keyspace}` placeholders), in order.
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "0001_comments", include_str!("../../../../../cql/0001_comments.cql")),
-    (2, "0002_idempotency", include_str!("../../../../../cql/0002_idempotency.cql")),
+    (
+        1,
+        "0001_comments",
+        include_str!("../../../../../cql/0001_comments.cql"),
+    ),
+    (
+        2,
+        "0002_idempotency",
+        include_str!("../../../../../cql/0002_idempotency.cql"),
+    ),
 ];
 
 /// The schema version this binary needs.
@@ -55,7 +63,10 @@ pub async fn migrate(opts: &CqlOptions) -> anyhow::Result<()> {
     let ks = &opts.keyspace;
     let replication = opts.replication_cql()?;
     session
-        .query_unpaged(format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}"), &[])
+        .query_unpaged(
+            format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}"),
+            &[],
+        )
         .await
         .with_context(|| format!("creating keyspace {ks}"))?;
     session
@@ -68,14 +79,20 @@ pub async fn migrate(opts: &CqlOptions) -> anyhow::Result<()> {
         )
         .await
         .with_context(|| format!("creating {ks}.schema_version"))?;
-    session.await_schema_agreement().await.context("waiting for schema agreement")?;
+    session
+        .await_schema_agreement()
+        .await
+        .context("waiting for schema agreement")?;
 
     let owner = format!("{:032x}", rand::random::<u128>());
     acquire_lock(&session, ks, &owner).await?;
     let result = apply_missing(&session, ks).await;
     // Best effort: the lease expires by itself after LOCK_TTL_SECS.
     let release = session
-        .query_unpaged(format!("DELETE FROM {ks}.schema_version WHERE version = 0 IF owner = ?"), (&owner,))
+        .query_unpaged(
+            format!("DELETE FROM {ks}.schema_version WHERE version = 0 IF owner = ?"),
+            (&owner,),
+        )
         .await;
     if let Err(e) = release {
         tracing::warn!(error = %e, "could not release the migrate lock; it expires in {LOCK_TTL_SECS} s");
@@ -93,13 +110,18 @@ async fn acquire_lock(session: &Session, ks: &str, owner: &str) -> anyhow::Resul
         .context("preparing the migrate lock")?;
     let deadline = Instant::now() + Duration::from_secs(LOCK_TTL_SECS as u64 + 30);
     loop {
-        let res = session.execute_unpaged(&claim, (owner,)).await.context("claiming the migrate lock")?;
+        let res = session
+            .execute_unpaged(&claim, (owner,))
+            .await
+            .context("claiming the migrate lock")?;
         let (applied, _) = lwt_outcome(res).map_err(|e| anyhow::anyhow!("migrate lock: {e}"))?;
         if applied {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("another `livecomments migrate` holds the lock on {ks}.schema_version; try again later");
+            bail!(
+                "another `livecomments migrate` holds the lock on {ks}.schema_version; try again later"
+            );
         }
         tracing::info!("another migrate is running on {ks}; waiting");
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -131,9 +153,15 @@ async fn apply_missing(session: &Session, ks: &str) -> anyhow::Result<()> {
         }
         tracing::info!(keyspace = ks, version, name, "applying CQL migration");
         for stmt in statements(cql, ks) {
-            session.query_unpaged(stmt.as_str(), &[]).await.with_context(|| format!("migration {name}: {stmt}"))?;
+            session
+                .query_unpaged(stmt.as_str(), &[])
+                .await
+                .with_context(|| format!("migration {name}: {stmt}"))?;
         }
-        session.await_schema_agreement().await.context("waiting for schema agreement")?;
+        session
+            .await_schema_agreement()
+            .await
+            .context("waiting for schema agreement")?;
         session
             .query_unpaged(
                 format!("INSERT INTO {ks}.schema_version (version, name, applied_at) VALUES (?, ?, ?) IF NOT EXISTS"),
@@ -151,7 +179,10 @@ mod tests {
 
     #[test]
     fn files_split_into_statements_with_the_keyspace() {
-        let all: Vec<String> = MIGRATIONS.iter().flat_map(|(_, _, c)| statements(c, "ks1")).collect();
+        let all: Vec<String> = MIGRATIONS
+            .iter()
+            .flat_map(|(_, _, c)| statements(c, "ks1"))
+            .collect();
         assert_eq!(all.len(), 4);
         for s in &all {
             assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");

@@ -81,7 +81,11 @@ fn bucket_of_id(id: &str) -> Option<i64> {
 /// The bucket a cursor starts from; `None` for a cursor that is not a canonical ULID, which is
 /// then applied as a plain string bound on every bucket (still correct, only slower).
 fn bucket_of_cursor(cursor: &str) -> Option<i64> {
-    if id::is_valid(cursor) { bucket_of_id(cursor) } else { None }
+    if id::is_valid(cursor) {
+        bucket_of_id(cursor)
+    } else {
+        None
+    }
 }
 
 /// Connection and schema settings of the CQL store.
@@ -114,7 +118,12 @@ impl CqlOptions {
 
     pub fn from_args(a: &crate::config::CqlArgs) -> anyhow::Result<Self> {
         let opts = CqlOptions {
-            nodes: a.cql_nodes.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect(),
+            nodes: a
+                .cql_nodes
+                .iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
             keyspace: a.cql_keyspace.clone(),
             consistency: a.cql_consistency.clone(),
             retention_days: a.cql_retention_days,
@@ -156,34 +165,42 @@ impl CqlOptions {
 }
 
 pub fn parse_consistency(s: &str) -> anyhow::Result<Consistency> {
-    Ok(match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
-        "any" => Consistency::Any,
-        "one" => Consistency::One,
-        "two" => Consistency::Two,
-        "three" => Consistency::Three,
-        "quorum" => Consistency::Quorum,
-        "all" => Consistency::All,
-        "local_quorum" => Consistency::LocalQuorum,
-        "each_quorum" => Consistency::EachQuorum,
-        "local_one" => Consistency::LocalOne,
-        other => bail!(
-            "--cql-consistency {other:?}: expected local_quorum, quorum, local_one, one, two, three, each_quorum, all or any"
-        ),
-    })
+    Ok(
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "any" => Consistency::Any,
+            "one" => Consistency::One,
+            "two" => Consistency::Two,
+            "three" => Consistency::Three,
+            "quorum" => Consistency::Quorum,
+            "all" => Consistency::All,
+            "local_quorum" => Consistency::LocalQuorum,
+            "each_quorum" => Consistency::EachQuorum,
+            "local_one" => Consistency::LocalOne,
+            other => bail!(
+                "--cql-consistency {other:?}: expected local_quorum, quorum, local_one, one, two, three, each_quorum, all or any"
+            ),
+        },
+    )
 }
 
 /// `SimpleStrategy:1` → `{'class': 'SimpleStrategy', 'replication_factor': 1}`;
 /// `NetworkTopologyStrategy:eu=3,us=3` → `{'class': 'NetworkTopologyStrategy', 'eu': 3, 'us': 3}`.
 pub fn replication_cql(s: &str) -> anyhow::Result<String> {
-    let usage = "--cql-replication: expected SimpleStrategy:<rf> or NetworkTopologyStrategy:<dc>=<rf>,...";
+    let usage =
+        "--cql-replication: expected SimpleStrategy:<rf> or NetworkTopologyStrategy:<dc>=<rf>,...";
     let (class, rest) = s.trim().split_once(':').context(usage)?;
     let rf = |v: &str| -> anyhow::Result<u32> {
-        v.trim().parse::<u32>().ok().filter(|n| (1..=9).contains(n)).context("replication factor must be 1..=9")
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=9).contains(n))
+            .context("replication factor must be 1..=9")
     };
     match class.trim().to_ascii_lowercase().as_str() {
-        "simplestrategy" | "simple" => {
-            Ok(format!("{{'class': 'SimpleStrategy', 'replication_factor': {}}}", rf(rest)?))
-        }
+        "simplestrategy" | "simple" => Ok(format!(
+            "{{'class': 'SimpleStrategy', 'replication_factor': {}}}",
+            rf(rest)?
+        )),
         "networktopologystrategy" | "nts" => {
             let mut parts = Vec::new();
             for item in rest.split(',') {
@@ -191,13 +208,18 @@ pub fn replication_cql(s: &str) -> anyhow::Result<String> {
                 let dc = dc.trim();
                 let valid = !dc.is_empty()
                     && dc.len() <= 64
-                    && dc.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                    && dc
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
                 if !valid {
                     bail!("--cql-replication: bad datacenter name {dc:?}");
                 }
                 parts.push(format!("'{dc}': {}", rf(n)?));
             }
-            Ok(format!("{{'class': 'NetworkTopologyStrategy', {}}}", parts.join(", ")))
+            Ok(format!(
+                "{{'class': 'NetworkTopologyStrategy', {}}}",
+                parts.join(", ")
+            ))
         }
         _ => bail!("{usage}"),
     }
@@ -234,10 +256,19 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// `[applied]` of an LWT and, when not applied, the existing row by column name.
-pub(crate) fn lwt_outcome(res: QueryResult) -> Result<(bool, HashMap<String, CqlValue>), StoreError> {
+pub(crate) fn lwt_outcome(
+    res: QueryResult,
+) -> Result<(bool, HashMap<String, CqlValue>), StoreError> {
     let rows = res.into_rows_result().map_err(unavailable)?;
-    let names: Vec<String> = rows.column_specs().iter().map(|c| c.name().to_string()).collect();
-    let row = rows.maybe_first_row::<Row>().map_err(unavailable)?.ok_or_else(|| unavailable("empty LWT result"))?;
+    let names: Vec<String> = rows
+        .column_specs()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    let row = rows
+        .maybe_first_row::<Row>()
+        .map_err(unavailable)?
+        .ok_or_else(|| unavailable("empty LWT result"))?;
     let mut map = HashMap::new();
     for (name, v) in names.into_iter().zip(row.columns) {
         if let Some(v) = v {
@@ -280,7 +311,10 @@ type CommentRow = (
 fn comment_from_row(post_id: &str, r: CommentRow) -> Option<Comment> {
     let (id, user_id, text, created_at, region, metadata) = r;
     let id = id?;
-    let ms = created_at.map(|t| t.0).or_else(|| id::millis_of(&id)).unwrap_or(0);
+    let ms = created_at
+        .map(|t| t.0)
+        .or_else(|| id::millis_of(&id))
+        .unwrap_or(0);
     Some(Comment {
         id,
         post_id: post_id.to_string(),
@@ -341,7 +375,10 @@ impl CqlStore {
         let prep = |cql: String, idempotent: bool| {
             let session = &session;
             async move {
-                let mut p = session.prepare(cql.as_str()).await.with_context(|| format!("preparing {cql}"))?;
+                let mut p = session
+                    .prepare(cql.as_str())
+                    .await
+                    .with_context(|| format!("preparing {cql}"))?;
                 p.set_is_idempotent(idempotent);
                 anyhow::Ok(p)
             }
@@ -493,11 +530,23 @@ impl CqlStore {
         let writes: Vec<_> = spans
             .iter()
             .map(|(p, s)| (p, *s, None))
-            .chain(buckets.iter().map(|(p, b)| (p, span_of_bucket(*b), Some(*b))))
+            .chain(
+                buckets
+                    .iter()
+                    .map(|(p, b)| (p, span_of_bucket(*b), Some(*b))),
+            )
             .map(|(p, span, bucket)| async move {
                 match bucket {
-                    None => self.session.execute_unpaged(&self.st.insert_span, (p, span, ttl)).await,
-                    Some(b) => self.session.execute_unpaged(&self.st.insert_bucket, (p, span, b, ttl)).await,
+                    None => {
+                        self.session
+                            .execute_unpaged(&self.st.insert_span, (p, span, ttl))
+                            .await
+                    }
+                    Some(b) => {
+                        self.session
+                            .execute_unpaged(&self.st.insert_bucket, (p, span, b, ttl))
+                            .await
+                    }
                 }
             })
             .collect();
@@ -519,7 +568,8 @@ impl CqlStore {
     }
 
     async fn write_comment(&self, c: &Comment) -> StoreResult<()> {
-        let bucket = bucket_of_id(&c.id).ok_or_else(|| unavailable(format!("comment id {:?} is not a ULID", c.id)))?;
+        let bucket = bucket_of_id(&c.id)
+            .ok_or_else(|| unavailable(format!("comment id {:?} is not a ULID", c.id)))?;
         self.session
             .execute_unpaged(
                 &self.st.insert_comment,
@@ -542,7 +592,10 @@ impl CqlStore {
 
     async fn mark_stored(&self, c: &Comment, key: &str, ttl: i32) -> StoreResult<()> {
         self.session
-            .execute_unpaged(&self.st.mark_stored, (ttl.max(1), &c.user_id, &c.post_id, key))
+            .execute_unpaged(
+                &self.st.mark_stored,
+                (ttl.max(1), &c.user_id, &c.post_id, key),
+            )
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -554,7 +607,16 @@ impl CqlStore {
             .session
             .execute_unpaged(
                 &self.st.claim_key,
-                (&c.user_id, &c.post_id, key, &c.id, &c.text, CqlTimestamp(created_ms(c)), &c.region, &c.metadata),
+                (
+                    &c.user_id,
+                    &c.post_id,
+                    key,
+                    &c.id,
+                    &c.text,
+                    CqlTimestamp(created_ms(c)),
+                    &c.region,
+                    &c.metadata,
+                ),
             )
             .await
             .map_err(unavailable)?;
@@ -562,16 +624,22 @@ impl CqlStore {
         if applied {
             return Ok(Claim::Fresh);
         }
-        let text = |row: &mut HashMap<String, CqlValue>, k: &str| row.remove(k).and_then(|v| v.into_string());
+        let text = |row: &mut HashMap<String, CqlValue>, k: &str| {
+            row.remove(k).and_then(|v| v.into_string())
+        };
         let Some(id) = text(&mut row, "id") else {
             // A record without a comment (expiring this very second): treat it as absent.
             return Ok(Claim::Fresh);
         };
-        let ms = row.get("created_at").and_then(|v| v.as_cql_timestamp()).map(|t| t.0);
+        let ms = row
+            .get("created_at")
+            .and_then(|v| v.as_cql_timestamp())
+            .map(|t| t.0);
         let metadata = match row.remove("metadata") {
-            Some(CqlValue::Map(pairs)) => {
-                pairs.into_iter().filter_map(|(k, v)| Some((k.into_string()?, v.into_string()?))).collect()
-            }
+            Some(CqlValue::Map(pairs)) => pairs
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.into_string()?, v.into_string()?)))
+                .collect(),
             _ => BTreeMap::new(),
         };
         let prev = Comment {
@@ -584,7 +652,11 @@ impl CqlStore {
             metadata,
         };
         let stored = matches!(row.get("stored"), Some(CqlValue::Boolean(true)));
-        Ok(if stored { Claim::Stored(prev) } else { Claim::Pending(prev) })
+        Ok(if stored {
+            Claim::Stored(prev)
+        } else {
+            Claim::Pending(prev)
+        })
     }
 
     /// Step 4: the record exists but its comment was never confirmed.
@@ -599,7 +671,10 @@ impl CqlStore {
                 .await
                 .map_err(unavailable)?;
             let rows = res.into_rows_result().map_err(unavailable)?;
-            match rows.maybe_first_row::<(Option<bool>, Option<i32>)>().map_err(unavailable)? {
+            match rows
+                .maybe_first_row::<(Option<bool>, Option<i32>)>()
+                .map_err(unavailable)?
+            {
                 Some((Some(true), _)) => return Ok(Inserted::Existing(prev)),
                 Some((_, remaining)) => ttl = remaining.unwrap_or(ttl),
                 None => break, // expired meanwhile: finish anyway, the write is an overwrite
@@ -628,7 +703,10 @@ impl CqlStore {
         };
         let res = self
             .session
-            .execute_unpaged(st, (post_id, bucket, bound, limit.min(i32::MAX as usize) as i32))
+            .execute_unpaged(
+                st,
+                (post_id, bucket, bound, limit.min(i32::MAX as usize) as i32),
+            )
             .await
             .map_err(unavailable)?;
         let rows = res.into_rows_result().map_err(unavailable)?;
@@ -644,7 +722,13 @@ impl CqlStore {
     /// A page in `dir` order: walks the post's non-empty buckets through the index, reading
     /// them in waves of 1, 2, 4, ... (at most [`MAX_WAVE`]) partitions in parallel until
     /// `limit` comments are found or the buckets run out.
-    async fn walk(&self, dir: Dir, post_id: &str, cursor: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
+    async fn walk(
+        &self,
+        dir: Dir,
+        post_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Comment>> {
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);
@@ -670,8 +754,14 @@ impl CqlStore {
                 break;
             }
             let need = limit - out.len();
-            let pages: Vec<_> = batch.into_iter().map(|b| self.query_bucket(dir, post_id, b, &bound, need)).collect();
-            let pages = stream::iter(pages).buffered(MAX_WAVE).collect::<Vec<_>>().await;
+            let pages: Vec<_> = batch
+                .into_iter()
+                .map(|b| self.query_bucket(dir, post_id, b, &bound, need))
+                .collect();
+            let pages = stream::iter(pages)
+                .buffered(MAX_WAVE)
+                .collect::<Vec<_>>()
+                .await;
             for page in pages {
                 out.extend(page?);
             }
@@ -684,7 +774,10 @@ impl CqlStore {
 
 /// Runs futures with at most [`CONCURRENCY`] in flight; results in completion order.
 async fn bounded<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    stream::iter(futs).buffer_unordered(CONCURRENCY).collect().await
+    stream::iter(futs)
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await
 }
 
 enum Claim {
@@ -750,7 +843,12 @@ impl<'a> BucketWalk<'a> {
         st: &PreparedStatement,
         values: impl scylla::serialize::row::SerializeRow,
     ) -> StoreResult<Vec<i64>> {
-        let res = self.store.session.execute_unpaged(st, values).await.map_err(unavailable)?;
+        let res = self
+            .store
+            .session
+            .execute_unpaged(st, values)
+            .await
+            .map_err(unavailable)?;
         let rows = res.into_rows_result().map_err(unavailable)?;
         let mut out = Vec::with_capacity(rows.rows_num());
         for r in rows.rows::<(i64,)>().map_err(unavailable)? {
@@ -769,7 +867,9 @@ impl<'a> BucketWalk<'a> {
                     Dir::Desc => &self.store.st.buckets_desc,
                     Dir::Asc => &self.store.st.buckets_asc,
                 };
-                let page = self.index_page(st, (self.post_id, span, bound, INDEX_PAGE)).await?;
+                let page = self
+                    .index_page(st, (self.post_id, span, bound, INDEX_PAGE))
+                    .await?;
                 let full = page.len() == INDEX_PAGE as usize;
                 self.current = match (full, page.last().and_then(|&l| self.step_past(l))) {
                     (true, Some(next)) => Some((span, next)),
@@ -787,7 +887,10 @@ impl<'a> BucketWalk<'a> {
                     Dir::Asc => &self.store.st.spans_asc,
                 };
                 let page = self.index_page(st, (self.post_id, bound, 16i32)).await?;
-                self.next_span = match (page.len() == 16, page.last().and_then(|&l| self.step_past(l))) {
+                self.next_span = match (
+                    page.len() == 16,
+                    page.last().and_then(|&l| self.step_past(l)),
+                ) {
                     (true, Some(next)) => Some(next),
                     _ => None,
                 };
@@ -817,7 +920,11 @@ impl Store for CqlStore {
         let mut follower: Vec<Option<usize>> = vec![None; n];
         for (i, item) in batch.iter().enumerate() {
             if let Some(k) = &item.idempotency_key {
-                let key = (item.comment.user_id.clone(), item.comment.post_id.clone(), k.clone());
+                let key = (
+                    item.comment.user_id.clone(),
+                    item.comment.post_id.clone(),
+                    k.clone(),
+                );
                 match leader_of.get(&key) {
                     Some(&l) => follower[i] = Some(l),
                     None => {
@@ -828,15 +935,18 @@ impl Store for CqlStore {
         }
 
         // 1. Claim the keys of the leaders.
-        let claims: Vec<_> =
-            batch
-                .iter()
-                .enumerate()
-                .filter(|(i, it)| it.idempotency_key.is_some() && follower[*i].is_none())
-                .map(|(i, it)| async move {
-                    (i, self.claim(&it.comment, it.idempotency_key.as_deref().unwrap_or("")).await)
-                })
-                .collect();
+        let claims: Vec<_> = batch
+            .iter()
+            .enumerate()
+            .filter(|(i, it)| it.idempotency_key.is_some() && follower[*i].is_none())
+            .map(|(i, it)| async move {
+                (
+                    i,
+                    self.claim(&it.comment, it.idempotency_key.as_deref().unwrap_or(""))
+                        .await,
+                )
+            })
+            .collect();
         let claims = bounded(claims).await;
         let mut to_write: Vec<usize> = Vec::with_capacity(n);
         let mut pending: Vec<(usize, Comment)> = Vec::new();
@@ -876,7 +986,9 @@ impl Store for CqlStore {
                         let mut r = self.write_comment(&item.comment).await;
                         if r.is_ok() && claimed[i] {
                             let key = item.idempotency_key.as_deref().unwrap_or("");
-                            r = self.mark_stored(&item.comment, key, IDEMPOTENCY_TTL_SECS - 1).await;
+                            r = self
+                                .mark_stored(&item.comment, key, IDEMPOTENCY_TTL_SECS - 1)
+                                .await;
                         }
                         (i, r)
                     })
@@ -907,21 +1019,39 @@ impl Store for CqlStore {
                 results[i] = Some(match &results[l] {
                     Some(Ok(ins)) => Ok(Inserted::Existing(ins.comment().clone())),
                     Some(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
-                    None => Err(StoreError::Unavailable("internal: leader without result".into())),
+                    None => Err(StoreError::Unavailable(
+                        "internal: leader without result".into(),
+                    )),
                 });
             }
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(StoreError::Unavailable("internal: item without result".into()))))
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Unavailable(
+                        "internal: item without result".into(),
+                    ))
+                })
+            })
             .collect()
     }
 
-    async fn newest(&self, post_id: &str, before: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
+    async fn newest(
+        &self,
+        post_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Comment>> {
         self.walk(Dir::Desc, post_id, before, limit).await
     }
 
-    async fn after(&self, post_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<Comment>> {
+    async fn after(
+        &self,
+        post_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Comment>> {
         self.walk(Dir::Asc, post_id, after, limit).await
     }
 
@@ -929,9 +1059,16 @@ impl Store for CqlStore {
         let Some(bucket) = bucket_of_id(id) else {
             return Ok(None);
         };
-        let res = self.session.execute_unpaged(&self.st.get, (post_id, bucket, id)).await.map_err(unavailable)?;
+        let res = self
+            .session
+            .execute_unpaged(&self.st.get, (post_id, bucket, id))
+            .await
+            .map_err(unavailable)?;
         let rows = res.into_rows_result().map_err(unavailable)?;
-        Ok(rows.maybe_first_row::<CommentRow>().map_err(unavailable)?.and_then(|r| comment_from_row(post_id, r)))
+        Ok(rows
+            .maybe_first_row::<CommentRow>()
+            .map_err(unavailable)?
+            .and_then(|r| comment_from_row(post_id, r)))
     }
 
     async fn delete(&self, post_id: &str, id: &str) -> StoreResult<bool> {
@@ -943,12 +1080,18 @@ impl Store for CqlStore {
         let Some(bucket) = bucket_of_id(id) else {
             return Ok(false);
         };
-        self.session.execute_unpaged(&self.st.delete, (post_id, bucket, id)).await.map_err(unavailable)?;
+        self.session
+            .execute_unpaged(&self.st.delete, (post_id, bucket, id))
+            .await
+            .map_err(unavailable)?;
         Ok(true)
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.session.execute_unpaged(&self.st.ping, ()).await.map_err(unavailable)?;
+        self.session
+            .execute_unpaged(&self.st.ping, ())
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 }
@@ -972,11 +1115,21 @@ mod tests {
 
     #[test]
     fn options_are_validated() {
-        let o = CqlOptions::new(vec!["127.0.0.2:9042".into()], "LiveComments").validated().unwrap();
+        let o = CqlOptions::new(vec!["127.0.0.2:9042".into()], "LiveComments")
+            .validated()
+            .unwrap();
         assert_eq!(o.keyspace, "livecomments");
         assert!(CqlOptions::new(vec![], "ks").validated().is_err());
-        assert!(CqlOptions::new(vec!["h:1".into()], "bad-name").validated().is_err());
-        assert!(CqlOptions::new(vec!["h:1".into()], "1ks").validated().is_err());
+        assert!(
+            CqlOptions::new(vec!["h:1".into()], "bad-name")
+                .validated()
+                .is_err()
+        );
+        assert!(
+            CqlOptions::new(vec!["h:1".into()], "1ks")
+                .validated()
+                .is_err()
+        );
         let mut o = CqlOptions::new(vec!["h:1".into()], "ks");
         o.consistency = "LOCAL_ONE".into();
         assert!(o.clone().validated().is_ok());
@@ -994,7 +1147,15 @@ mod tests {
             replication_cql("NetworkTopologyStrategy:eu-west=3,us_east=3").unwrap(),
             "{'class': 'NetworkTopologyStrategy', 'eu-west': 3, 'us_east': 3}"
         );
-        for bad in ["", "SimpleStrategy", "SimpleStrategy:0", "Other:1", "nts:eu", "nts:e'u=3", "nts:=3"] {
+        for bad in [
+            "",
+            "SimpleStrategy",
+            "SimpleStrategy:0",
+            "Other:1",
+            "nts:eu",
+            "nts:e'u=3",
+            "nts:=3",
+        ] {
             assert!(replication_cql(bad).is_err(), "{bad}");
         }
     }
