@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::http::{self, Dechunk, Url};
@@ -77,7 +77,11 @@ impl AgentReport {
         self.distinct.extend_from_slice(&o.distinct);
         self.last_rx_ns = self.last_rx_ns.max(o.last_rx_ns);
         self.resumed += o.resumed;
-        for (dst, src) in [(&mut self.lat_us, &o.lat_us), (&mut self.connect_us, &o.connect_us), (&mut self.reconnect_us, &o.reconnect_us)] {
+        for (dst, src) in [
+            (&mut self.lat_us, &o.lat_us),
+            (&mut self.connect_us, &o.connect_us),
+            (&mut self.reconnect_us, &o.reconnect_us),
+        ] {
             let mut h = hist_from_pairs(dst);
             h.add(hist_from_pairs(src)).ok();
             *dst = hist_pairs(&h);
@@ -110,35 +114,43 @@ struct Shared {
     drop_gen: u64,
 }
 
+impl Shared {
+    fn new(posts: Vec<usize>) -> Shared {
+        Shared {
+            distinct: vec![0; posts.len()],
+            posts,
+            connected: 0,
+            ever_connected: 0,
+            connect_errors: 0,
+            http_errors: 0,
+            disconnects: 0,
+            reconnects: 0,
+            events: 0,
+            dups: 0,
+            wrong_post: 0,
+            foreign: 0,
+            last_rx_ns: 0,
+            lat: new_hist(),
+            connect: new_hist(),
+            reconnect: new_hist(),
+            resumed: 0,
+            drop_gen: 0,
+        }
+    }
+}
+
 pub fn run_agent() -> Result<()> {
     let cfg: AgentConfig = serde_json::from_str(&std::env::var("LCB_AGENT_CONFIG")?)?;
     crate::stats::raise_nofile();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, agent_main(cfg))
 }
 
 async fn agent_main(cfg: AgentConfig) -> Result<()> {
-    let shared = Rc::new(RefCell::new(Shared {
-        posts: cfg.entries.iter().map(|e| e.0).collect(),
-        connected: 0,
-        ever_connected: 0,
-        connect_errors: 0,
-        http_errors: 0,
-        disconnects: 0,
-        reconnects: 0,
-        events: 0,
-        dups: 0,
-        wrong_post: 0,
-        foreign: 0,
-        distinct: vec![0; cfg.entries.len()],
-        last_rx_ns: 0,
-        lat: new_hist(),
-        connect: new_hist(),
-        reconnect: new_hist(),
-        resumed: 0,
-        drop_gen: 0,
-    }));
+    let shared = Rc::new(RefCell::new(Shared::new(cfg.entries.iter().map(|e| e.0).collect())));
     let (drop_tx, drop_rx) = watch::channel((0u64, 0u64));
     let sem = Arc::new(Semaphore::new(cfg.connect_concurrency.max(1)));
     let total: u64 = cfg.entries.iter().map(|e| e.2 as u64).sum();
@@ -146,7 +158,11 @@ async fn agent_main(cfg: AgentConfig) -> Result<()> {
     for (i, (post, url, viewers)) in cfg.entries.iter().enumerate() {
         let url = Url::parse(url)?;
         for _ in 0..*viewers {
-            let src = if cfg.src_count == 0 { None } else { Some(http::src_ip((cfg.viewer_offset + n) % cfg.src_count)) };
+            let src = if cfg.src_count == 0 {
+                None
+            } else {
+                Some(http::src_ip((cfg.viewer_offset + n) % cfg.src_count))
+            };
             let v = Viewer {
                 post: *post,
                 local: i,
@@ -156,7 +172,12 @@ async fn agent_main(cfg: AgentConfig) -> Result<()> {
                 last_id: cfg.initial_last_event_id.clone().unwrap_or_default(),
                 seed: 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(n as u64 + 1),
             };
-            tokio::task::spawn_local(v.run(shared.clone(), sem.clone(), drop_rx.clone(), cfg.read_buf));
+            tokio::task::spawn_local(v.run(
+                shared.clone(),
+                sem.clone(),
+                drop_rx.clone(),
+                cfg.read_buf,
+            ));
             n += 1;
         }
     }
@@ -179,7 +200,13 @@ async fn agent_main(cfg: AgentConfig) -> Result<()> {
                     dups: s.dups,
                     wrong_post: s.wrong_post,
                     foreign: s.foreign,
-                    distinct: s.distinct.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| (s.posts[i], *c)).collect(),
+                    distinct: s
+                        .distinct
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| **c > 0)
+                        .map(|(i, c)| (s.posts[i], *c))
+                        .collect(),
                     last_rx_ns: s.last_rx_ns,
                     lat_us: hist_pairs(&s.lat),
                     connect_us: hist_pairs(&s.connect),
@@ -247,7 +274,13 @@ impl Viewer {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    async fn run(mut self, shared: Rc<RefCell<Shared>>, sem: Arc<Semaphore>, mut drop_rx: watch::Receiver<(u64, u64)>, read_buf: usize) {
+    async fn run(
+        mut self,
+        shared: Rc<RefCell<Shared>>,
+        sem: Arc<Semaphore>,
+        mut drop_rx: watch::Receiver<(u64, u64)>,
+        read_buf: usize,
+    ) {
         let mut buf = vec![0u8; read_buf];
         let mut first = true;
         let mut dropped_gen = 0u64;
@@ -255,13 +288,27 @@ impl Viewer {
         loop {
             let permit = sem.clone().acquire_owned().await.ok();
             let started = Instant::now();
-            let res = self.connect_and_read(&shared, &mut buf, &mut drop_rx, started, first, dropped_gen, permit).await;
+            let res = self
+                .connect_and_read(
+                    &shared,
+                    &mut buf,
+                    &mut drop_rx,
+                    started,
+                    first,
+                    dropped_gen,
+                    permit,
+                )
+                .await;
             match res {
                 Ok((End::Dropped(generation), _)) => {
                     dropped_gen = generation;
                     let window = drop_rx.borrow().1;
                     shared.borrow_mut().disconnects += 1;
-                    let delay = if window == 0 { 0 } else { self.rand() % (window * 1000) };
+                    let delay = if window == 0 {
+                        0
+                    } else {
+                        self.rand() % (window * 1000)
+                    };
                     tokio::time::sleep(Duration::from_micros(delay)).await;
                     first = false;
                     failures = 0;
@@ -274,12 +321,20 @@ impl Viewer {
                     } else {
                         failures += 1;
                     }
-                    tokio::time::sleep(Duration::from_millis(if failures == 0 { 0 } else { (50u64 << failures.min(5)).min(1000) + self.rand() % 100 })).await;
+                    tokio::time::sleep(Duration::from_millis(if failures == 0 {
+                        0
+                    } else {
+                        (50u64 << failures.min(5)).min(1000) + self.rand() % 100
+                    }))
+                    .await;
                 }
                 Err(_) => {
                     shared.borrow_mut().connect_errors += 1;
                     failures += 1;
-                    tokio::time::sleep(Duration::from_millis((50u64 << failures.min(5)).min(1000) + self.rand() % 100)).await;
+                    tokio::time::sleep(Duration::from_millis(
+                        (50u64 << failures.min(5)).min(1000) + self.rand() % 100,
+                    ))
+                    .await;
                 }
             }
         }
@@ -403,7 +458,8 @@ impl Viewer {
             } else if let Some(rest) = line.strip_prefix(b"id:") {
                 let rest = rest.strip_prefix(b" ").unwrap_or(rest);
                 self.last_id.clear();
-                self.last_id.push_str(std::str::from_utf8(rest).unwrap_or(""));
+                self.last_id
+                    .push_str(std::str::from_utf8(rest).unwrap_or(""));
             }
         }
         pos
@@ -460,6 +516,41 @@ impl Viewer {
         }
         self.seen[word] |= 1 << bit;
         sh.distinct[self.local] += 1;
-        sh.lat.saturating_record((rx.saturating_sub(sent) / 1000).max(1));
+        sh.lat
+            .saturating_record((rx.saturating_sub(sent) / 1000).max(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn viewer(post: usize) -> Viewer {
+        Viewer { post, local: 0, url: Url::parse("http://127.0.0.1:1/").unwrap(), src: None, seen: Vec::new(), last_id: String::new(), seed: 1 }
+    }
+
+    #[test]
+    fn counts_distinct_duplicates_foreign_and_ids() {
+        let sh = Rc::new(RefCell::new(Shared::new(vec![7])));
+        let mut v = viewer(7);
+        let now = now_ns();
+        let t = now - 5_000_000;
+        let stream = format!(
+            ": ping\n\nevent: comment\nid: local.01AAA\ndata: {{\"id\":\"x\",\"text\":\"lcb1 7 0 {t}\"}}\n\n\
+             id: local.01AAB\ndata: {{\"text\":\"lcb1 7 1 {t}\"}}\n\n\
+             data: {{\"text\":\"lcb1 7 0 {t}\"}}\n\n\
+             data: {{\"text\":\"lcb1 8 2 {t}\"}}\n\n\
+             event: delete\ndata: {{\"id\":\"x\"}}\n\ndata: {{\"text\":\"lcb1 7 200"
+        );
+        let consumed = v.parse_lines(stream.as_bytes(), now, &sh);
+        assert!(stream[consumed..].starts_with("data: {\"text\":\"lcb1 7 200"), "partial line kept");
+        let s = sh.borrow();
+        assert_eq!(s.distinct[0], 2);
+        assert_eq!(s.dups, 1);
+        assert_eq!(s.wrong_post, 1);
+        assert_eq!(s.foreign, 1);
+        assert_eq!(v.last_id, "local.01AAB");
+        assert_eq!(s.lat.len(), 2);
+        assert!(s.lat.max() >= 4_900 && s.lat.max() <= 5_100, "latency in µs: {}", s.lat.max());
     }
 }

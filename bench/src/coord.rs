@@ -34,11 +34,20 @@ impl Ctx {
         let kind = common.kind;
         let mut server = None;
         let mut sub_bases = common.urls.clone();
-        let mut pub_base = common.pub_url.clone().unwrap_or_else(|| sub_bases[0].clone());
+        let mut pub_base = common
+            .pub_url
+            .clone()
+            .unwrap_or_else(|| sub_bases[0].clone());
         let mut secret = common.secret.clone();
         let mut server_pids = common.server_pid.clone();
         if let Some(bin) = &common.server_bin {
-            let s = Server::start(bin, common.server_data_dir.clone(), &common.server_arg, secret.clone()).await?;
+            let s = Server::start(
+                bin,
+                common.server_data_dir.clone(),
+                &common.server_arg,
+                secret.clone(),
+            )
+            .await?;
             sub_bases = vec![s.base.clone()];
             pub_base = s.base.clone();
             secret = Some(s.secret.clone());
@@ -53,11 +62,27 @@ impl Ctx {
             Kind::Lc => "{base}/comment?post_id={post}".into(),
             Kind::Nchan => "{base}/pub/{post}".into(),
         });
-        let prefix = common.post_prefix.clone().unwrap_or_else(|| format!("b{:x}-", stats::now_ns() / 1_000_000 % 0xffff_ffff));
+        let prefix = common
+            .post_prefix
+            .clone()
+            .unwrap_or_else(|| format!("b{:x}-", stats::now_ns() / 1_000_000 % 0xffff_ffff));
         if kind == Kind::Lc && secret.is_none() {
-            bail!("livecomments needs the JWT secret: --secret or LIVECOMMENTS_JWT_SECRET (or --server-bin)");
+            bail!(
+                "livecomments needs the JWT secret: --secret or LIVECOMMENTS_JWT_SECRET (or --server-bin)"
+            );
         }
-        Ok(Ctx { common, kind, sub_bases, pub_base, sub_template, pub_template, prefix, secret, server, server_pids })
+        Ok(Ctx {
+            common,
+            kind,
+            sub_bases,
+            pub_base,
+            sub_template,
+            pub_template,
+            prefix,
+            secret,
+            server,
+            server_pids,
+        })
     }
 
     pub fn post_name(&self, i: usize) -> String {
@@ -65,7 +90,15 @@ impl Ctx {
     }
 
     pub fn publisher(&self, posts: usize, conns: usize, users: usize) -> Result<Publisher> {
-        let urls = (0..posts).map(|p| Url::parse(&fill(&self.pub_template, &self.pub_base, &self.post_name(p)))).collect::<Result<Vec<_>>>()?;
+        let urls = (0..posts)
+            .map(|p| {
+                Url::parse(&fill(
+                    &self.pub_template,
+                    &self.pub_base,
+                    &self.post_name(p),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let tokens = match (&self.kind, &self.secret) {
             (Kind::Lc, Some(s)) => make_tokens(s, users)?,
             _ => vec![String::new()],
@@ -75,10 +108,17 @@ impl Ctx {
 
     /// Viewers of post p: `viewers / posts` (+1 for the first `viewers % posts`).
     pub fn viewers_per_post(viewers: usize, posts: usize) -> Vec<u64> {
-        (0..posts).map(|p| (viewers / posts + usize::from(p < viewers % posts)) as u64).collect()
+        (0..posts)
+            .map(|p| (viewers / posts + usize::from(p < viewers % posts)) as u64)
+            .collect()
     }
 
-    pub async fn spawn_agents(&self, viewers: usize, posts: usize, initial_last_event_id: Option<String>) -> Result<Agents> {
+    pub async fn spawn_agents(
+        &self,
+        viewers: usize,
+        posts: usize,
+        initial_last_event_id: Option<String>,
+    ) -> Result<Agents> {
         let per_post = Self::viewers_per_post(viewers, posts);
         // (post, base index, count), viewers of a post spread round-robin over the bases.
         let nb = self.sub_bases.len();
@@ -97,7 +137,10 @@ impl Ctx {
         let mut cur_n = 0usize;
         let mut offset = 0usize;
         let mut agent_offset = 0usize;
-        let mut flush = |cur: &mut Vec<(usize, String, u32)>, cur_n: &mut usize, agent_offset: &mut usize, offset: usize| {
+        let mut flush = |cur: &mut Vec<(usize, String, u32)>,
+                         cur_n: &mut usize,
+                         agent_offset: &mut usize,
+                         offset: usize| {
             if !cur.is_empty() {
                 configs.push(AgentConfig {
                     entries: std::mem::take(cur),
@@ -173,7 +216,12 @@ impl Agents {
             children.push((child, stdin, stdout));
         }
         let total = per_post.iter().sum();
-        Ok(Agents { children, pids, per_post, total })
+        Ok(Agents {
+            children,
+            pids,
+            per_post,
+            total,
+        })
     }
 
     async fn command(&mut self, cmd: &str) -> Result<Vec<String>> {
@@ -228,7 +276,12 @@ impl Agents {
 
     /// Polls until every accepted comment reached every viewer, or nothing new arrived for
     /// `quiet` (then what is left is missing).
-    pub async fn drain(&mut self, accepted: &[u64], quiet: Duration, max: Duration) -> Result<AgentReport> {
+    pub async fn drain(
+        &mut self,
+        accepted: &[u64],
+        quiet: Duration,
+        max: Duration,
+    ) -> Result<AgentReport> {
         let expected = self.expected(accepted);
         let t0 = Instant::now();
         let mut last = 0u64;
@@ -256,7 +309,10 @@ impl Agents {
             let _ = stdin.write_all(b"quit\n").await;
         }
         for (child, _, _) in self.children.iter_mut() {
-            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
                 let _ = child.kill().await;
             }
         }
@@ -312,7 +368,10 @@ impl Out {
         println!("JSON {line}");
         if let Some(p) = &ctx.common.json_out {
             use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?;
             writeln!(f, "{line}")?;
         }
         Ok(())

@@ -19,12 +19,18 @@ pub struct Url {
 
 impl Url {
     pub fn parse(s: &str) -> Result<Url> {
-        let rest = s.strip_prefix("http://").ok_or_else(|| anyhow!("only http:// URLs: {s}"))?;
+        let rest = s
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow!("only http:// URLs: {s}"))?;
         let (hostport, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        let hp = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+        let hp = if hostport.contains(':') {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:80")
+        };
         let addr = hp
             .to_socket_addrs()
             .with_context(|| format!("resolve {hp}"))?
@@ -33,18 +39,29 @@ impl Url {
         if !addr.ip().is_loopback() {
             bail!("refusing non-loopback target {addr}: benchmarks only run against this machine");
         }
-        Ok(Url { addr, host_header: hostport.to_string(), path: path.to_string() })
+        Ok(Url {
+            addr,
+            host_header: hostport.to_string(),
+            path: path.to_string(),
+        })
     }
 }
 
 /// Fills `{base}` and `{post}` in a URL template.
 pub fn fill(template: &str, base: &str, post: &str) -> String {
-    template.replace("{base}", base.trim_end_matches('/')).replace("{post}", post)
+    template
+        .replace("{base}", base.trim_end_matches('/'))
+        .replace("{post}", post)
 }
 
 /// The i-th loopback source address: 127.0.(1 + i/250).(1 + i%250).
 pub fn src_ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, (1 + i / 250) as u8, (1 + i % 250) as u8))
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        (1 + i / 250) as u8,
+        (1 + i % 250) as u8,
+    ))
 }
 
 /// Connects from a chosen loopback source address (bind before connect), so that many
@@ -79,14 +96,20 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>> {
         return Ok(None);
     };
     let head = &buf[..end];
-    let mut h = Head { len: end + 4, ..Head::default() };
+    let mut h = Head {
+        len: end + 4,
+        ..Head::default()
+    };
     let mut lines = head.split(|&b| b == b'\n');
     let status_line = lines.next().unwrap_or_default();
     // "HTTP/1.1 200 OK"
     let mut parts = status_line.split(|&b| b == b' ');
     let ver = parts.next().unwrap_or_default();
     if !ver.starts_with(b"HTTP/1.") {
-        bail!("not an HTTP/1 response: {:?}", String::from_utf8_lossy(status_line));
+        bail!(
+            "not an HTTP/1 response: {:?}",
+            String::from_utf8_lossy(status_line)
+        );
     }
     let code = parts.next().unwrap_or_default();
     h.status = std::str::from_utf8(code)?.trim().parse()?;
@@ -95,7 +118,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>> {
     }
     for line in lines {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = memchr::memchr(b':', line) else { continue };
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
         let name = &line[..colon];
         let value = trim(&line[colon + 1..]);
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -132,7 +157,11 @@ pub enum Dechunk {
 
 impl Default for Dechunk {
     fn default() -> Self {
-        Dechunk::Size { acc: 0, digits: 0, ext: false }
+        Dechunk::Size {
+            acc: 0,
+            digits: 0,
+            ext: false,
+        }
     }
 }
 
@@ -143,7 +172,11 @@ impl Dechunk {
         debug_assert!(w <= r);
         while r < end {
             match *self {
-                Dechunk::Size { ref mut acc, ref mut digits, ref mut ext } => {
+                Dechunk::Size {
+                    ref mut acc,
+                    ref mut digits,
+                    ref mut ext,
+                } => {
                     let b = buf[r];
                     r += 1;
                     match b {
@@ -151,14 +184,23 @@ impl Dechunk {
                             if *digits == 0 {
                                 bail!("empty chunk size line");
                             }
-                            *self = if *acc == 0 { Dechunk::Done } else { Dechunk::Data { left: *acc } };
+                            *self = if *acc == 0 {
+                                Dechunk::Done
+                            } else {
+                                Dechunk::Data { left: *acc }
+                            };
                         }
                         b'\r' => {}
                         _ if *ext => {}
                         b';' | b' ' | b'\t' => *ext = true,
                         _ => {
-                            let v = (b as char).to_digit(16).ok_or_else(|| anyhow!("bad chunk size byte {b:#x}"))?;
-                            *acc = acc.checked_mul(16).and_then(|a| a.checked_add(v as usize)).ok_or_else(|| anyhow!("chunk too big"))?;
+                            let v = (b as char)
+                                .to_digit(16)
+                                .ok_or_else(|| anyhow!("bad chunk size byte {b:#x}"))?;
+                            *acc = acc
+                                .checked_mul(16)
+                                .and_then(|a| a.checked_add(v as usize))
+                                .ok_or_else(|| anyhow!("chunk too big"))?;
                             *digits += 1;
                         }
                     }
@@ -202,15 +244,34 @@ pub struct Client {
 
 impl Client {
     pub fn new(url: Url, src: Option<IpAddr>) -> Client {
-        Client { url, src, stream: None, buf: vec![0; 16 * 1024], req: Vec::with_capacity(1024), body: Vec::new(), reconnects: 0 }
+        Client {
+            url,
+            src,
+            stream: None,
+            buf: vec![0; 16 * 1024],
+            req: Vec::with_capacity(1024),
+            body: Vec::new(),
+            reconnects: 0,
+        }
     }
 
     /// Sends one request and reads the whole response; the body is left in `self.body`.
     /// Retries once on a stale keep-alive connection. Returns the status.
-    pub async fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8], timeout: Duration) -> Result<u16> {
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<u16> {
         self.req.clear();
         use std::io::Write;
-        write!(self.req, "{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.url.host_header)?;
+        write!(
+            self.req,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n",
+            self.url.host_header
+        )?;
         for (k, v) in headers {
             write!(self.req, "{k}: {v}\r\n")?;
         }

@@ -23,7 +23,11 @@ pub const MARKER_STR: &str = "lcb1";
 pub const MARKER: &[u8] = b"lcb1 ";
 
 #[derive(Parser, Debug)]
-#[command(name = "livecomments-bench", version, about = "Load generator for livecomments and nchan: SSE viewers, publishers, latency, missing/duplicate checks")]
+#[command(
+    name = "livecomments-bench",
+    version,
+    about = "Load generator for livecomments and nchan: SSE viewers, publishers, latency, missing/duplicate checks"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -57,7 +61,11 @@ pub struct Common {
     pub kind: publish::Kind,
     /// Base URL(s) viewers subscribe to, comma separated or repeated; viewers are spread
     /// over them (e.g. three fanout processes).
-    #[arg(long = "url", value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long = "url",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub urls: Vec<String>,
     /// Base URL comments are posted to (default: the first --url).
     #[arg(long)]
@@ -127,7 +135,10 @@ fn main() -> ExitCode {
         };
     }
     stats::raise_nofile();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let res = rt.block_on(async move {
         match cli.cmd {
             Cmd::Fanout(a) => scenarios::fanout(a).await,

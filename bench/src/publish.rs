@@ -40,7 +40,11 @@ pub fn make_tokens(secret: &str, n: usize) -> Result<Vec<String>> {
     (0..n.max(1))
         .map(|i| {
             let sub = format!("bench-{i}");
-            Ok(jsonwebtoken::encode(&jsonwebtoken::Header::default(), &Claims { sub: &sub, exp }, &key)?)
+            Ok(jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &Claims { sub: &sub, exp },
+                &key,
+            )?)
         })
         .collect()
 }
@@ -82,7 +86,13 @@ struct PhaseShared {
 }
 
 impl Publisher {
-    pub fn new(kind: Kind, urls: Vec<Url>, tokens: Vec<String>, conns: usize, src_first: usize) -> Publisher {
+    pub fn new(
+        kind: Kind,
+        urls: Vec<Url>,
+        tokens: Vec<String>,
+        conns: usize,
+        src_first: usize,
+    ) -> Publisher {
         let n = urls.len();
         Publisher {
             kind,
@@ -96,12 +106,20 @@ impl Publisher {
     }
 
     pub fn accepted_by_post(&self) -> Vec<u64> {
-        self.accepted.iter().map(|a| a.load(Ordering::Relaxed)).collect()
+        self.accepted
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Posts `count` comments at `rate` per second (0: as fast as `conns` connections go),
     /// stopping early at `deadline` if given.
-    pub async fn run(&mut self, count: u64, rate: f64, deadline: Option<Duration>) -> Result<PhaseResult> {
+    pub async fn run(
+        &mut self,
+        count: u64,
+        rate: f64,
+        deadline: Option<Duration>,
+    ) -> Result<PhaseResult> {
         let start_idx = self.next;
         let sh = Arc::new(PhaseShared {
             next: AtomicU64::new(start_idx),
@@ -158,7 +176,14 @@ impl Publisher {
                     let sent = now_ns();
                     body.clear();
                     use std::fmt::Write;
-                    let _ = write!(body, "{{\"text\":\"{} {} {} {}\"}}", crate::MARKER_STR, post, seq, sent);
+                    let _ = write!(
+                        body,
+                        "{{\"text\":\"{} {} {} {}\"}}",
+                        crate::MARKER_STR,
+                        post,
+                        seq,
+                        sent
+                    );
                     sh.first_send.fetch_min(sent, Ordering::Relaxed);
                     sh.last_send.fetch_max(sent, Ordering::Relaxed);
                     let auth;
@@ -168,7 +193,15 @@ impl Publisher {
                         headers.push(("Authorization", &auth));
                     }
                     let began = Instant::now();
-                    let res = client.request("POST", &url.path, &headers, body.as_bytes(), Duration::from_secs(30)).await;
+                    let res = client
+                        .request(
+                            "POST",
+                            &url.path,
+                            &headers,
+                            body.as_bytes(),
+                            Duration::from_secs(30),
+                        )
+                        .await;
                     match res {
                         Ok(st) if (200..300).contains(&st) => {
                             local.saturating_record((began.elapsed().as_micros() as u64).max(1));
@@ -182,7 +215,10 @@ impl Publisher {
                             sh.errors.fetch_add(1, Ordering::Relaxed);
                             let mut fe = sh.first_error.lock().unwrap();
                             if fe.is_none() {
-                                *fe = Some(format!("HTTP {st}: {}", String::from_utf8_lossy(&client.body)));
+                                *fe = Some(format!(
+                                    "HTTP {st}: {}",
+                                    String::from_utf8_lossy(&client.body)
+                                ));
                             }
                         }
                         Err(e) => {
@@ -219,7 +255,13 @@ impl Publisher {
 
 /// Closed-loop GETs of one path over `conns` connections for `secs`; returns (requests, errors,
 /// latency histogram, elapsed).
-pub async fn get_load(url: Url, path: String, conns: usize, secs: f64, src_first: usize) -> Result<(u64, u64, Histogram<u64>, Duration, Option<String>)> {
+pub async fn get_load(
+    url: Url,
+    path: String,
+    conns: usize,
+    secs: f64,
+    src_first: usize,
+) -> Result<(u64, u64, Histogram<u64>, Duration, Option<String>)> {
     let ok = Arc::new(AtomicU64::new(0));
     let errs = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(new_hist()));
@@ -228,13 +270,29 @@ pub async fn get_load(url: Url, path: String, conns: usize, secs: f64, src_first
     let end = t0 + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for c in 0..conns.max(1) {
-        let (url, path, ok, errs, hist, first_err) = (url.clone(), path.clone(), ok.clone(), errs.clone(), hist.clone(), first_err.clone());
+        let (url, path, ok, errs, hist, first_err) = (
+            url.clone(),
+            path.clone(),
+            ok.clone(),
+            errs.clone(),
+            hist.clone(),
+            first_err.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut client = Client::new(url, Some(crate::http::src_ip(src_first + c % 50)));
             let mut local = new_hist();
             while Instant::now() < end {
                 let began = Instant::now();
-                match client.request("GET", &path, &[("Accept", "application/json")], b"", Duration::from_secs(30)).await {
+                match client
+                    .request(
+                        "GET",
+                        &path,
+                        &[("Accept", "application/json")],
+                        b"",
+                        Duration::from_secs(30),
+                    )
+                    .await
+                {
                     Ok(200) => {
                         local.saturating_record((began.elapsed().as_micros() as u64).max(1));
                         ok.fetch_add(1, Ordering::Relaxed);
@@ -245,7 +303,10 @@ pub async fn get_load(url: Url, path: String, conns: usize, secs: f64, src_first
                             let mut fe = first_err.lock().unwrap();
                             if fe.is_none() {
                                 *fe = Some(match other {
-                                    Ok(st) => format!("HTTP {st}: {}", String::from_utf8_lossy(&client.body)),
+                                    Ok(st) => format!(
+                                        "HTTP {st}: {}",
+                                        String::from_utf8_lossy(&client.body)
+                                    ),
                                     Err(e) => format!("{e:#}"),
                                 });
                             }
@@ -262,5 +323,11 @@ pub async fn get_load(url: Url, path: String, conns: usize, secs: f64, src_first
     }
     let h = hist.lock().unwrap().clone();
     let fe = first_err.lock().unwrap().clone();
-    Ok((ok.load(Ordering::Relaxed), errs.load(Ordering::Relaxed), h, t0.elapsed(), fe))
+    Ok((
+        ok.load(Ordering::Relaxed),
+        errs.load(Ordering::Relaxed),
+        h,
+        t0.elapsed(),
+        fe,
+    ))
 }

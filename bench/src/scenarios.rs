@@ -203,18 +203,38 @@ impl Phase {
     }
 }
 
-async fn publish_phase(ctx: &Ctx, agents: &mut Agents, publisher: &mut Publisher, count: u64, rate: f64, quiet: Duration, max_secs: f64) -> Result<Phase> {
+async fn publish_phase(
+    ctx: &Ctx,
+    agents: &mut Agents,
+    publisher: &mut Publisher,
+    count: u64,
+    rate: f64,
+    quiet: Duration,
+    max_secs: f64,
+) -> Result<Phase> {
     agents.reset().await?;
     let before = agents.report().await?;
     let acc_before = publisher.accepted_by_post();
     let scpu0 = ctx.server_cpu();
     let gcpu0 = agents.cpu() + stats::cpu_secs(std::process::id()).unwrap_or(0.0);
     let t0 = Instant::now();
-    let pr = publisher.run(count, rate, (max_secs > 0.0).then(|| Duration::from_secs_f64(max_secs))).await?;
+    let pr = publisher
+        .run(
+            count,
+            rate,
+            (max_secs > 0.0).then(|| Duration::from_secs_f64(max_secs)),
+        )
+        .await?;
     let acc_after = publisher.accepted_by_post();
-    let accepted_delta: Vec<u64> = acc_after.iter().zip(&acc_before).map(|(a, b)| a - b).collect();
+    let accepted_delta: Vec<u64> = acc_after
+        .iter()
+        .zip(&acc_before)
+        .map(|(a, b)| a - b)
+        .collect();
     let total_expected = agents.expected(&acc_after);
-    let after = agents.drain(&acc_after, quiet, quiet * 6 + Duration::from_secs(10)).await?;
+    let after = agents
+        .drain(&acc_after, quiet, quiet * 6 + Duration::from_secs(10))
+        .await?;
     let _ = total_expected;
     let wall = t0.elapsed().as_secs_f64();
     let scpu = ctx.server_cpu() - scpu0;
@@ -237,7 +257,11 @@ async fn publish_phase(ctx: &Ctx, agents: &mut Agents, publisher: &mut Publisher
         dups: after.dups - before.dups,
         lat: hist_from_pairs(&after.lat_us),
         deliveries_per_s: delivered as f64 / span.max(1e-6),
-        pub_rate: if pr.accepted > 1 { (pr.accepted - 1) as f64 / send_span.max(1e-6) } else { 0.0 },
+        pub_rate: if pr.accepted > 1 {
+            (pr.accepted - 1) as f64 / send_span.max(1e-6)
+        } else {
+            0.0
+        },
         server_cpu_pct: 100.0 * scpu / wall,
         gen_cpu_pct: 100.0 * gcpu / wall,
         post_lat: pr.post_lat.unwrap_or_else(stats::new_hist),
@@ -247,18 +271,29 @@ async fn publish_phase(ctx: &Ctx, agents: &mut Agents, publisher: &mut Publisher
 }
 
 /// Spawns the agents, waits for every viewer, and records connect time and RSS per viewer.
-async fn connect_viewers(ctx: &Ctx, o: &mut Out, viewers: usize, posts: usize, timeout: f64) -> Result<Agents> {
+async fn connect_viewers(
+    ctx: &Ctx,
+    o: &mut Out,
+    viewers: usize,
+    posts: usize,
+    timeout: f64,
+) -> Result<Agents> {
     let rss0 = ctx.server_rss_kb();
     let t0 = Instant::now();
     let mut agents = ctx.spawn_agents(viewers, posts, None).await?;
-    let rep = agents.wait_connected(Duration::from_secs_f64(timeout)).await?;
+    let rep = agents
+        .wait_connected(Duration::from_secs_f64(timeout))
+        .await?;
     let secs = t0.elapsed().as_secs_f64();
     o.set("viewers", json!(viewers));
     o.set("posts", json!(posts));
     o.set("fanout_urls", json!(ctx.sub_bases.len()));
     o.set("agents", json!(agents.pids.len()));
     o.set("connected", json!(rep.connected));
-    o.set("connect_errors", json!(rep.connect_errors + rep.http_errors));
+    o.set(
+        "connect_errors",
+        json!(rep.connect_errors + rep.http_errors),
+    );
     o.set("connect_all_secs", r3(secs));
     o.set("connects_per_s", r3(rep.connected as f64 / secs.max(1e-6)));
     let c = lat_json(&hist_from_pairs(&rep.connect_us));
@@ -266,14 +301,20 @@ async fn connect_viewers(ctx: &Ctx, o: &mut Out, viewers: usize, posts: usize, t
     o.set("connect_p99_ms", c["p99_ms"].clone());
     o.set("connect_max_ms", c["max_ms"].clone());
     if rep.connected < agents.total {
-        eprintln!("warning: only {} of {} viewers connected", rep.connected, agents.total);
+        eprintln!(
+            "warning: only {} of {} viewers connected",
+            rep.connected, agents.total
+        );
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
     if !ctx.server_pids.is_empty() {
         let rss1 = ctx.server_rss_kb();
         o.set("server_rss_before_mib", r3(rss0 as f64 / 1024.0));
         o.set("server_rss_after_mib", r3(rss1 as f64 / 1024.0));
-        o.set("server_kib_per_viewer", r3((rss1 as f64 - rss0 as f64) / (rep.connected.max(1)) as f64));
+        o.set(
+            "server_kib_per_viewer",
+            r3((rss1 as f64 - rss0 as f64) / (rep.connected.max(1)) as f64),
+        );
     }
     Ok(agents)
 }
@@ -288,18 +329,34 @@ pub async fn fanout(a: FanoutArgs) -> Result<bool> {
 async fn fanout_inner(ctx: &Ctx, a: &FanoutArgs) -> Result<bool> {
     let mut o = Out::new("fanout", ctx);
     o.set("rate_target", json!(a.rate));
-    let mut agents = connect_viewers(ctx, &mut o, a.viewers, a.posts, a.connect_timeout_secs).await?;
+    let mut agents =
+        connect_viewers(ctx, &mut o, a.viewers, a.posts, a.connect_timeout_secs).await?;
     let mut ok = agents.report().await?.connected == agents.total;
     if a.idle_secs > 0.0 && !ctx.server_pids.is_empty() {
         let c0 = ctx.server_cpu();
         let g0 = agents.cpu();
         tokio::time::sleep(Duration::from_secs_f64(a.idle_secs)).await;
-        o.set("idle_server_cpu_pct", r3(100.0 * (ctx.server_cpu() - c0) / a.idle_secs));
-        o.set("idle_generator_cpu_pct", r3(100.0 * (agents.cpu() - g0) / a.idle_secs));
+        o.set(
+            "idle_server_cpu_pct",
+            r3(100.0 * (ctx.server_cpu() - c0) / a.idle_secs),
+        );
+        o.set(
+            "idle_generator_cpu_pct",
+            r3(100.0 * (agents.cpu() - g0) / a.idle_secs),
+        );
     }
     if a.comments > 0 {
         let mut publisher = ctx.publisher(a.posts, ctx.common.pub_conns, ctx.common.users)?;
-        let ph = publish_phase(ctx, &mut agents, &mut publisher, a.comments, a.rate, Duration::from_secs_f64(a.drain_secs), a.max_secs).await?;
+        let ph = publish_phase(
+            ctx,
+            &mut agents,
+            &mut publisher,
+            a.comments,
+            a.rate,
+            Duration::from_secs_f64(a.drain_secs),
+            a.max_secs,
+        )
+        .await?;
         ph.write(&mut o, "");
         ok &= ph.missing() == 0 && ph.dups == 0 && ph.errors == 0;
     }
@@ -321,7 +378,8 @@ pub async fn max_rate(a: MaxRateArgs) -> Result<bool> {
 async fn max_rate_inner(ctx: &Ctx, a: &MaxRateArgs) -> Result<bool> {
     let mut o = Out::new("max-rate", ctx);
     o.set("p99_bound_ms", json!(a.p99_ms));
-    let mut agents = connect_viewers(ctx, &mut o, a.viewers, a.posts, a.connect_timeout_secs).await?;
+    let mut agents =
+        connect_viewers(ctx, &mut o, a.viewers, a.posts, a.connect_timeout_secs).await?;
     let mut publisher = ctx.publisher(a.posts, ctx.common.pub_conns.max(8), ctx.common.users)?;
     let mut best: Option<(f64, Phase)> = None;
     let mut lo = 0.0f64;
@@ -331,12 +389,30 @@ async fn max_rate_inner(ctx: &Ctx, a: &MaxRateArgs) -> Result<bool> {
     let mut refine = 0;
     loop {
         let count = (rate * a.step_secs).ceil().max(1.0) as u64;
-        let ph = publish_phase(ctx, &mut agents, &mut publisher, count, rate, Duration::from_secs(3), a.step_secs * 1.5).await?;
-        let p99 = if ph.lat.is_empty() { f64::INFINITY } else { ph.lat.value_at_quantile(0.99) as f64 / 1000.0 };
-        let p50 = if ph.lat.is_empty() { f64::INFINITY } else { ph.lat.value_at_quantile(0.5) as f64 / 1000.0 };
+        let ph = publish_phase(
+            ctx,
+            &mut agents,
+            &mut publisher,
+            count,
+            rate,
+            Duration::from_secs(3),
+            a.step_secs * 1.5,
+        )
+        .await?;
+        let p99 = if ph.lat.is_empty() {
+            f64::INFINITY
+        } else {
+            ph.lat.value_at_quantile(0.99) as f64 / 1000.0
+        };
+        let p50 = if ph.lat.is_empty() {
+            f64::INFINITY
+        } else {
+            ph.lat.value_at_quantile(0.5) as f64 / 1000.0
+        };
         // The publisher must also keep up: an ingest that cannot take the rate fails the step.
         let kept_up = ph.pub_rate >= rate * 0.9;
-        let pass = ph.missing() == 0 && ph.dups == 0 && ph.errors == 0 && p99 <= a.p99_ms && kept_up;
+        let pass =
+            ph.missing() == 0 && ph.dups == 0 && ph.errors == 0 && p99 <= a.p99_ms && kept_up;
         eprintln!(
             "max-rate: {rate:.0}/s → {} deliveries/s, p99 {p99:.1} ms, missing {}, dups {}, published {:.0}/s: {}",
             ph.deliveries_per_s as u64,
@@ -398,9 +474,21 @@ pub async fn storm(a: StormArgs) -> Result<bool> {
 
 async fn storm_inner(ctx: &Ctx, a: &StormArgs) -> Result<bool> {
     let mut o = Out::new("storm", ctx);
-    let mut agents = connect_viewers(ctx, &mut o, a.viewers, a.posts, a.connect_timeout_secs).await?;
+    let mut agents =
+        connect_viewers(ctx, &mut o, a.viewers, a.posts, a.connect_timeout_secs).await?;
     let mut publisher = ctx.publisher(a.posts, ctx.common.pub_conns, ctx.common.users)?;
-    let ok = storm_core(ctx, &mut agents, &mut publisher, &mut o, a.rate, a.before_secs, a.window_secs, a.after_secs, a.drain_secs).await?;
+    let ok = storm_core(
+        ctx,
+        &mut agents,
+        &mut publisher,
+        &mut o,
+        a.rate,
+        a.before_secs,
+        a.window_secs,
+        a.after_secs,
+        a.drain_secs,
+    )
+    .await?;
     agents.quit().await;
     o.print(ctx)?;
     Ok(ok)
@@ -409,7 +497,17 @@ async fn storm_inner(ctx: &Ctx, a: &StormArgs) -> Result<bool> {
 /// Publishes at `rate` throughout; after `before` seconds every viewer drops its stream and
 /// reconnects with Last-Event-ID within `window`; publishing goes on for `after` more seconds.
 #[allow(clippy::too_many_arguments)]
-async fn storm_core(ctx: &Ctx, agents: &mut Agents, publisher: &mut Publisher, o: &mut Out, rate: f64, before: f64, window: f64, after: f64, drain: f64) -> Result<bool> {
+async fn storm_core(
+    ctx: &Ctx,
+    agents: &mut Agents,
+    publisher: &mut Publisher,
+    o: &mut Out,
+    rate: f64,
+    before: f64,
+    window: f64,
+    after: f64,
+    drain: f64,
+) -> Result<bool> {
     let acc0 = publisher.accepted_by_post();
     let total_secs = before + window + after;
     let count = (rate * total_secs).ceil() as u64;
@@ -437,7 +535,13 @@ async fn storm_core(ctx: &Ctx, agents: &mut Agents, publisher: &mut Publisher, o
     let resumed = resumed?;
     let resumed_at = t0.elapsed().as_secs_f64();
     let acc = publisher.accepted_by_post();
-    let fin = agents.drain(&acc, Duration::from_secs_f64(drain), Duration::from_secs(120)).await?;
+    let fin = agents
+        .drain(
+            &acc,
+            Duration::from_secs_f64(drain),
+            Duration::from_secs(120),
+        )
+        .await?;
     let scpu = ctx.server_cpu() - scpu0;
     let acc_delta: Vec<u64> = acc.iter().zip(&acc0).map(|(a, b)| a - b).collect();
     let expected = agents.expected(&acc_delta);
@@ -462,7 +566,10 @@ async fn storm_core(ctx: &Ctx, agents: &mut Agents, publisher: &mut Publisher, o
     o.set("latency_p50_ms", l["p50_ms"].clone());
     o.set("latency_p99_ms", l["p99_ms"].clone());
     o.set("latency_max_ms", l["max_ms"].clone());
-    o.set("server_cpu_pct", r3(100.0 * scpu / t0.elapsed().as_secs_f64()));
+    o.set(
+        "server_cpu_pct",
+        r3(100.0 * scpu / t0.elapsed().as_secs_f64()),
+    );
     o.set("still_connected", json!(fin.connected));
     if let Some(e) = &pr.first_error {
         o.set("first_publish_error", json!(e));
@@ -476,11 +583,17 @@ pub async fn ingest(a: IngestArgs) -> Result<bool> {
     let ctx = Ctx::new(a.common.clone()).await?;
     let res = async {
         let mut o = Out::new("ingest", &ctx);
-        let users = if ctx.common.users <= 1 { 1000 } else { ctx.common.users };
+        let users = if ctx.common.users <= 1 {
+            1000
+        } else {
+            ctx.common.users
+        };
         let mut publisher = ctx.publisher(a.posts, a.conns, users)?;
         let c0 = ctx.server_cpu();
         let g0 = stats::cpu_secs(std::process::id()).unwrap_or(0.0);
-        let pr = publisher.run(a.comments, a.rate, Some(Duration::from_secs_f64(a.secs))).await?;
+        let pr = publisher
+            .run(a.comments, a.rate, Some(Duration::from_secs_f64(a.secs)))
+            .await?;
         let wall = pr.elapsed.as_secs_f64();
         o.set("posts", json!(a.posts));
         o.set("users", json!(users));
@@ -495,7 +608,10 @@ pub async fn ingest(a: IngestArgs) -> Result<bool> {
             o.set(&format!("post_{q}"), l[q].clone());
         }
         o.set("server_cpu_pct", r3(100.0 * (ctx.server_cpu() - c0) / wall));
-        o.set("generator_cpu_pct", r3(100.0 * (stats::cpu_secs(std::process::id()).unwrap_or(0.0) - g0) / wall));
+        o.set(
+            "generator_cpu_pct",
+            r3(100.0 * (stats::cpu_secs(std::process::id()).unwrap_or(0.0) - g0) / wall),
+        );
         if let Some(e) = &pr.first_error {
             o.set("first_error", json!(e));
         }
@@ -519,7 +635,8 @@ pub async fn read(a: ReadArgs) -> Result<bool> {
         let post = a.post.clone().unwrap_or_else(|| ctx.post_name(0));
         if a.fill > 0 {
             let url = Url::parse(&fill(&ctx.pub_template, &ctx.pub_base, &post))?;
-            let tokens = crate::publish::make_tokens(ctx.secret.as_deref().unwrap_or_default(), 1000)?;
+            let tokens =
+                crate::publish::make_tokens(ctx.secret.as_deref().unwrap_or_default(), 1000)?;
             let mut p = Publisher::new(Kind::Lc, vec![url], tokens, a.fill_conns, 1000);
             let t = Instant::now();
             let mut done = 0;
@@ -530,7 +647,11 @@ pub async fn read(a: ReadArgs) -> Result<bool> {
                 if pr.errors > 0 {
                     eprintln!("fill: {} errors, first: {:?}", pr.errors, pr.first_error);
                 }
-                eprintln!("fill: {done}/{} ({:.0}/s)", a.fill, done as f64 / t.elapsed().as_secs_f64());
+                eprintln!(
+                    "fill: {done}/{} ({:.0}/s)",
+                    a.fill,
+                    done as f64 / t.elapsed().as_secs_f64()
+                );
             }
             o.set("filled", json!(p.accepted_by_post()[0]));
             o.set("fill_per_s", r3(a.fill as f64 / t.elapsed().as_secs_f64()));
@@ -538,7 +659,8 @@ pub async fn read(a: ReadArgs) -> Result<bool> {
         let base = Url::parse(&ctx.pub_base)?;
         let path = format!("/comments?post_id={post}&page_size={}", a.page_size);
         let c0 = ctx.server_cpu();
-        let (n, errs, h, el, fe) = crate::publish::get_load(base, path, a.conns, a.secs, 1000).await?;
+        let (n, errs, h, el, fe) =
+            crate::publish::get_load(base, path, a.conns, a.secs, 1000).await?;
         o.set("post", json!(post));
         o.set("conns", json!(a.conns));
         o.set("page_size", json!(a.page_size));
@@ -549,7 +671,10 @@ pub async fn read(a: ReadArgs) -> Result<bool> {
         for q in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"] {
             o.set(&format!("get_{q}"), l[q].clone());
         }
-        o.set("server_cpu_pct", r3(100.0 * (ctx.server_cpu() - c0) / el.as_secs_f64()));
+        o.set(
+            "server_cpu_pct",
+            r3(100.0 * (ctx.server_cpu() - c0) / el.as_secs_f64()),
+        );
         if let Some(e) = fe {
             o.set("first_error", json!(e));
         }
@@ -572,11 +697,35 @@ pub async fn smoke(a: SmokeArgs) -> Result<bool> {
         let mut agents = connect_viewers(&ctx, &mut o, a.viewers, a.posts, 20.0).await?;
         let connected = agents.report().await?.connected == agents.total;
         let mut publisher = ctx.publisher(a.posts, ctx.common.pub_conns, ctx.common.users)?;
-        let ph = publish_phase(&ctx, &mut agents, &mut publisher, a.comments, a.rate, Duration::from_secs(3), 0.0).await?;
+        let ph = publish_phase(
+            &ctx,
+            &mut agents,
+            &mut publisher,
+            a.comments,
+            a.rate,
+            Duration::from_secs(3),
+            0.0,
+        )
+        .await?;
         ph.write(&mut o, "");
-        let mut ok = connected && ph.missing() == 0 && ph.dups == 0 && ph.errors == 0 && ph.accepted == a.comments;
+        let mut ok = connected
+            && ph.missing() == 0
+            && ph.dups == 0
+            && ph.errors == 0
+            && ph.accepted == a.comments;
         let mut o2 = Out { fields: Vec::new() };
-        let storm_ok = storm_core(&ctx, &mut agents, &mut publisher, &mut o2, a.rate / 3.0, 0.5, 1.0, 0.5, 3.0).await?;
+        let storm_ok = storm_core(
+            &ctx,
+            &mut agents,
+            &mut publisher,
+            &mut o2,
+            a.rate / 3.0,
+            0.5,
+            1.0,
+            0.5,
+            3.0,
+        )
+        .await?;
         for (k, v) in o2.fields {
             o.set(&format!("resume_{k}"), v);
         }

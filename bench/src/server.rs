@@ -34,12 +34,21 @@ fn free_port() -> Result<u16> {
 }
 
 impl Server {
-    pub async fn start(bin: &Path, data_dir: Option<PathBuf>, extra: &[String], secret: Option<String>) -> Result<Server> {
+    pub async fn start(
+        bin: &Path,
+        data_dir: Option<PathBuf>,
+        extra: &[String],
+        secret: Option<String>,
+    ) -> Result<Server> {
         let port = free_port()?;
         let (data_dir, remove_dir) = match data_dir {
             Some(d) => (d, false),
             None => {
-                let d = std::env::temp_dir().join(format!("lcb-{}-{}", std::process::id(), crate::stats::now_ns() % 1_000_000_000));
+                let d = std::env::temp_dir().join(format!(
+                    "lcb-{}-{}",
+                    std::process::id(),
+                    crate::stats::now_ns() % 1_000_000_000
+                ));
                 (d, true)
             }
         };
@@ -54,15 +63,25 @@ impl Server {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--rate-limit", "1000000000", "--rate-window-secs", "1"])
-            .args(["--max-streams", "1000000", "--max-streams-per-ip", "1000000"])
+            .args([
+                "--max-streams",
+                "1000000",
+                "--max-streams-per-ip",
+                "1000000",
+            ])
             .args(extra)
             .env("LIVECOMMENTS_JWT_SECRET", &secret)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().with_context(|| format!("start {}", bin.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
         let pid = child.id().unwrap_or(0);
         let base = format!("http://127.0.0.1:{port}");
         let url = Url::parse(&base)?;
@@ -73,7 +92,10 @@ impl Server {
                 bail!("server exited with {st} before it was ready; log:\n{tail}");
             }
             let mut c = Client::new(url.clone(), None);
-            if let Ok(200) = c.request("GET", "/healthz", &[], b"", Duration::from_secs(2)).await {
+            if let Ok(200) = c
+                .request("GET", "/healthz", &[], b"", Duration::from_secs(2))
+                .await
+            {
                 break;
             }
             if t0.elapsed() > Duration::from_secs(30) {
@@ -81,7 +103,15 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(Server { child, pid, base, secret, data_dir, remove_dir, log })
+        Ok(Server {
+            child,
+            pid,
+            base,
+            secret,
+            data_dir,
+            remove_dir,
+            log,
+        })
     }
 
     pub async fn stop(mut self) {
@@ -89,7 +119,10 @@ impl Server {
         unsafe {
             libc::kill(self.pid as i32, libc::SIGTERM);
         }
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
         if self.remove_dir {

@@ -8,7 +8,9 @@ pub fn new_hist() -> Histogram<u64> {
 }
 
 pub fn hist_pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
-    h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
 }
 
 pub fn hist_from_pairs(p: &[(u64, u64)]) -> Histogram<u64> {
@@ -22,13 +24,19 @@ pub fn hist_from_pairs(p: &[(u64, u64)]) -> Histogram<u64> {
 /// Wall clock in ns since the Unix epoch (shared by every process on this machine, so a send
 /// time written by the publisher can be compared with a receive time in an agent).
 pub fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
 }
 
 /// Raises RLIMIT_NOFILE to the hard limit; returns the new soft limit.
 pub fn raise_nofile() -> u64 {
     unsafe {
-        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
             r.rlim_cur = r.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
@@ -40,15 +48,27 @@ pub fn raise_nofile() -> u64 {
 
 pub fn nofile_limit() -> u64 {
     unsafe {
-        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 { r.rlim_cur as u64 } else { 0 }
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur as u64
+        } else {
+            0
+        }
     }
 }
 
 /// VmRSS of a process in KiB.
 pub fn rss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// utime + stime of a process, in seconds.
@@ -73,7 +93,13 @@ pub fn sum_cpu(pids: &[u32]) -> f64 {
 
 /// p50/p90/p99/p99.9/max in ms, as JSON.
 pub fn lat_json(h: &Histogram<u64>) -> serde_json::Value {
-    let q = |x: f64| if h.is_empty() { serde_json::Value::Null } else { serde_json::json!(h.value_at_quantile(x) as f64 / 1000.0) };
+    let q = |x: f64| {
+        if h.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!(h.value_at_quantile(x) as f64 / 1000.0)
+        }
+    };
     serde_json::json!({
         "count": h.len(),
         "p50_ms": q(0.5),
