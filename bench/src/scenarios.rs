@@ -421,7 +421,7 @@ async fn max_rate_inner(ctx: &Ctx, a: &MaxRateArgs) -> Result<bool> {
             ph.pub_rate,
             if pass { "pass" } else { "FAIL" }
         );
-        steps.push(json!({"rate": rate, "pass": pass, "p50_ms": p50, "p99_ms": p99, "deliveries_per_s": r3(ph.deliveries_per_s), "missing": ph.missing(), "duplicates": ph.dups, "published_per_s": r3(ph.pub_rate)}));
+        steps.push(json!({"rate": rate, "pass": pass, "p50_ms": p50, "p99_ms": p99, "deliveries_per_s": r3(ph.deliveries_per_s), "missing": ph.missing(), "duplicates": ph.dups, "published_per_s": r3(ph.pub_rate), "server_cpu_pct": r3(ph.server_cpu_pct), "generator_cpu_pct": r3(ph.gen_cpu_pct)}));
         if pass {
             lo = rate;
             best = Some((rate, ph));
