@@ -133,6 +133,17 @@ async fn concurrent_requests_with_one_key_store_one_comment(store: Arc<dyn Store
     assert_eq!(ids(&store.newest("p4", None, 10).await.unwrap()), vec![first]);
 }
 
+async fn retry_after_delete_returns_the_deleted_comment(s: Arc<dyn Store>) {
+    let store: &dyn Store = &*s;
+    let a = comment_at("p7", "alice", BASE_MS, 1, "soon deleted");
+    insert_ok(store, vec![new(&a, Some("k"))]).await;
+    assert!(store.delete("p7", &a.id).await.unwrap());
+    let retry = comment_at("p7", "alice", BASE_MS + 10, 2, "retry");
+    let out = insert_ok(store, vec![new(&retry, Some("k"))]).await;
+    assert_eq!(out, vec![Inserted::Existing(a.clone())]);
+    assert!(store.newest("p7", None, 10).await.unwrap().is_empty(), "a retry never resurrects or re-stores");
+}
+
 async fn get_and_delete(s: Arc<dyn Store>) {
     let store: &dyn Store = &*s;
     let a = comment_at("p5", "alice", BASE_MS, 1, "a");
@@ -332,6 +343,7 @@ suite! {
     idempotency_scope => same_key_for_another_user_or_post_is_another_comment;
     idempotency_race => concurrent_requests_with_one_key_store_one_comment;
     get_delete => get_and_delete;
+    retry_after_delete => retry_after_delete_returns_the_deleted_comment;
     missing_post => missing_post_reads_empty;
     paging_across_buckets => paging_across_many_buckets;
     after_from_start => after_none_reads_from_the_start;
@@ -413,5 +425,39 @@ async fn cql_retention_sets_a_ttl_and_idempotency_keys_expire() {
     ))
     .await;
     assert!(t > 86_400 - 60 && t <= 86_400, "idempotency TTL {t}");
+    let _ = store.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[]).await;
+}
+
+/// A key claimed by an attempt that died before its comment was confirmed (`stored = false`):
+/// the retry waits briefly, then completes the write with the record's comment and answers
+/// `Created` (it was never acknowledged or published); the next retry answers `Existing`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_a_key_claimed_by_a_dead_attempt_is_completed_by_the_retry() {
+    let Some(opts) = cql_options().await else { return };
+    cqlstore::migrate(&opts).await.unwrap();
+    let store = CqlStore::connect(&opts).await.unwrap();
+    let ks = &opts.keyspace;
+    let first = comment_at("p8", "alice", BASE_MS, 1, "first attempt");
+    store
+        .session()
+        .query_unpaged(
+            format!(
+                "INSERT INTO {ks}.idempotency (user_id, post_id, idem_key, id, text, created_at, region, metadata, stored) \
+                 VALUES ('alice', 'p8', 'k', '{}', 'first attempt', {}, 'eu', {{}}, false) USING TTL 86400",
+                first.id, BASE_MS
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let retry = comment_at("p8", "alice", BASE_MS + 500, 2, "second attempt");
+    let t = std::time::Instant::now();
+    let out = insert_ok(&store, vec![new(&retry, Some("k"))]).await;
+    assert_eq!(out, vec![Inserted::Created(first.clone())]);
+    assert!(t.elapsed() >= Duration::from_millis(400), "waited for a possibly running first attempt");
+    assert_eq!(store.newest("p8", None, 10).await.unwrap(), vec![first.clone()]);
+    let out = insert_ok(&store, vec![new(&retry, Some("k"))]).await;
+    assert_eq!(out, vec![Inserted::Existing(first.clone())]);
+    assert_eq!(store.newest("p8", None, 10).await.unwrap(), vec![first]);
     let _ = store.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[]).await;
 }
