@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use livecomments::store::coalesce::Coalesced;
 use livecomments::store::cql::{CqlOptions, CqlStore, migrate};
 use livecomments::store::{NewComment, Store};
 use livecomments_shared::Comment;
@@ -45,9 +46,11 @@ enum Op {
     Newest,
     NewestCursor,
     Get,
+    /// `newest 20` of one post through `Coalesced`: concurrent identical reads share a query.
+    NewestCoalesced,
 }
 
-async fn one(store: &CqlStore, op: Op, hist: &[Comment]) {
+async fn one(store: &CqlStore, coalesced: &Coalesced<CqlStore>, op: Op, hist: &[Comment]) {
     match op {
         Op::Insert => {
             let c = comment("lat-write", now_millis());
@@ -67,6 +70,9 @@ async fn one(store: &CqlStore, op: Op, hist: &[Comment]) {
             let at = &hist[20 + rand::random::<u32>() as usize % (hist.len() - 20)];
             assert_eq!(store.newest("lat-read", Some(&at.id), 20).await.unwrap().len(), 20);
         }
+        Op::NewestCoalesced => {
+            assert_eq!(coalesced.newest("lat-read", None, 20).await.unwrap().len(), 20);
+        }
         Op::Get => {
             let c = &hist[rand::random::<u32>() as usize % hist.len()];
             assert!(store.get("lat-read", &c.id).await.unwrap().is_some());
@@ -82,15 +88,16 @@ async fn run(
     total: usize,
 ) -> (Vec<Duration>, f64) {
     let per = total / clients;
+    let coalesced = Arc::new(Coalesced::with_capacity(store.clone(), 4096));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (store, hist) = (store.clone(), hist.clone());
+        let (store, hist, coalesced) = (store.clone(), hist.clone(), coalesced.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per);
             for _ in 0..per {
                 let t = Instant::now();
-                one(&store, op, &hist).await;
+                one(&store, &coalesced, op, &hist).await;
                 lat.push(t.elapsed());
             }
             lat
@@ -139,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
         (Op::Newest, "newest 20 (no cursor)"),
         (Op::NewestCursor, "newest 20 before a cursor"),
         (Op::Get, "get by id"),
+        (Op::NewestCoalesced, "newest 20 (no cursor), coalesced"),
     ];
     for (op, name) in ops {
         // Warm-up: prepared statements, connections, JIT on the server.
