@@ -16,6 +16,12 @@ use tower::ServiceExt;
 /// A client must send its request headers within this time.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Largest request head (request line and headers): 431 above. `max_buf_size` alone does not
+/// bound it, because hyper checks that limit only while a head is incomplete and one read can
+/// fill the buffer past it (a 100 KB header was accepted with a 64 KiB buffer limit). Tokens
+/// are at most 8 KiB (`auth::MAX_TOKEN_LEN`), so 32 KiB leaves room for every honest client.
+pub const MAX_HEADER_SIZE: usize = 32 * 1024;
+
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -26,6 +32,7 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
+        .max_header_size(MAX_HEADER_SIZE)
         .max_buf_size(64 * 1024);
     tokio::pin!(shutdown);
     loop {
