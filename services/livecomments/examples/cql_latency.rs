@@ -86,7 +86,7 @@ async fn run(
     op: Op,
     clients: usize,
     total: usize,
-) -> (Vec<Duration>, f64) {
+) -> (Vec<Duration>, f64, (u64, u64)) {
     let per = total / clients;
     let coalesced = Arc::new(Coalesced::with_capacity(store.clone(), 4096));
     let start = Instant::now();
@@ -110,7 +110,7 @@ async fn run(
     let secs = start.elapsed().as_secs_f64();
     all.sort();
     let rate = all.len() as f64 / secs;
-    (all, rate)
+    (all, rate, coalesced.stats())
 }
 
 #[tokio::main]
@@ -152,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
         // Warm-up: prepared statements, connections, JIT on the server.
         run(store.clone(), hist.clone(), op, 8, 400).await;
         for clients in [1, 64] {
-            let (lat, rate) = run(store.clone(), hist.clone(), op, clients, total).await;
+            let (lat, rate, (queries, joined)) = run(store.clone(), hist.clone(), op, clients, total).await;
             println!(
                 "{:<34} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>10.0}",
                 name,
@@ -162,6 +162,13 @@ async fn main() -> anyhow::Result<()> {
                 percentile(&lat, 1.0),
                 rate
             );
+            if matches!(op, Op::NewestCoalesced) {
+                println!(
+                    "{:<34} {clients:>7} {queries} CQL page reads for {} requests",
+                    "  coalesced",
+                    queries + joined
+                );
+            }
         }
     }
     store.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[]).await?;
