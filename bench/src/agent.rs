@@ -164,6 +164,10 @@ async fn agent_main(cfg: AgentConfig) -> Result<()> {
                 Some(http::src_ip((cfg.viewer_offset + n) % cfg.src_count))
             };
             let v = Viewer {
+                debug_gaps: std::env::var_os("LCB_DEBUG_GAPS").is_some(),
+                last_seq: u64::MAX,
+                stream_events: 0,
+                pending: Pending::default(),
                 post: *post,
                 local: i,
                 url: url.clone(),
@@ -244,7 +248,52 @@ async fn agent_main(cfg: AgentConfig) -> Result<()> {
     Ok(())
 }
 
+/// The event being read: it takes effect at its blank line.
+#[derive(Default)]
+struct Pending {
+    id: String,
+    has_id: bool,
+    data: bool,
+    rx: u64,
+    marker: Option<[u64; 3]>,
+}
+
+/// `lcb1 <post> <seq> <send-ns>` somewhere in a data line.
+fn parse_marker(data: &[u8]) -> Option<[u64; 3]> {
+    let m = memchr::memmem::find(data, crate::MARKER)?;
+    let mut nums = [0u64; 3];
+    let mut k = 0;
+    let mut cur: Option<u64> = None;
+    for &b in &data[m + crate::MARKER.len()..] {
+        if b.is_ascii_digit() {
+            cur = Some(cur.unwrap_or(0).wrapping_mul(10).wrapping_add((b - b'0') as u64));
+            continue;
+        }
+        if let Some(c) = cur.take() {
+            nums[k] = c;
+            k += 1;
+            if k == 3 {
+                break;
+            }
+        }
+        if b != b' ' {
+            break;
+        }
+    }
+    if k == 2 {
+        if let Some(c) = cur {
+            nums[2] = c;
+            k = 3;
+        }
+    }
+    (k == 3).then_some(nums)
+}
+
 struct Viewer {
+    debug_gaps: bool,
+    last_seq: u64,
+    stream_events: u64,
+    pending: Pending,
     post: usize,
     local: usize,
     url: Url,
@@ -400,6 +449,11 @@ impl Viewer {
                 }
             }
         }
+        // A new stream: whatever half event the previous one ended with is void.
+        self.stream_events = 0;
+        self.pending.has_id = false;
+        self.pending.data = false;
+        self.pending.marker = None;
         let mut dechunk = Dechunk::default();
         // Payload bytes after the head.
         let raw_end = have;
@@ -447,61 +501,50 @@ impl Viewer {
     }
 
     /// Handles every complete line in `data`; returns how many bytes were consumed.
+    /// Handles every complete line in `data`; returns how many bytes were consumed. As an
+    /// EventSource does, an event takes effect only when its blank line arrives: the `id:`
+    /// becomes the resume token and the comment counts then, so a stream cut in the middle of
+    /// an event neither advances Last-Event-ID past it nor counts it.
     fn parse_lines(&mut self, data: &[u8], rx: u64, shared: &Rc<RefCell<Shared>>) -> usize {
         let mut pos = 0;
         while let Some(nl) = memchr::memchr(b'\n', &data[pos..]) {
             let line = &data[pos..pos + nl];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             pos += nl + 1;
-            if let Some(rest) = line.strip_prefix(b"data:") {
-                self.on_data(rest, rx, shared);
+            if line.is_empty() {
+                self.dispatch(shared);
+            } else if let Some(rest) = line.strip_prefix(b"data:") {
+                self.pending.data = true;
+                self.pending.rx = rx;
+                self.pending.marker = parse_marker(rest);
             } else if let Some(rest) = line.strip_prefix(b"id:") {
                 let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-                self.last_id.clear();
-                self.last_id
-                    .push_str(std::str::from_utf8(rest).unwrap_or(""));
+                self.pending.id.clear();
+                self.pending.id.push_str(std::str::from_utf8(rest).unwrap_or(""));
+                self.pending.has_id = true;
             }
         }
         pos
     }
 
-    fn on_data(&mut self, data: &[u8], rx: u64, shared: &Rc<RefCell<Shared>>) {
+    fn dispatch(&mut self, shared: &Rc<RefCell<Shared>>) {
+        if self.pending.has_id {
+            std::mem::swap(&mut self.last_id, &mut self.pending.id);
+            self.pending.has_id = false;
+        }
+        if !self.pending.data {
+            return;
+        }
+        self.pending.data = false;
+        let rx = self.pending.rx;
+        let marker = self.pending.marker.take();
         let mut sh = shared.borrow_mut();
         sh.events += 1;
         sh.last_rx_ns = rx;
-        let Some(m) = memchr::memmem::find(data, crate::MARKER) else {
+        let Some([post, seq, sent]) = marker else {
             sh.foreign += 1;
             return;
         };
-        let mut nums = [0u64; 3];
-        let mut k = 0;
-        let mut cur: Option<u64> = None;
-        for &b in &data[m + crate::MARKER.len()..] {
-            if b.is_ascii_digit() {
-                cur = Some(cur.unwrap_or(0) * 10 + (b - b'0') as u64);
-            } else if b == b' ' {
-                if let Some(c) = cur.take() {
-                    nums[k] = c;
-                    k += 1;
-                    if k == 3 {
-                        break;
-                    }
-                }
-            } else {
-                if let Some(c) = cur.take() {
-                    if k < 3 {
-                        nums[k] = c;
-                        k += 1;
-                    }
-                }
-                break;
-            }
-        }
-        if k < 3 {
-            sh.foreign += 1;
-            return;
-        }
-        let [post, seq, sent] = nums;
         if post as usize != self.post {
             sh.wrong_post += 1;
             return;
@@ -515,6 +558,13 @@ impl Viewer {
             return;
         }
         self.seen[word] |= 1 << bit;
+        if self.debug_gaps && seq < self.last_seq && self.last_seq != u64::MAX {
+            eprintln!("late: post {} seq {} after {} (events on this stream {})", self.post, seq, self.last_seq, self.stream_events);
+        } else if self.debug_gaps && seq != self.last_seq.wrapping_add(1) && self.last_seq != u64::MAX {
+            eprintln!("gap: post {} seq {} after {} (events on this stream {}, resume token {:?}, first-after-connect {})", self.post, seq, self.last_seq, self.stream_events, self.last_id, self.stream_events == 0);
+        }
+        self.last_seq = seq;
+        self.stream_events += 1;
         sh.distinct[self.local] += 1;
         sh.lat
             .saturating_record((rx.saturating_sub(sent) / 1000).max(1));
@@ -526,7 +576,7 @@ mod tests {
     use super::*;
 
     fn viewer(post: usize) -> Viewer {
-        Viewer { post, local: 0, url: Url::parse("http://127.0.0.1:1/").unwrap(), src: None, seen: Vec::new(), last_id: String::new(), seed: 1 }
+        Viewer { debug_gaps: false, last_seq: u64::MAX, stream_events: 0, pending: Pending::default(), post, local: 0, url: Url::parse("http://127.0.0.1:1/").unwrap(), src: None, seen: Vec::new(), last_id: String::new(), seed: 1 }
     }
 
     #[test]
@@ -552,5 +602,19 @@ mod tests {
         assert_eq!(v.last_id, "local.01AAB");
         assert_eq!(s.lat.len(), 2);
         assert!(s.lat.max() >= 4_900 && s.lat.max() <= 5_100, "latency in µs: {}", s.lat.max());
+    }
+
+    #[test]
+    fn half_event_does_not_move_the_resume_token() {
+        let sh = Rc::new(RefCell::new(Shared::new(vec![1])));
+        let mut v = viewer(1);
+        v.parse_lines(b"id: a\ndata: {\"text\":\"lcb1 1 0 5\"}\n\nid: b\ndata: {\"text\":\"lcb1 1 1 5\"}\n", 10, &sh);
+        assert_eq!(v.last_id, "a");
+        assert_eq!(sh.borrow().distinct[0], 1);
+        v.parse_lines(b"\n", 10, &sh);
+        assert_eq!(v.last_id, "b");
+        assert_eq!(sh.borrow().distinct[0], 2);
+        assert_eq!(parse_marker(b"lcb1 3 4 5"), Some([3, 4, 5]));
+        assert_eq!(parse_marker(b"\"lcb1 3 4\""), None);
     }
 }

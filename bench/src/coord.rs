@@ -330,6 +330,7 @@ impl Out {
         o.set("scenario", json!(scenario));
         o.set("kind", json!(ctx.kind));
         o.set("label", json!(ctx.common.label));
+        o.set("nofile_limit", json!(stats::nofile_limit()));
         o
     }
 
@@ -339,10 +340,6 @@ impl Out {
         } else {
             self.fields.push((k.to_string(), v));
         }
-    }
-
-    pub fn get(&self, k: &str) -> Option<&Value> {
-        self.fields.iter().find(|f| f.0 == k).map(|f| &f.1)
     }
 
     pub fn print(&self, ctx: &Ctx) -> Result<()> {

@@ -57,6 +57,9 @@ pub struct MaxRateArgs {
     /// Never try above this rate.
     #[arg(long, default_value_t = 5000.0)]
     pub max_rate: f64,
+    /// When the first rate fails, halve down to this rate at the lowest.
+    #[arg(long, default_value_t = 0.5)]
+    pub min_rate: f64,
     /// Seconds each step publishes.
     #[arg(long, default_value_t = 5.0)]
     pub step_secs: f64,
@@ -434,8 +437,16 @@ async fn max_rate_inner(ctx: &Ctx, a: &MaxRateArgs) -> Result<bool> {
         }
         let next = match hi {
             None => rate * 2.0,
+            Some(h) if lo == 0.0 => {
+                // Nothing passed yet: halve until something does.
+                let _ = h;
+                if rate / 2.0 < a.min_rate {
+                    break;
+                }
+                rate / 2.0
+            }
             Some(h) => {
-                if refine >= a.refine || lo == 0.0 && h <= a.start_rate {
+                if refine >= a.refine {
                     break;
                 }
                 refine += 1;
@@ -448,7 +459,7 @@ async fn max_rate_inner(ctx: &Ctx, a: &MaxRateArgs) -> Result<bool> {
             }
             rate = a.max_rate;
         } else {
-            rate = next.round();
+            rate = (next * 10.0).round() / 10.0;
         }
     }
     o.set("steps", json!(steps));
