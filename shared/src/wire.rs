@@ -33,9 +33,21 @@ pub const SINCE_QUEUE_GROUP: &str = "livecomments-readers";
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LiveEvent {
     /// A newly accepted comment; the map carries every field of [`Comment`] beside `type`.
-    Comment(Comment),
+    Comment(LiveComment),
     /// A comment was deleted.
     Delete(Deletion),
+}
+
+/// A comment on the live subject, with the id of the comment the same region published just
+/// before it on the same post. A subscriber whose last id of that region differs has missed
+/// something (a gateway cut, a dropped message) and repairs from history before going on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveComment {
+    #[serde(flatten)]
+    pub comment: Comment,
+    /// Absent when the publisher does not know (first comment after it started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +61,7 @@ pub struct Deletion {
 impl LiveEvent {
     pub fn post_id(&self) -> &str {
         match self {
-            LiveEvent::Comment(c) => &c.post_id,
+            LiveEvent::Comment(c) => &c.comment.post_id,
             LiveEvent::Delete(d) => &d.post_id,
         }
     }
@@ -119,9 +131,20 @@ mod tests {
 
     #[test]
     fn live_events_round_trip_by_name() {
-        let ev = LiveEvent::Comment(comment());
+        let ev = LiveEvent::Comment(LiveComment {
+            comment: comment(),
+            prev: Some("01JDQ7Z8XK3M4N5P6Q7R8S9T0T".into()),
+        });
         let bytes = encode(&ev).unwrap();
         assert_eq!(decode::<LiveEvent>(&bytes).unwrap(), ev);
+        let first = LiveEvent::Comment(LiveComment {
+            comment: comment(),
+            prev: None,
+        });
+        assert_eq!(
+            decode::<LiveEvent>(&encode(&first).unwrap()).unwrap(),
+            first
+        );
         // Fields by name, so another language can read them.
         let v: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(v["type"], "comment");

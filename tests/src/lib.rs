@@ -395,7 +395,11 @@ impl Sse {
                     let line: String = buf.drain(..=nl).collect();
                     let line = line.trim_end_matches(['\n', '\r']);
                     if line.is_empty() {
-                        if !cur.event.is_empty() || !cur.data.is_empty() {
+                        if cur.event.is_empty() && cur.data.is_empty() && cur.id.is_some() {
+                            // Like a browser: an id with no data moves Last-Event-ID silently.
+                            cur.event = "id-only".into();
+                            let _ = tx.send(std::mem::take(&mut cur));
+                        } else if !cur.event.is_empty() || !cur.data.is_empty() {
                             if cur.event.is_empty() {
                                 cur.event = "message".into();
                             }
@@ -682,14 +686,18 @@ pub fn vm_rss_kb(pid: u32) -> u64 {
 
 /// Open file descriptors of a process (sockets included).
 pub fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Sends raw bytes on a fresh connection and returns what the server answered before it
 /// closed the connection or `timeout` passed (for requests no HTTP client would send).
 pub async fn raw_http(port: u16, request: &[u8], timeout: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     // The server may answer and close before it read everything: ignore write errors.
     let _ = s.write_all(request).await;
     let mut out = Vec::new();
@@ -726,7 +734,9 @@ impl RawNats {
     pub async fn connect(url: &str) -> RawNats {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
         let addr = url.trim_start_matches("nats://");
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect to nats");
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to nats");
         let (r, w) = stream.into_split();
         let w = std::sync::Arc::new(tokio::sync::Mutex::new(w));
         let (msg_tx, msgs) = mpsc::unbounded_channel();
@@ -752,7 +762,11 @@ impl RawNats {
                         // MSG <subject> <sid> [reply] <bytes>; HMSG ... [reply] <hdr bytes> <total bytes>
                         let n_fixed = if op == "MSG" { 4 } else { 5 };
                         let total: usize = parts.last().and_then(|n| n.parse().ok()).unwrap_or(0);
-                        let hdr: usize = if op == "HMSG" { parts[parts.len() - 2].parse().unwrap_or(0) } else { 0 };
+                        let hdr: usize = if op == "HMSG" {
+                            parts[parts.len() - 2].parse().unwrap_or(0)
+                        } else {
+                            0
+                        };
                         let reply = (parts.len() > n_fixed).then(|| parts[3].to_string());
                         let mut payload = vec![0u8; total + 2];
                         if r.read_exact(&mut payload).await.is_err() {
@@ -760,13 +774,23 @@ impl RawNats {
                         }
                         payload.truncate(total);
                         payload.drain(..hdr.min(total));
-                        let _ = msg_tx.send(NatsMsg { subject: parts[1].to_string(), reply, payload });
+                        let _ = msg_tx.send(NatsMsg {
+                            subject: parts[1].to_string(),
+                            reply,
+                            payload,
+                        });
                     }
                     _ => {} // INFO, +OK, -ERR
                 }
             }
         });
-        let mut n = RawNats { w, msgs, pongs, task, next_sid: 1 };
+        let mut n = RawNats {
+            w,
+            msgs,
+            pongs,
+            task,
+            next_sid: 1,
+        };
         n.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"livecomments-tests-raw\"}\r\n").await;
         n.flush().await;
         n
@@ -774,19 +798,27 @@ impl RawNats {
 
     async fn send(&self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
-        self.w.lock().await.write_all(bytes).await.expect("write to nats");
+        self.w
+            .lock()
+            .await
+            .write_all(bytes)
+            .await
+            .expect("write to nats");
     }
 
     /// Round trip to the server: everything sent before is processed (subscriptions active).
     pub async fn flush(&mut self) {
         self.send(b"PING\r\n").await;
-        tokio::time::timeout(Duration::from_secs(5), self.pongs.recv()).await.expect("PONG from nats");
+        tokio::time::timeout(Duration::from_secs(5), self.pongs.recv())
+            .await
+            .expect("PONG from nats");
     }
 
     pub async fn subscribe(&mut self, subject: &str) {
         let sid = self.next_sid;
         self.next_sid += 1;
-        self.send(format!("SUB {subject} {sid}\r\n").as_bytes()).await;
+        self.send(format!("SUB {subject} {sid}\r\n").as_bytes())
+            .await;
         self.flush().await;
     }
 
@@ -805,10 +837,16 @@ impl RawNats {
     }
 
     /// Request/reply: the first answer on a fresh inbox, or None after `timeout`.
-    pub async fn request(&mut self, subject: &str, payload: &[u8], timeout: Duration) -> Option<Vec<u8>> {
+    pub async fn request(
+        &mut self,
+        subject: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Option<Vec<u8>> {
         let inbox = format!("_INBOX.raw{}.{}", std::process::id(), self.next_sid);
         self.subscribe(&inbox).await;
-        self.publish_with_reply(subject, Some(&inbox), payload).await;
+        self.publish_with_reply(subject, Some(&inbox), payload)
+            .await;
         let deadline = Instant::now() + timeout;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.next(left).await {
@@ -822,7 +860,10 @@ impl RawNats {
 
     /// The next message on any subscription, or None after `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> Option<NatsMsg> {
-        tokio::time::timeout(timeout, self.msgs.recv()).await.ok().flatten()
+        tokio::time::timeout(timeout, self.msgs.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Every message that arrives within `window`.
@@ -843,4 +884,188 @@ impl Drop for RawNats {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A TCP forwarder the tests can cut and heal: stands between NATS gateways to simulate a
+/// network partition between regions while each region's clients stay connected.
+pub struct Link {
+    pub port: u16,
+    enabled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    /// Listens on a free port and forwards to 127.0.0.1:`target`.
+    pub async fn start(target: u16) -> Link {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let enabled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
+            Default::default();
+        let (en, cs) = (enabled.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !en.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                cs.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Link {
+            port,
+            enabled,
+            conns,
+            accept,
+        }
+    }
+
+    /// Drops every connection through the link and refuses new ones.
+    pub fn cut(&self) {
+        self.enabled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn heal(&self) {
+        self.enabled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// One nats-server per region, joined by gateways (a supercluster, as in `nats/`). Every
+/// gateway connection between two regions runs through a [`Link`], so tests can partition
+/// regions while clients stay connected to their own region.
+pub struct Supercluster {
+    pub regions: Vec<String>,
+    pub servers: Vec<Nats>,
+    /// `links[(from, to)]`: the link `from` dials to reach `to`.
+    pub links: std::collections::HashMap<(String, String), Link>,
+    _dir: tempfile::TempDir,
+}
+
+impl Supercluster {
+    pub async fn start(regions: &[&str]) -> Supercluster {
+        let dir = tempfile::tempdir().unwrap();
+        let client_ports: Vec<u16> = regions.iter().map(|_| free_port()).collect();
+        let gw_ports: Vec<u16> = regions.iter().map(|_| free_port()).collect();
+        let mut links = std::collections::HashMap::new();
+        for (i, from) in regions.iter().enumerate() {
+            for (j, to) in regions.iter().enumerate() {
+                if i != j {
+                    links.insert(
+                        (from.to_string(), to.to_string()),
+                        Link::start(gw_ports[j]).await,
+                    );
+                }
+            }
+        }
+        let mut servers = Vec::new();
+        for (i, region) in regions.iter().enumerate() {
+            let gateways: Vec<String> = regions
+                .iter()
+                .enumerate()
+                .map(|(j, other)| {
+                    let port = if i == j {
+                        gw_ports[j]
+                    } else {
+                        links[&(region.to_string(), other.to_string())].port
+                    };
+                    format!("    {{ name: \"{other}\", urls: [\"nats://127.0.0.1:{port}\"] }}")
+                })
+                .collect();
+            // Gateways gossip their own address and peers may dial it directly: advertise a link
+            // instead so a cut between two regions really cuts (exact for two regions; with
+            // more, a third region may share that link).
+            let advertise = if regions.len() > 1 {
+                let next = regions[(i + 1) % regions.len()];
+                links[&(next.to_string(), region.to_string())].port
+            } else {
+                gw_ports[i]
+            };
+            let conf = format!(
+                "server_name: \"{region}-1\"\nlisten: \"127.0.0.1:{client}\"\n\
+                 cluster {{ name: \"{region}\", listen: \"127.0.0.1:{cluster}\" }}\n\
+                 gateway {{\n  name: \"{region}\"\n  listen: \"127.0.0.1:{gw}\"\n  advertise: \"127.0.0.1:{advertise}\"\n  reject_unknown_cluster: true\n  gateways: [\n{gws}\n  ]\n}}\n",
+                client = client_ports[i],
+                cluster = free_port(),
+                gw = gw_ports[i],
+                gws = gateways.join("\n"),
+            );
+            let path = dir.path().join(format!("{region}.conf"));
+            std::fs::write(&path, conf).unwrap();
+            servers.push(Nats::with_config(&path, client_ports[i]).await);
+        }
+        Supercluster {
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+            servers,
+            links,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, region: &str) -> String {
+        let i = self
+            .regions
+            .iter()
+            .position(|r| r == region)
+            .expect("region");
+        self.servers[i].url.clone()
+    }
+
+    pub fn nats_mut(&mut self, region: &str) -> &mut Nats {
+        let i = self
+            .regions
+            .iter()
+            .position(|r| r == region)
+            .expect("region");
+        &mut self.servers[i]
+    }
+
+    /// Partitions two regions (both directions) until [`Self::heal`].
+    pub fn cut(&self, a: &str, b: &str) {
+        self.links[&(a.to_string(), b.to_string())].cut();
+        self.links[&(b.to_string(), a.to_string())].cut();
+    }
+
+    pub fn heal(&self, a: &str, b: &str) {
+        self.links[&(a.to_string(), b.to_string())].heal();
+        self.links[&(b.to_string(), a.to_string())].heal();
+    }
+}
+
+/// A standalone region of a deployment: its own store, `--region`, all `--regions`.
+pub async fn region_server(sc: &Supercluster, region: &str) -> Server {
+    Server::standalone()
+        .nats(&sc.url(region))
+        .args(["--region", region, "--regions", &sc.regions.join(",")])
+        .start()
+        .await
+}
+
+/// Nearest-rank percentile of sorted durations.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }

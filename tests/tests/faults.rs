@@ -72,11 +72,10 @@ async fn kill_9_ingest_under_load_viewers_on_a_fanout_see_each_once() {
 }
 
 /// The same, and the viewer that stayed connected must also end up with every comment.
-/// Known bug (docs/RELIABILITY.md, "unpublished after kill -9"): a comment made durable (and
-/// maybe acknowledged) just before the kill is never published, and nothing makes a fanout
-/// that stayed connected fetch it; only viewers that reconnect get it.
+/// A comment made durable just before the kill is never published; the restarted ingest
+/// publishes its next comment with `prev: None`, which makes the fanout check history and
+/// deliver the unpublished one too.
 #[tokio::test]
-#[ignore = "known bug: a connected viewer misses comments stored but not published before a kill -9 (docs/RELIABILITY.md)"]
 async fn kill_9_ingest_connected_viewer_misses_nothing() {
     kill_9_ingest_scenario(true).await;
 }

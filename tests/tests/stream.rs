@@ -268,3 +268,25 @@ async fn sigterm_tells_viewers_to_reconnect_and_exits_promptly() {
     }
     assert!(saw_reconnect, "viewers are told to reconnect");
 }
+
+#[tokio::test]
+async fn a_stream_dropped_before_its_first_comment_still_resumes() {
+    let s = Server::standalone().start().await;
+    let mut v = Sse::connect(&s.base, "silent", None).await;
+    // The first chunk carries a position even though nothing was posted yet.
+    let mut pos = None;
+    while let Some(ev) = v.next(Duration::from_secs(2)).await {
+        if ev.id.is_some() {
+            pos = ev.id;
+            break;
+        }
+    }
+    drop(v);
+    let pos = pos.expect("an id before any comment");
+    let mut posted = Vec::new();
+    for i in 0..3 {
+        posted.push(s.post("silent", "a", &format!("while away {i}")).await.1);
+    }
+    let mut v2 = Sse::connect(&s.base, "silent", Some(&pos)).await;
+    assert_eq!(ids(&v2.comments(3, T).await), ids(&posted));
+}

@@ -132,8 +132,10 @@ impl Bus for NatsBus {
 pub fn event_is_sane(ev: &LiveEvent) -> bool {
     use livecomments_shared::{id, validate};
     match ev {
-        LiveEvent::Comment(c) => {
-            id::is_valid(&c.id)
+        LiveEvent::Comment(lc) => {
+            let c = &lc.comment;
+            lc.prev.as_deref().is_none_or(id::is_valid)
+                && id::is_valid(&c.id)
                 && validate::is_region(&c.region)
                 && validate::post_id(&c.post_id).is_ok()
                 && c.text.len() <= 4 * validate::TEXT_MAX_CHARS

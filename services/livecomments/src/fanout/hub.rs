@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use livecomments_shared::{Comment, Position, wire::LiveEvent};
+use livecomments_shared::{
+    Comment, Position,
+    wire::{LiveComment, LiveEvent},
+};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
@@ -13,6 +16,9 @@ use super::frame::Frame;
 use crate::metrics::METRICS;
 
 pub type ViewerTx = mpsc::Sender<Arc<Frame>>;
+
+/// How far in the future a live comment's id may be (clocks of other regions drift a little).
+const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 
 pub struct Hub {
     fanout: Arc<Fanout>,
@@ -28,6 +34,8 @@ struct State {
     pos: Arc<Position>,
     closed: bool,
     task: Option<tokio::task::AbortHandle>,
+    /// Regions with a known gap that history could not fill yet.
+    pending: std::collections::HashSet<String>,
 }
 
 impl Hub {
@@ -41,6 +49,7 @@ impl Hub {
                 pos: Arc::default(),
                 closed: false,
                 task: None,
+                pending: Default::default(),
             }),
             ready: watch::channel(false).0,
         });
@@ -100,7 +109,15 @@ impl Hub {
         let fanout = self.fanout.clone();
         // Position first, then subscribe: anything committed in between is history to a
         // fresh viewer (GET shows it), and a resuming viewer's replay covers it.
-        let start = fanout.history.latest(&self.post_id).await;
+        let mut start = fanout.history.latest(&self.post_id).await;
+        // Regions with no comment on the post (or that did not answer) start from "now, less a
+        // second", so even a viewer of a silent post has a position to resume from.
+        let floor = livecomments_shared::id::max_at(livecomments_shared::time::now_millis() - 1000);
+        for region in fanout.history.regions() {
+            if start.get(region).is_none() {
+                start.advance(region, &floor);
+            }
+        }
         let mut sub = loop {
             match fanout.bus.subscribe(&self.post_id).await {
                 Ok(s) => break s,
@@ -115,13 +132,15 @@ impl Hub {
 
         let mut heartbeat = tokio::time::interval(fanout.cfg.heartbeat);
         heartbeat.tick().await;
+        let mut retry = tokio::time::interval(std::time::Duration::from_secs(1));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reconnects = fanout.bus.reconnects();
         reconnects.mark_unchanged();
         let mut closing = fanout.closing.subscribe();
         loop {
             tokio::select! {
                 ev = sub.next() => match ev {
-                    Some(LiveEvent::Comment(c)) => self.dispatch_comment(&c),
+                    Some(LiveEvent::Comment(c)) => self.on_live_comment(c).await,
                     Some(LiveEvent::Delete(d)) => self.broadcast(Arc::new(Frame::delete(&d))),
                     None => {
                         // The transport closed the subscription: take a new one and repair.
@@ -132,6 +151,7 @@ impl Hub {
                     }
                 },
                 _ = heartbeat.tick() => self.broadcast(Arc::new(Frame::ping())),
+                _ = retry.tick(), if !self.state.lock().pending.is_empty() => self.retry_pending().await,
                 Ok(()) = reconnects.changed() => self.repair().await,
                 Ok(()) = closing.changed() => {
                     self.broadcast(Arc::new(Frame::reconnect()));
@@ -148,29 +168,95 @@ impl Hub {
     async fn repair(&self) {
         for attempt in 0..20u64 {
             let pos = Position::clone(&self.state.lock().pos);
-            match self
+            let replay = self
                 .fanout
                 .history
                 .replay(&self.post_id, &pos, self.fanout.cfg.replay_max)
-                .await
-            {
-                Ok((comments, _)) => {
-                    if !comments.is_empty() {
-                        tracing::info!(post_id = %self.post_id, n = comments.len(), "repaired after bus reconnect");
-                    }
-                    for c in &comments {
-                        self.dispatch_comment(c);
-                    }
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(post_id = %self.post_id, error = %e, attempt, "repair failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(
-                        250 * (attempt + 1).min(4),
-                    ))
-                    .await;
-                }
+                .await;
+            if !replay.comments.is_empty() {
+                tracing::info!(post_id = %self.post_id, n = replay.comments.len(), "repaired after bus reconnect");
             }
+            for c in &replay.comments {
+                self.dispatch_comment(c);
+            }
+            if replay.failed.is_empty() {
+                return;
+            }
+            tracing::warn!(post_id = %self.post_id, failed = ?replay.failed, attempt, "repair incomplete; retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(250 * (attempt + 1).min(4))).await;
+        }
+    }
+
+    /// A live comment whose `prev` is not the hub's last id of that region means the bus lost
+    /// something in between (a gateway cut, a dropped message): fetch that region's comments
+    /// since the hub's position from history first, so viewers get them all, in order.
+    async fn on_live_comment(&self, lc: LiveComment) {
+        let c = &lc.comment;
+        // A publisher on the bus is not trusted with positions: a region outside the
+        // deployment, or an id from the future, could otherwise silence the post.
+        let max_ms = livecomments_shared::time::now_millis() + MAX_CLOCK_SKEW_MS;
+        if !self.fanout.history.regions().any(|r| r == c.region) || c.timestamp_millis() > max_ms {
+            METRICS.bus_decode_errors.inc();
+            return;
+        }
+        let expected = {
+            let st = self.state.lock();
+            if st.pos.covers(&c.region, &c.id) {
+                return;
+            }
+            st.pos.get(&c.region).map(str::to_string)
+        };
+        let in_sequence = match (&expected, &lc.prev) {
+            (None, _) => true,
+            (Some(have), Some(prev)) => have == prev,
+            // The publisher does not know its previous comment (it restarted): it may have
+            // stored comments it never published, so check with history.
+            (Some(_), None) => false,
+        };
+        if !in_sequence || self.state.lock().pending.contains(&c.region) {
+            // Every real comment is durable before it is published, so the repair brings `c`
+            // along with whatever was missed; an event history does not know is dropped.
+            self.repair_region(&c.region).await;
+            return;
+        }
+        self.dispatch_comment(c);
+    }
+
+    /// Fetches a region's comments after the hub's position and dispatches them. On failure
+    /// the region stays pending (retried by the tick and by its next live event).
+    async fn repair_region(&self, region: &str) {
+        let after = self.state.lock().pos.get(region).map(str::to_string);
+        match self
+            .fanout
+            .history
+            .region_after(
+                region,
+                &self.post_id,
+                after.as_deref(),
+                self.fanout.cfg.replay_max,
+            )
+            .await
+        {
+            Ok(missed) => {
+                if !missed.is_empty() {
+                    tracing::info!(post_id = %self.post_id, region, n = missed.len(), "repaired a gap in the live stream");
+                }
+                for m in &missed {
+                    self.dispatch_comment(m);
+                }
+                self.state.lock().pending.remove(region);
+            }
+            Err(e) => {
+                tracing::warn!(post_id = %self.post_id, region, error = %e, "gap repair failed; holding the region back");
+                self.state.lock().pending.insert(region.to_string());
+            }
+        }
+    }
+
+    async fn retry_pending(&self) {
+        let pending: Vec<String> = self.state.lock().pending.iter().cloned().collect();
+        for region in pending {
+            self.repair_region(&region).await;
         }
     }
 

@@ -13,7 +13,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use livecomments_shared::{Comment, id::IdGenerator, time, wire::LiveEvent};
+use std::collections::HashMap;
+
+use livecomments_shared::{
+    Comment,
+    id::IdGenerator,
+    time,
+    wire::{LiveComment, LiveEvent},
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::Bus;
@@ -23,6 +30,9 @@ use crate::store::{Inserted, NewComment, Store, StoreError, StoreResult};
 const MAX_BATCH: usize = 512;
 /// Requests waiting for the writer; beyond this POST answers 503 rather than queue unbounded.
 const QUEUE: usize = 8192;
+/// Posts whose last published id is remembered for `prev`; past it the map starts over and
+/// the next comment of each post goes out with `prev: None` (subscribers accept it unchecked).
+const MAX_TRACKED_POSTS: usize = 100_000;
 
 pub struct Submission {
     pub post_id: String,
@@ -67,6 +77,7 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
 ) {
     let mut ids = IdGenerator::new();
+    let mut last_published: HashMap<String, String> = HashMap::new();
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     loop {
         if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
@@ -103,7 +114,16 @@ async fn run(
             match &res {
                 Ok(Inserted::Created(c)) => {
                     METRICS.comments_created.inc();
-                    created.push(LiveEvent::Comment(c.clone()));
+                    if last_published.len() >= MAX_TRACKED_POSTS
+                        && !last_published.contains_key(&c.post_id)
+                    {
+                        last_published.clear();
+                    }
+                    let prev = last_published.insert(c.post_id.clone(), c.id.clone());
+                    created.push(LiveEvent::Comment(LiveComment {
+                        comment: c.clone(),
+                        prev,
+                    }));
                 }
                 Ok(Inserted::Existing(_)) => METRICS.comments_idempotent_replays.inc(),
                 Err(e) => {

@@ -129,6 +129,16 @@ impl RegionSource for NatsSource {
     }
 }
 
+/// What a resuming viewer missed.
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub comments: Vec<Comment>,
+    /// More than `max` were missed; the rest was cut.
+    pub truncated: bool,
+    /// Regions whose history could not be read now.
+    pub failed: Vec<String>,
+}
+
 /// A newest-first page merged from every region.
 #[derive(Debug, Clone, Default)]
 pub struct MergedPage {
@@ -246,57 +256,72 @@ impl History {
     }
 
     /// Every comment after `pos` (per region; a region absent from `pos` from the start),
-    /// oldest first per region, at most `max` in all. Returns the comments and whether the
-    /// cap cut the replay short.
-    pub async fn replay(
-        &self,
-        post_id: &str,
-        pos: &Position,
-        max: usize,
-    ) -> Result<(Vec<Comment>, bool), HistoryError> {
+    /// oldest first, at most `max` in all. Regions that did not answer are listed apart, so
+    /// the caller can hold them back instead of skipping past what they hold.
+    pub async fn replay(&self, post_id: &str, pos: &Position, max: usize) -> Replay {
         let results = join_all(self.sources.iter().map(|src| {
             let after = pos.get(src.region()).map(str::to_string);
-            let post_id = post_id.to_string();
             async move {
-                let mut q = SinceRequest {
-                    post_id,
-                    after,
-                    before: None,
-                    newest_first: false,
-                    limit: wire::SINCE_MAX_LIMIT,
-                };
-                let mut rows = Vec::new();
-                loop {
-                    let page = src.page(&q).await?;
-                    let got = page.comments.len();
-                    if let Some(last) = page.comments.last() {
-                        q.after = Some(last.id.clone());
-                    }
-                    rows.extend(page.comments);
-                    if !page.more || got == 0 {
-                        return Ok::<_, HistoryError>((rows, false));
-                    }
-                    if rows.len() >= max {
-                        return Ok((rows, true));
-                    }
-                }
+                (
+                    src.region().to_string(),
+                    self.region_after(src.region(), post_id, after.as_deref(), max + 1)
+                        .await,
+                )
             }
         }))
         .await;
-        let mut all = Vec::new();
-        let mut cut = false;
-        for r in results {
-            let (rows, c) = r?;
-            cut |= c;
-            all.extend(rows);
+        let mut out = Replay::default();
+        for (region, r) in results {
+            match r {
+                Ok(rows) => out.comments.extend(rows),
+                Err(_) => out.failed.push(region),
+            }
         }
         // Oldest first across regions too, so the stream reads naturally.
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        if all.len() > max {
-            all.truncate(max);
-            cut = true;
+        out.comments.sort_by(|a, b| a.id.cmp(&b.id));
+        if out.comments.len() > max {
+            out.comments.truncate(max);
+            out.truncated = true;
         }
-        Ok((all, cut))
+        out
+    }
+
+    /// One region's comments after `after`, oldest first, at most `max`: a hub repairing a gap.
+    pub async fn region_after(
+        &self,
+        region: &str,
+        post_id: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<Comment>, HistoryError> {
+        let src = self
+            .sources
+            .iter()
+            .find(|s| s.region() == region)
+            .ok_or_else(|| HistoryError::Unavailable {
+                region: region.to_string(),
+                reason: "not one of --regions".into(),
+            })?;
+        let mut q = SinceRequest {
+            post_id: post_id.to_string(),
+            after: after.map(str::to_string),
+            before: None,
+            newest_first: false,
+            limit: wire::SINCE_MAX_LIMIT,
+        };
+        let mut rows = Vec::new();
+        loop {
+            let page = src.page(&q).await?;
+            let got = page.comments.len();
+            if let Some(last) = page.comments.last() {
+                q.after = Some(last.id.clone());
+            }
+            rows.extend(page.comments);
+            if !page.more || got == 0 || rows.len() >= max {
+                rows.truncate(max);
+                return Ok(rows);
+            }
+        }
     }
 
     /// The newest id per region of the post (regions that have none, or did not answer, are
