@@ -54,13 +54,23 @@ async fn one(store: &CqlStore, coalesced: &Coalesced<CqlStore>, op: Op, hist: &[
     match op {
         Op::Insert => {
             let c = comment("lat-write", now_millis());
-            let r = store.insert_batch(vec![NewComment { comment: c, idempotency_key: None }]).await;
+            let r = store
+                .insert_batch(vec![NewComment {
+                    comment: c,
+                    idempotency_key: None,
+                }])
+                .await;
             r.into_iter().next().unwrap().unwrap();
         }
         Op::InsertKeyed => {
             let c = comment("lat-write-keyed", now_millis());
             let key = format!("{:x}", rand::random::<u64>());
-            let r = store.insert_batch(vec![NewComment { comment: c, idempotency_key: Some(key) }]).await;
+            let r = store
+                .insert_batch(vec![NewComment {
+                    comment: c,
+                    idempotency_key: Some(key),
+                }])
+                .await;
             r.into_iter().next().unwrap().unwrap();
         }
         Op::Newest => {
@@ -68,10 +78,20 @@ async fn one(store: &CqlStore, coalesced: &Coalesced<CqlStore>, op: Op, hist: &[
         }
         Op::NewestCursor => {
             let at = &hist[20 + rand::random::<u32>() as usize % (hist.len() - 20)];
-            assert_eq!(store.newest("lat-read", Some(&at.id), 20).await.unwrap().len(), 20);
+            assert_eq!(
+                store
+                    .newest("lat-read", Some(&at.id), 20)
+                    .await
+                    .unwrap()
+                    .len(),
+                20
+            );
         }
         Op::NewestCoalesced => {
-            assert_eq!(coalesced.newest("lat-read", None, 20).await.unwrap().len(), 20);
+            assert_eq!(
+                coalesced.newest("lat-read", None, 20).await.unwrap().len(),
+                20
+            );
         }
         Op::Get => {
             let c = &hist[rand::random::<u32>() as usize % hist.len()];
@@ -116,8 +136,10 @@ async fn run(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let nodes =
-        args.next().or_else(|| std::env::var("LIVECOMMENTS_TEST_CQL").ok()).unwrap_or_else(|| "127.0.0.2:9042".into());
+    let nodes = args
+        .next()
+        .or_else(|| std::env::var("LIVECOMMENTS_TEST_CQL").ok())
+        .unwrap_or_else(|| "127.0.0.2:9042".into());
     let total: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(4000);
     let ks = format!("lc_latency_{:08x}", rand::random::<u32>());
     let opts = CqlOptions::new(nodes.split(',').map(str::to_string).collect(), ks.clone());
@@ -126,11 +148,21 @@ async fn main() -> anyhow::Result<()> {
 
     // History for the reads: 2,000 comments over the last ~10 minutes (one every ~300 ms).
     let now = now_millis();
-    let mut hist: Vec<Comment> = (0..2000).map(|i| comment("lat-read", now - 600_000 + i * 300)).collect();
+    let mut hist: Vec<Comment> = (0..2000)
+        .map(|i| comment("lat-read", now - 600_000 + i * 300))
+        .collect();
     hist.sort_by(|a, b| a.id.cmp(&b.id));
     for chunk in hist.chunks(200) {
         for r in store
-            .insert_batch(chunk.iter().map(|c| NewComment { comment: c.clone(), idempotency_key: None }).collect())
+            .insert_batch(
+                chunk
+                    .iter()
+                    .map(|c| NewComment {
+                        comment: c.clone(),
+                        idempotency_key: None,
+                    })
+                    .collect(),
+            )
             .await
         {
             r?;
@@ -139,7 +171,10 @@ async fn main() -> anyhow::Result<()> {
     let hist = Arc::new(hist);
 
     println!("CqlStore latency, {total} requests per row, keyspace {ks} on {nodes}");
-    println!("{:<34} {:>7} {:>9} {:>9} {:>9} {:>10}", "operation", "clients", "p50 ms", "p99 ms", "max ms", "ops/s");
+    println!(
+        "{:<34} {:>7} {:>9} {:>9} {:>9} {:>10}",
+        "operation", "clients", "p50 ms", "p99 ms", "max ms", "ops/s"
+    );
     let ops = [
         (Op::Insert, "insert 1 comment"),
         (Op::InsertKeyed, "insert 1 comment + key (LWT)"),
@@ -152,7 +187,8 @@ async fn main() -> anyhow::Result<()> {
         // Warm-up: prepared statements, connections, JIT on the server.
         run(store.clone(), hist.clone(), op, 8, 400).await;
         for clients in [1, 64] {
-            let (lat, rate, (queries, joined)) = run(store.clone(), hist.clone(), op, clients, total).await;
+            let (lat, rate, (queries, joined)) =
+                run(store.clone(), hist.clone(), op, clients, total).await;
             println!(
                 "{:<34} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>10.0}",
                 name,
@@ -171,6 +207,9 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    store.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[]).await?;
+    store
+        .session()
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[])
+        .await?;
     Ok(())
 }

@@ -38,7 +38,10 @@ fn comment_at(post: &str, user: &str, ms: i64, n: u128, text: &str) -> Comment {
 }
 
 fn new(c: &Comment, key: Option<&str>) -> NewComment {
-    NewComment { comment: c.clone(), idempotency_key: key.map(str::to_string) }
+    NewComment {
+        comment: c.clone(),
+        idempotency_key: key.map(str::to_string),
+    }
 }
 
 fn ids(v: &[Comment]) -> Vec<String> {
@@ -46,7 +49,12 @@ fn ids(v: &[Comment]) -> Vec<String> {
 }
 
 async fn insert_ok(store: &dyn Store, batch: Vec<NewComment>) -> Vec<Inserted> {
-    store.insert_batch(batch).await.into_iter().map(|r| r.expect("insert")).collect()
+    store
+        .insert_batch(batch)
+        .await
+        .into_iter()
+        .map(|r| r.expect("insert"))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -55,33 +63,78 @@ async fn insert_ok(store: &dyn Store, batch: Vec<NewComment>) -> Vec<Inserted> {
 
 async fn insert_then_read_in_order_with_limits(s: Arc<dyn Store>) {
     let store: &dyn Store = &*s;
-    let mut cs: Vec<Comment> = (0..10).map(|i| comment_at("p1", "alice", BASE_MS + i * 10, 1, "hi")).collect();
-    cs[3].metadata = [("lang".to_string(), "en".to_string()), ("k".to_string(), "ü v".to_string())].into();
+    let mut cs: Vec<Comment> = (0..10)
+        .map(|i| comment_at("p1", "alice", BASE_MS + i * 10, 1, "hi"))
+        .collect();
+    cs[3].metadata = [
+        ("lang".to_string(), "en".to_string()),
+        ("k".to_string(), "ü v".to_string()),
+    ]
+    .into();
     cs[4].text = "multi\nline\ttext with émojis 🎉".into();
     let out = insert_ok(store, cs.iter().map(|c| new(c, None)).collect()).await;
-    assert_eq!(out, cs.iter().cloned().map(Inserted::Created).collect::<Vec<_>>());
+    assert_eq!(
+        out,
+        cs.iter()
+            .cloned()
+            .map(Inserted::Created)
+            .collect::<Vec<_>>()
+    );
     let all_desc: Vec<String> = ids(&cs).into_iter().rev().collect();
 
     let page = store.newest("p1", None, 3).await.unwrap();
     assert_eq!(ids(&page), all_desc[..3]);
-    assert_eq!(store.newest("p1", None, 100).await.unwrap(), cs.iter().rev().cloned().collect::<Vec<_>>());
+    assert_eq!(
+        store.newest("p1", None, 100).await.unwrap(),
+        cs.iter().rev().cloned().collect::<Vec<_>>()
+    );
     assert_eq!(
         ids(&store.newest("p1", Some(&cs[5].id), 3).await.unwrap()),
         vec![cs[4].id.clone(), cs[3].id.clone(), cs[2].id.clone()]
     );
-    assert!(store.newest("p1", Some(&cs[0].id), 10).await.unwrap().is_empty());
-    assert_eq!(ids(&store.after("p1", None, 4).await.unwrap()), ids(&cs[..4]));
-    assert_eq!(ids(&store.after("p1", Some(&cs[6].id), 10).await.unwrap()), ids(&cs[7..]));
-    assert!(store.after("p1", Some(&cs[9].id), 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .newest("p1", Some(&cs[0].id), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&store.after("p1", None, 4).await.unwrap()),
+        ids(&cs[..4])
+    );
+    assert_eq!(
+        ids(&store.after("p1", Some(&cs[6].id), 10).await.unwrap()),
+        ids(&cs[7..])
+    );
+    assert!(
+        store
+            .after("p1", Some(&cs[9].id), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.newest("p1", None, 0).await.unwrap().is_empty());
     assert!(store.after("p1", None, 0).await.unwrap().is_empty());
     // Cursors need not be stored ids: an id between two comments, in the same millisecond.
     let between = id_at(BASE_MS + 50, 0);
-    assert_eq!(ids(&store.newest("p1", Some(&between), 2).await.unwrap()), vec![cs[4].id.clone(), cs[3].id.clone()]);
-    assert_eq!(ids(&store.after("p1", Some(&between), 2).await.unwrap()), vec![cs[5].id.clone(), cs[6].id.clone()]);
+    assert_eq!(
+        ids(&store.newest("p1", Some(&between), 2).await.unwrap()),
+        vec![cs[4].id.clone(), cs[3].id.clone()]
+    );
+    assert_eq!(
+        ids(&store.after("p1", Some(&between), 2).await.unwrap()),
+        vec![cs[5].id.clone(), cs[6].id.clone()]
+    );
     // Round trip of every field.
-    assert_eq!(store.get("p1", &cs[3].id).await.unwrap().as_ref(), Some(&cs[3]));
-    assert_eq!(store.get("p1", &cs[4].id).await.unwrap().as_ref(), Some(&cs[4]));
+    assert_eq!(
+        store.get("p1", &cs[3].id).await.unwrap().as_ref(),
+        Some(&cs[3])
+    );
+    assert_eq!(
+        store.get("p1", &cs[4].id).await.unwrap().as_ref(),
+        Some(&cs[4])
+    );
 }
 
 async fn idempotency_keys_within_and_across_batches(s: Arc<dyn Store>) {
@@ -89,16 +142,45 @@ async fn idempotency_keys_within_and_across_batches(s: Arc<dyn Store>) {
     let a = comment_at("p2", "alice", BASE_MS, 1, "first");
     let b = comment_at("p2", "alice", BASE_MS + 1, 2, "retry of first");
     let c = comment_at("p2", "alice", BASE_MS + 2, 3, "no key");
-    let out = insert_ok(store, vec![new(&a, Some("k1")), new(&b, Some("k1")), new(&c, None)]).await;
-    assert_eq!(out, vec![Inserted::Created(a.clone()), Inserted::Existing(a.clone()), Inserted::Created(c.clone())]);
+    let out = insert_ok(
+        store,
+        vec![new(&a, Some("k1")), new(&b, Some("k1")), new(&c, None)],
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            Inserted::Created(a.clone()),
+            Inserted::Existing(a.clone()),
+            Inserted::Created(c.clone())
+        ]
+    );
 
     let d = comment_at("p2", "alice", BASE_MS + 3_000, 4, "retry in a later batch");
     let e = comment_at("p2", "alice", BASE_MS + 3_001, 5, "another key");
-    let out = insert_ok(store, vec![new(&d, Some("k1")), new(&e, Some("k2")), new(&d, Some("k1"))]).await;
-    assert_eq!(out, vec![Inserted::Existing(a.clone()), Inserted::Created(e.clone()), Inserted::Existing(a.clone())]);
+    let out = insert_ok(
+        store,
+        vec![
+            new(&d, Some("k1")),
+            new(&e, Some("k2")),
+            new(&d, Some("k1")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            Inserted::Existing(a.clone()),
+            Inserted::Created(e.clone()),
+            Inserted::Existing(a.clone())
+        ]
+    );
 
     // Nothing new stored for the repeats.
-    assert_eq!(ids(&store.newest("p2", None, 100).await.unwrap()), vec![e.id.clone(), c.id.clone(), a.id.clone()]);
+    assert_eq!(
+        ids(&store.newest("p2", None, 100).await.unwrap()),
+        vec![e.id.clone(), c.id.clone(), a.id.clone()]
+    );
     assert!(store.get("p2", &b.id).await.unwrap().is_none());
     assert!(store.get("p2", &d.id).await.unwrap().is_none());
 }
@@ -108,10 +190,31 @@ async fn same_key_for_another_user_or_post_is_another_comment(s: Arc<dyn Store>)
     let a = comment_at("p3", "alice", BASE_MS, 1, "a");
     let b = comment_at("p3", "bob", BASE_MS, 2, "b");
     let c = comment_at("p3b", "alice", BASE_MS, 3, "c");
-    let out = insert_ok(store, vec![new(&a, Some("same")), new(&b, Some("same")), new(&c, Some("same"))]).await;
-    assert_eq!(out, vec![Inserted::Created(a.clone()), Inserted::Created(b.clone()), Inserted::Created(c.clone())]);
-    assert_eq!(ids(&store.newest("p3", None, 10).await.unwrap()), vec![b.id.clone(), a.id.clone()]);
-    assert_eq!(ids(&store.newest("p3b", None, 10).await.unwrap()), vec![c.id.clone()]);
+    let out = insert_ok(
+        store,
+        vec![
+            new(&a, Some("same")),
+            new(&b, Some("same")),
+            new(&c, Some("same")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            Inserted::Created(a.clone()),
+            Inserted::Created(b.clone()),
+            Inserted::Created(c.clone())
+        ]
+    );
+    assert_eq!(
+        ids(&store.newest("p3", None, 10).await.unwrap()),
+        vec![b.id.clone(), a.id.clone()]
+    );
+    assert_eq!(
+        ids(&store.newest("p3b", None, 10).await.unwrap()),
+        vec![c.id.clone()]
+    );
 }
 
 async fn concurrent_requests_with_one_key_store_one_comment(store: Arc<dyn Store>) {
@@ -120,7 +223,11 @@ async fn concurrent_requests_with_one_key_store_one_comment(store: Arc<dyn Store
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
             let c = comment_at("p4", "alice", BASE_MS + n as i64, n + 1, "racing");
-            s.insert_batch(vec![new(&c, Some("race"))]).await.pop().unwrap().unwrap()
+            s.insert_batch(vec![new(&c, Some("race"))])
+                .await
+                .pop()
+                .unwrap()
+                .unwrap()
         }));
     }
     let mut results = Vec::new();
@@ -128,9 +235,15 @@ async fn concurrent_requests_with_one_key_store_one_comment(store: Arc<dyn Store
         results.push(t.await.unwrap());
     }
     let first = results[0].comment().id.clone();
-    assert!(results.iter().all(|r| r.comment().id == first), "{results:?}");
+    assert!(
+        results.iter().all(|r| r.comment().id == first),
+        "{results:?}"
+    );
     assert!(results.iter().any(|r| matches!(r, Inserted::Created(_))));
-    assert_eq!(ids(&store.newest("p4", None, 10).await.unwrap()), vec![first]);
+    assert_eq!(
+        ids(&store.newest("p4", None, 10).await.unwrap()),
+        vec![first]
+    );
 }
 
 async fn retry_after_delete_returns_the_deleted_comment(s: Arc<dyn Store>) {
@@ -141,7 +254,10 @@ async fn retry_after_delete_returns_the_deleted_comment(s: Arc<dyn Store>) {
     let retry = comment_at("p7", "alice", BASE_MS + 10, 2, "retry");
     let out = insert_ok(store, vec![new(&retry, Some("k"))]).await;
     assert_eq!(out, vec![Inserted::Existing(a.clone())]);
-    assert!(store.newest("p7", None, 10).await.unwrap().is_empty(), "a retry never resurrects or re-stores");
+    assert!(
+        store.newest("p7", None, 10).await.unwrap().is_empty(),
+        "a retry never resurrects or re-stores"
+    );
 }
 
 async fn get_and_delete(s: Arc<dyn Store>) {
@@ -159,17 +275,53 @@ async fn get_and_delete(s: Arc<dyn Store>) {
     assert!(!store.delete("p5", &a.id).await.unwrap());
     assert!(!store.delete("p5", "not-an-id").await.unwrap());
     assert!(!store.delete("no-such-post", &b.id).await.unwrap());
-    assert_eq!(ids(&store.newest("p5", None, 10).await.unwrap()), vec![b.id.clone()]);
-    assert_eq!(ids(&store.after("p5", None, 10).await.unwrap()), vec![b.id.clone()]);
+    assert_eq!(
+        ids(&store.newest("p5", None, 10).await.unwrap()),
+        vec![b.id.clone()]
+    );
+    assert_eq!(
+        ids(&store.after("p5", None, 10).await.unwrap()),
+        vec![b.id.clone()]
+    );
 }
 
 async fn missing_post_reads_empty(s: Arc<dyn Store>) {
     let store: &dyn Store = &*s;
-    assert!(store.newest("nobody-wrote-here", None, 20).await.unwrap().is_empty());
-    assert!(store.newest("nobody-wrote-here", Some(&id_at(BASE_MS, 1)), 20).await.unwrap().is_empty());
-    assert!(store.after("nobody-wrote-here", None, 20).await.unwrap().is_empty());
-    assert!(store.after("nobody-wrote-here", Some(&id_at(BASE_MS, 1)), 20).await.unwrap().is_empty());
-    assert!(store.get("nobody-wrote-here", &id_at(BASE_MS, 1)).await.unwrap().is_none());
+    assert!(
+        store
+            .newest("nobody-wrote-here", None, 20)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .newest("nobody-wrote-here", Some(&id_at(BASE_MS, 1)), 20)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .after("nobody-wrote-here", None, 20)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .after("nobody-wrote-here", Some(&id_at(BASE_MS, 1)), 20)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .get("nobody-wrote-here", &id_at(BASE_MS, 1))
+            .await
+            .unwrap()
+            .is_none()
+    );
     store.ping().await.unwrap();
 }
 
@@ -182,13 +334,19 @@ async fn paging_across_many_buckets(s: Arc<dyn Store>) {
     let mut n = 0u128;
     for k in 0..300i64 {
         let ms = match k {
-            0..=99 => BASE_MS + k * 10,                               // one dense second
-            100..=199 => BASE_MS + 5_000 + (k - 100) * 997,           // ~100 s, about one per bucket
+            0..=99 => BASE_MS + k * 10,                     // one dense second
+            100..=199 => BASE_MS + 5_000 + (k - 100) * 997, // ~100 s, about one per bucket
             200..=249 => BASE_MS + 7 * 3_600_000 + (k - 200) * 3_001, // next span
-            _ => BASE_MS + 2 * 86_400_000 + (k - 250) * 250,          // two days later
+            _ => BASE_MS + 2 * 86_400_000 + (k - 250) * 250, // two days later
         };
         n += 1;
-        cs.push(comment_at("hot", &format!("u{}", k % 7), ms, n, &format!("comment {k}")));
+        cs.push(comment_at(
+            "hot",
+            &format!("u{}", k % 7),
+            ms,
+            n,
+            &format!("comment {k}"),
+        ));
     }
     // Written newest batches first, in chunks.
     for chunk in cs.chunks(64).rev() {
@@ -204,7 +362,10 @@ async fn paging_across_many_buckets(s: Arc<dyn Store>) {
         let mut got = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let page = store.newest("hot", cursor.as_deref(), page_size).await.unwrap();
+            let page = store
+                .newest("hot", cursor.as_deref(), page_size)
+                .await
+                .unwrap();
             assert!(page.len() <= page_size);
             if page.is_empty() {
                 break;
@@ -217,7 +378,10 @@ async fn paging_across_many_buckets(s: Arc<dyn Store>) {
         let mut got = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let page = store.after("hot", cursor.as_deref(), page_size).await.unwrap();
+            let page = store
+                .after("hot", cursor.as_deref(), page_size)
+                .await
+                .unwrap();
             if page.is_empty() {
                 break;
             }
@@ -227,28 +391,63 @@ async fn paging_across_many_buckets(s: Arc<dyn Store>) {
         assert_eq!(got, asc, "after, page size {page_size}");
     }
     // Cursors far outside the data.
-    assert_eq!(ids(&store.newest("hot", Some(&id_at(BASE_MS + 30 * 86_400_000, 0)), 3).await.unwrap()), desc[..3]);
-    assert!(store.newest("hot", Some(&id_at(BASE_MS - 86_400_000, 0)), 3).await.unwrap().is_empty());
-    assert_eq!(ids(&store.after("hot", Some(&id_at(BASE_MS - 86_400_000, 0)), 3).await.unwrap()), asc[..3]);
-    assert!(store.after("hot", Some(&id_at(BASE_MS + 30 * 86_400_000, 0)), 3).await.unwrap().is_empty());
+    assert_eq!(
+        ids(&store
+            .newest("hot", Some(&id_at(BASE_MS + 30 * 86_400_000, 0)), 3)
+            .await
+            .unwrap()),
+        desc[..3]
+    );
+    assert!(
+        store
+            .newest("hot", Some(&id_at(BASE_MS - 86_400_000, 0)), 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&store
+            .after("hot", Some(&id_at(BASE_MS - 86_400_000, 0)), 3)
+            .await
+            .unwrap()),
+        asc[..3]
+    );
+    assert!(
+        store
+            .after("hot", Some(&id_at(BASE_MS + 30 * 86_400_000, 0)), 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // A cursor inside a gap between spans.
     let gap = id_at(BASE_MS + 86_400_000, 0);
-    assert_eq!(ids(&store.newest("hot", Some(&gap), 2).await.unwrap()), vec![asc[249].clone(), asc[248].clone()]);
-    assert_eq!(ids(&store.after("hot", Some(&gap), 2).await.unwrap()), vec![asc[250].clone(), asc[251].clone()]);
+    assert_eq!(
+        ids(&store.newest("hot", Some(&gap), 2).await.unwrap()),
+        vec![asc[249].clone(), asc[248].clone()]
+    );
+    assert_eq!(
+        ids(&store.after("hot", Some(&gap), 2).await.unwrap()),
+        vec![asc[250].clone(), asc[251].clone()]
+    );
 }
 
 async fn after_none_reads_from_the_start(s: Arc<dyn Store>) {
     let store: &dyn Store = &*s;
     let old = comment_at("p6", "alice", BASE_MS - 3_600_000, 1, "old");
     insert_ok(store, vec![new(&old, None)]).await;
-    let newer: Vec<Comment> = (0..5).map(|i| comment_at("p6", "bob", BASE_MS + i * 1_500, 2, "new")).collect();
+    let newer: Vec<Comment> = (0..5)
+        .map(|i| comment_at("p6", "bob", BASE_MS + i * 1_500, 2, "new"))
+        .collect();
     insert_ok(store, newer.iter().map(|c| new(c, None)).collect()).await;
     assert_eq!(store.after("p6", None, 1).await.unwrap(), vec![old.clone()]);
     assert_eq!(
         ids(&store.after("p6", None, 3).await.unwrap()),
         vec![old.id.clone(), newer[0].id.clone(), newer[1].id.clone()]
     );
-    assert_eq!(ids(&store.newest("p6", None, 1).await.unwrap()), vec![newer[4].id.clone()]);
+    assert_eq!(
+        ids(&store.newest("p6", None, 1).await.unwrap()),
+        vec![newer[4].id.clone()]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,7 +463,10 @@ struct Fixture {
 impl Fixture {
     async fn cleanup(self) {
         if let Some((store, ks)) = self.cql {
-            let _ = store.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[]).await;
+            let _ = store
+                .session()
+                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[])
+                .await;
         }
     }
 }
@@ -272,13 +474,21 @@ impl Fixture {
 fn embedded() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    Fixture { store: Arc::new(store), cql: None, _dir: Some(dir) }
+    Fixture {
+        store: Arc::new(store),
+        cql: None,
+        _dir: Some(dir),
+    }
 }
 
 fn coalesced() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Coalesced::new(EmbeddedStore::open(dir.path()).unwrap());
-    Fixture { store: Arc::new(store), cql: None, _dir: Some(dir) }
+    Fixture {
+        store: Arc::new(store),
+        cql: None,
+        _dir: Some(dir),
+    }
 }
 
 fn cql_addr() -> String {
@@ -288,11 +498,19 @@ fn cql_addr() -> String {
 /// `None` (after a notice) when the server is unreachable outside CI.
 async fn cql_options() -> Option<CqlOptions> {
     let addr = cql_addr();
-    let reachable =
-        matches!(tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&addr)).await, Ok(Ok(_)));
+    let reachable = matches!(
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::TcpStream::connect(&addr)
+        )
+        .await,
+        Ok(Ok(_))
+    );
     if !reachable {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CQL server not reachable at {addr} and CI=true: run `scripts/cassandra start` first");
+            panic!(
+                "CQL server not reachable at {addr} and CI=true: run `scripts/cassandra start` first"
+            );
         }
         eprintln!(
             "SKIPPED: CQL server not reachable at {addr} (run `scripts/cassandra start`; CI=true makes this fail)"
@@ -307,7 +525,11 @@ async fn cql() -> Option<Fixture> {
     let opts = cql_options().await?;
     cqlstore::migrate(&opts).await.expect("migrate");
     let store = Arc::new(CqlStore::connect(&opts).await.expect("connect"));
-    Some(Fixture { store: store.clone(), cql: Some((store, opts.keyspace.clone())), _dir: None })
+    Some(Fixture {
+        store: store.clone(),
+        cql: Some((store, opts.keyspace.clone())),
+        _dir: None,
+    })
 }
 
 macro_rules! suite {
@@ -359,8 +581,14 @@ async fn cql_migrate_is_repeatable_and_concurrent_and_connect_checks_the_version
         return;
     };
     // No keyspace yet: connect refuses with a clear message.
-    let err = CqlStore::connect(&opts).await.err().expect("connect must refuse a missing schema");
-    assert!(format!("{err:#}").contains("livecomments migrate"), "{err:#}");
+    let err = CqlStore::connect(&opts)
+        .await
+        .err()
+        .expect("connect must refuse a missing schema");
+    assert!(
+        format!("{err:#}").contains("livecomments migrate"),
+        "{err:#}"
+    );
 
     let (a, b) = tokio::join!(cqlstore::migrate(&opts), cqlstore::migrate(&opts));
     a.unwrap();
@@ -369,28 +597,53 @@ async fn cql_migrate_is_repeatable_and_concurrent_and_connect_checks_the_version
     let store = CqlStore::connect(&opts).await.unwrap();
     let res = store
         .session()
-        .query_unpaged(format!("SELECT version FROM {}.schema_version", opts.keyspace), &[])
+        .query_unpaged(
+            format!("SELECT version FROM {}.schema_version", opts.keyspace),
+            &[],
+        )
         .await
         .unwrap();
-    let mut versions: Vec<i32> =
-        res.into_rows_result().unwrap().rows::<(i32,)>().unwrap().map(|r| r.unwrap().0).collect();
+    let mut versions: Vec<i32> = res
+        .into_rows_result()
+        .unwrap()
+        .rows::<(i32,)>()
+        .unwrap()
+        .map(|r| r.unwrap().0)
+        .collect();
     versions.sort();
-    assert_eq!(versions, (1..=cqlstore::SCHEMA_VERSION).collect::<Vec<_>>(), "no lock row left behind");
+    assert_eq!(
+        versions,
+        (1..=cqlstore::SCHEMA_VERSION).collect::<Vec<_>>(),
+        "no lock row left behind"
+    );
 
     // An older schema: connect refuses.
     store
         .session()
         .query_unpaged(
-            format!("DELETE FROM {}.schema_version WHERE version = {}", opts.keyspace, cqlstore::SCHEMA_VERSION),
+            format!(
+                "DELETE FROM {}.schema_version WHERE version = {}",
+                opts.keyspace,
+                cqlstore::SCHEMA_VERSION
+            ),
             &[],
         )
         .await
         .unwrap();
-    let err = CqlStore::connect(&opts).await.err().expect("connect must refuse an old schema");
-    assert!(format!("{err:#}").contains("run `livecomments migrate`"), "{err:#}");
+    let err = CqlStore::connect(&opts)
+        .await
+        .err()
+        .expect("connect must refuse an old schema");
+    assert!(
+        format!("{err:#}").contains("run `livecomments migrate`"),
+        "{err:#}"
+    );
     cqlstore::migrate(&opts).await.unwrap();
     CqlStore::connect(&opts).await.unwrap();
-    let _ = store.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", opts.keyspace), &[]).await;
+    let _ = store
+        .session()
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", opts.keyspace), &[])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,7 +663,12 @@ async fn cql_retention_sets_a_ttl_and_idempotency_keys_expire() {
         let s = store.session();
         async move {
             let res = s.query_unpaged(cql, &[]).await.unwrap();
-            res.into_rows_result().unwrap().first_row::<(Option<i32>,)>().unwrap().0.unwrap_or(0)
+            res.into_rows_result()
+                .unwrap()
+                .first_row::<(Option<i32>,)>()
+                .unwrap()
+                .0
+                .unwrap_or(0)
         }
     };
     let t = ttl_of(format!(
@@ -425,7 +683,10 @@ async fn cql_retention_sets_a_ttl_and_idempotency_keys_expire() {
     ))
     .await;
     assert!(t > 86_400 - 60 && t <= 86_400, "idempotency TTL {t}");
-    let _ = store.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[]).await;
+    let _ = store
+        .session()
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[])
+        .await;
 }
 
 /// A key claimed by an attempt that died before its comment was confirmed (`stored = false`):
@@ -433,7 +694,9 @@ async fn cql_retention_sets_a_ttl_and_idempotency_keys_expire() {
 /// `Created` (it was never acknowledged or published); the next retry answers `Existing`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cql_a_key_claimed_by_a_dead_attempt_is_completed_by_the_retry() {
-    let Some(opts) = cql_options().await else { return };
+    let Some(opts) = cql_options().await else {
+        return;
+    };
     cqlstore::migrate(&opts).await.unwrap();
     let store = CqlStore::connect(&opts).await.unwrap();
     let ks = &opts.keyspace;
@@ -454,10 +717,19 @@ async fn cql_a_key_claimed_by_a_dead_attempt_is_completed_by_the_retry() {
     let t = std::time::Instant::now();
     let out = insert_ok(&store, vec![new(&retry, Some("k"))]).await;
     assert_eq!(out, vec![Inserted::Created(first.clone())]);
-    assert!(t.elapsed() >= Duration::from_millis(400), "waited for a possibly running first attempt");
-    assert_eq!(store.newest("p8", None, 10).await.unwrap(), vec![first.clone()]);
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "waited for a possibly running first attempt"
+    );
+    assert_eq!(
+        store.newest("p8", None, 10).await.unwrap(),
+        vec![first.clone()]
+    );
     let out = insert_ok(&store, vec![new(&retry, Some("k"))]).await;
     assert_eq!(out, vec![Inserted::Existing(first.clone())]);
     assert_eq!(store.newest("p8", None, 10).await.unwrap(), vec![first]);
-    let _ = store.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[]).await;
+    let _ = store
+        .session()
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[])
+        .await;
 }

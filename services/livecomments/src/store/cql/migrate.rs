@@ -8,6 +8,9 @@
 //!   time (concurrent schema changes of one table from two coordinators can disagree);
 //! - an applied version is recorded with `INSERT ... IF NOT EXISTS` after the driver has seen
 //!   schema agreement.
+//!
+//! On ScyllaDB the keyspace is created with `tablets = {'enabled': false}` (LWTs need vnodes
+//! there); the files of `cql/` themselves stay portable.
 
 use std::time::{Duration, Instant};
 
@@ -62,13 +65,29 @@ pub async fn migrate(opts: &CqlOptions) -> anyhow::Result<()> {
     let session = session(opts).await?;
     let ks = &opts.keyspace;
     let replication = opts.replication_cql()?;
-    session
-        .query_unpaged(
-            format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}"),
-            &[],
-        )
-        .await
-        .with_context(|| format!("creating keyspace {ks}"))?;
+    let create = format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}");
+    // ScyllaDB creates tablets keyspaces by default in recent versions, and its LWTs (the
+    // idempotency keys, the migrate lock) are not supported on tablets there: ask for vnodes.
+    // The option is ScyllaDB-only (Cassandra rejects it) and unknown to ScyllaDB before tablets,
+    // hence the detection and the fallback.
+    let mut created = false;
+    if is_scylla(&session).await {
+        match session
+            .query_unpaged(format!("{create} AND tablets = {{'enabled': false}}"), &[])
+            .await
+        {
+            Ok(_) => created = true,
+            Err(e) => {
+                tracing::info!(error = %e, "ScyllaDB refused tablets = false; creating the keyspace without it")
+            }
+        }
+    }
+    if !created {
+        session
+            .query_unpaged(create, &[])
+            .await
+            .with_context(|| format!("creating keyspace {ks}"))?;
+    }
     session
         .query_unpaged(
             format!(
@@ -98,6 +117,14 @@ pub async fn migrate(opts: &CqlOptions) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "could not release the migrate lock; it expires in {LOCK_TTL_SECS} s");
     }
     result
+}
+
+/// True on ScyllaDB (it has `system.scylla_local`; Cassandra does not).
+async fn is_scylla(session: &Session) -> bool {
+    session
+        .query_unpaged("SELECT key FROM system.scylla_local LIMIT 1", &[])
+        .await
+        .is_ok()
 }
 
 async fn acquire_lock(session: &Session, ks: &str, owner: &str) -> anyhow::Result<()> {
