@@ -1056,7 +1056,14 @@ impl Supercluster {
 pub async fn region_server(sc: &Supercluster, region: &str) -> Server {
     Server::standalone()
         .nats(&sc.url(region))
-        .args(["--region", region, "--regions", &sc.regions.join(",")])
+        .args([
+            "--region",
+            region,
+            "--regions",
+            &sc.regions.join(","),
+            "--max-streams-per-ip",
+            "10000",
+        ])
         .start()
         .await
 }
