@@ -400,6 +400,60 @@ fn livecomments_commands_flags_and_env_are_accepted_by_the_binary() {
     assert!(checked >= 10, "only {checked} livecomments services found");
 }
 
+/// clap takes any string for `--nats-url`; the NATS client parses it at start. Start a fanout
+/// with each form compose.yaml uses (hosts pointed at a closed loopback port: the client keeps
+/// retrying, so a process still running after a moment accepted the value).
+#[test]
+fn the_nats_url_values_are_accepted_at_start() {
+    let c = compose();
+    let mut forms = BTreeSet::new();
+    for svc in services(&c).values().filter(|s| is_livecomments(s)) {
+        if let Some(urls) = flag(&command(svc), "--nats-url") {
+            let dead = livecomments_tests::free_port();
+            let local: Vec<String> = urls
+                .split(',')
+                .map(|u| {
+                    let (h, _) = host_port(u);
+                    u.replacen(&h, "127.0.0.1", 1)
+                        .rsplit_once(':')
+                        .unwrap()
+                        .0
+                        .to_string()
+                        + &format!(":{dead}")
+                })
+                .collect();
+            forms.insert((urls.clone(), local.join(",")));
+        }
+    }
+    assert!(!forms.is_empty());
+    let children: Vec<_> = forms
+        .into_iter()
+        .map(|(orig, local)| {
+            let port = livecomments_tests::free_port();
+            let child = Command::new(bin())
+                .args(["fanout", "--listen", &format!("127.0.0.1:{port}")])
+                .args(["--nats-url", &local])
+                .env_clear()
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start fanout");
+            (orig, local, child)
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    for (orig, local, mut child) in children {
+        let exited = child.try_wait().expect("try_wait");
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            exited.is_none(),
+            "--nats-url {orig:?} (as {local:?}): the binary exits at start:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn the_check_catches_drift() {
     // The same parser path as above, on commands the binary must refuse.
