@@ -25,6 +25,31 @@ pub fn since_subject(region: &str) -> String {
     format!("comments.since.{region}")
 }
 
+/// `comments.delete.<region>`: a deletion asked of the region that stores the comment.
+pub fn delete_subject(region: &str) -> String {
+    format!("comments.delete.{region}")
+}
+
+/// Queue group of the writers (ingest, standalone) answering deletions.
+pub const DELETE_QUEUE_GROUP: &str = "livecomments-writers";
+
+/// Request on `comments.delete.<region>`, sent by an ingest of another region that does not
+/// hold the comment. The caller already verified the token; the owner checks authorship.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    pub post_id: String,
+    pub id: String,
+    pub user_id: String,
+    #[serde(default)]
+    pub moderator: bool,
+}
+
+/// Reply to a [`DeleteRequest`]: `deleted`, `not_found`, `forbidden` or `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteReply {
+    pub outcome: String,
+}
+
 /// Queue group of the readers answering since-queries, so each query is answered once.
 pub const SINCE_QUEUE_GROUP: &str = "livecomments-readers";
 

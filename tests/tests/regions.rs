@@ -323,3 +323,45 @@ async fn a_thousand_active_posts_across_regions() {
     );
     assert!(percentile(&lat, 99.0) < Duration::from_secs(2));
 }
+
+/// A DELETE that lands in another region than the comment's is forwarded to the owner; every
+/// region's streams and reads lose the comment.
+#[tokio::test]
+async fn deletes_reach_every_region() {
+    let sc = Supercluster::start(&["eu", "us"]).await;
+    let eu = region_server(&sc, "eu").await;
+    let us = region_server(&sc, "us").await;
+    let mut viewer_eu = Sse::connect(&eu.base, "del", None).await;
+    let mut viewer_us = Sse::connect(&us.base, "del", None).await;
+    await_interest(&us, "del", &mut viewer_eu).await;
+    await_interest(&eu, "del", &mut viewer_us).await;
+    let (_, c) = us.post("del", "alice", "delete me from eu").await;
+    let id = c["id"].as_str().unwrap().to_string();
+    let del = |who: &str| {
+        client()
+            .delete(eu.url(&format!("/comment/{id}?post_id=del")))
+            .bearer_auth(token(who))
+            .send()
+    };
+    // Someone else may not, even from another region.
+    let forbidden = eventually(T, || async {
+        (del("mallory").await.ok()?.status().as_u16() == 403).then_some(())
+    })
+    .await;
+    assert!(forbidden.is_some());
+    assert_eq!(del("alice").await.unwrap().status().as_u16(), 204);
+    for v in [&mut viewer_eu, &mut viewer_us] {
+        let mut got = None;
+        while let Some(ev) = v.next(T).await {
+            if ev.event == "delete" {
+                got = Some(ev.json());
+                break;
+            }
+        }
+        assert_eq!(got.expect("delete event")["id"], id.as_str());
+    }
+    for s in [&eu, &us] {
+        assert!(!ids(&s.all_comments("del").await).contains(&id));
+    }
+    assert_eq!(del("alice").await.unwrap().status().as_u16(), 404);
+}

@@ -104,6 +104,21 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         });
     }
 
+    // Writers answer deletions forwarded by other regions.
+    if let (Some(client), Some(store), true) = (
+        &nats_client,
+        &store,
+        matches!(role, Role::Standalone | Role::Ingest),
+    ) {
+        let (client, store, bus, region) =
+            (client.clone(), store.clone(), bus.clone(), s.region.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::ingest::delete::serve(client, region, store, bus).await {
+                tracing::error!(error = %e, "deletion responder stopped");
+            }
+        });
+    }
+
     let auth = Authenticator::from_args(&s.auth, role == Role::Standalone)?.map(Arc::new);
     if let Some(a) = &auth {
         if let Some((token, _)) = a.dev_token("demo", 24 * 3600) {
@@ -149,6 +164,8 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
             Duration::from_secs(s.limits.rate_window_secs),
         )),
         demo_page: role == Role::Standalone,
+        regions: s.regions.clone(),
+        nats: nats_client.clone(),
     });
     let router = http::router(state, role);
     let listener = tokio::net::TcpListener::bind(s.listen)

@@ -2,12 +2,12 @@
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use livecomments_shared::wire::{Deletion, LiveEvent};
+use livecomments_shared::wire::DeleteRequest;
 use livecomments_shared::{ErrorCode, id};
 
 use super::query::Query;
 use super::{ApiError, ApiResult};
-use crate::metrics::METRICS;
+use crate::ingest::delete::{self, Outcome};
 
 pub async fn handle(
     State(st): State<super::State>,
@@ -24,33 +24,34 @@ pub async fn handle(
         .store
         .as_ref()
         .ok_or_else(|| ApiError::unavailable("the comment store"))?;
-    let unavailable = |_| ApiError::unavailable("the comment store");
-    let comment = store
-        .get(&post_id, &comment_id)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such comment"))?;
-    if comment.user_id != caller.user_id && !caller.moderator {
-        return Err(ApiError::new(
+    let req = DeleteRequest {
+        post_id,
+        id: comment_id,
+        user_id: caller.user_id,
+        moderator: caller.moderator,
+    };
+    let mut outcome = delete::delete_local(store.as_ref(), st.bus.as_ref(), &st.region, &req).await;
+    if outcome == Outcome::NotFound {
+        // Not ours: the comment may live in another region's store.
+        if let Some(client) = &st.nats {
+            let others: Vec<String> = st
+                .regions
+                .iter()
+                .filter(|r| **r != st.region)
+                .cloned()
+                .collect();
+            if !others.is_empty() {
+                outcome = delete::delete_remote(client, &others, &req).await;
+            }
+        }
+    }
+    match outcome {
+        Outcome::Deleted => Ok(StatusCode::NO_CONTENT),
+        Outcome::NotFound => Err(ApiError::new(ErrorCode::NotFound, "no such comment")),
+        Outcome::Forbidden => Err(ApiError::new(
             ErrorCode::Forbidden,
             "only the author or a moderator may delete this comment",
-        ));
+        )),
+        Outcome::Unavailable => Err(ApiError::unavailable("the comment store")),
     }
-    if !store
-        .delete(&post_id, &comment_id)
-        .await
-        .map_err(unavailable)?
-    {
-        return Err(ApiError::new(ErrorCode::NotFound, "no such comment"));
-    }
-    METRICS.comments_deleted.inc();
-    let ev = LiveEvent::Delete(Deletion {
-        id: comment_id,
-        post_id,
-        region: comment.region.clone(),
-    });
-    if st.bus.publish(&st.region, &ev).await.is_err() {
-        METRICS.bus_publish_errors.inc();
-    }
-    Ok(StatusCode::NO_CONTENT)
 }

@@ -41,6 +41,9 @@ pub struct AppState {
     pub fanout: Option<Arc<Fanout>>,
     pub rate: Arc<RateLimiter>,
     pub demo_page: bool,
+    /// Every region of the deployment, and NATS to reach the others (DELETE forwarding).
+    pub regions: Vec<String>,
+    pub nats: Option<async_nats::Client>,
 }
 
 pub type State = Arc<AppState>;

@@ -1,5 +1,6 @@
 //! The write path: validate, rate-limit, make durable (group commit), then publish.
 
+pub mod delete;
 pub mod pipeline;
 pub mod ratelimit;
 

@@ -1,0 +1,158 @@
+//! Deletions. A comment lives in the store of the region that accepted it; a DELETE that
+//! lands in another region is forwarded over NATS (`comments.delete.<region>`) to the owner,
+//! which deletes it and publishes `event: delete` on its live subject, so every region's
+//! streams and reads lose it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::join_all;
+use livecomments_shared::wire::{self, DeleteReply, DeleteRequest, Deletion, LiveEvent};
+use livecomments_shared::{id, validate};
+use tokio::sync::Semaphore;
+
+use crate::bus::Bus;
+use crate::metrics::METRICS;
+use crate::store::Store;
+
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
+const MAX_IN_FLIGHT: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Deleted,
+    NotFound,
+    Forbidden,
+    /// A store or a region could not be reached; nothing is known to have been deleted.
+    Unavailable,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Deleted => "deleted",
+            Outcome::NotFound => "not_found",
+            Outcome::Forbidden => "forbidden",
+            Outcome::Unavailable => "error",
+        }
+    }
+}
+
+/// Deletes from this region's store when the comment is here.
+pub async fn delete_local(
+    store: &dyn Store,
+    bus: &dyn Bus,
+    region: &str,
+    req: &DeleteRequest,
+) -> Outcome {
+    let comment = match store.get(&req.post_id, &req.id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Outcome::NotFound,
+        Err(_) => return Outcome::Unavailable,
+    };
+    if comment.user_id != req.user_id && !req.moderator {
+        return Outcome::Forbidden;
+    }
+    match store.delete(&req.post_id, &req.id).await {
+        Ok(true) => {}
+        Ok(false) => return Outcome::NotFound,
+        Err(_) => return Outcome::Unavailable,
+    }
+    METRICS.comments_deleted.inc();
+    let ev = LiveEvent::Delete(Deletion {
+        id: req.id.clone(),
+        post_id: req.post_id.clone(),
+        region: comment.region,
+    });
+    if bus.publish(region, &ev).await.is_err() {
+        METRICS.bus_publish_errors.inc();
+    }
+    Outcome::Deleted
+}
+
+/// Asks every other region; the one holding the comment answers.
+pub async fn delete_remote(
+    client: &async_nats::Client,
+    regions: &[String],
+    req: &DeleteRequest,
+) -> Outcome {
+    let Ok(payload) = wire::encode(req) else {
+        return Outcome::Unavailable;
+    };
+    let answers = join_all(regions.iter().map(|r| {
+        let payload = payload.clone();
+        async move {
+            let reply = tokio::time::timeout(
+                FORWARD_TIMEOUT,
+                client.request(wire::delete_subject(r), payload.into()),
+            )
+            .await;
+            match reply {
+                Ok(Ok(msg)) => match wire::decode::<DeleteReply>(&msg.payload) {
+                    Ok(r) => match r.outcome.as_str() {
+                        "deleted" => Outcome::Deleted,
+                        "not_found" => Outcome::NotFound,
+                        "forbidden" => Outcome::Forbidden,
+                        _ => Outcome::Unavailable,
+                    },
+                    Err(_) => Outcome::Unavailable,
+                },
+                _ => Outcome::Unavailable,
+            }
+        }
+    }))
+    .await;
+    for wanted in [Outcome::Deleted, Outcome::Forbidden, Outcome::Unavailable] {
+        if answers.contains(&wanted) {
+            return wanted;
+        }
+    }
+    Outcome::NotFound
+}
+
+/// Answers other regions' forwarded deletions for this region.
+pub async fn serve(
+    client: async_nats::Client,
+    region: String,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+) -> anyhow::Result<()> {
+    let mut sub = client
+        .queue_subscribe(
+            wire::delete_subject(&region),
+            wire::DELETE_QUEUE_GROUP.to_string(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing to deletions: {e}"))?;
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(msg) = sub.next().await {
+        let Some(reply_to) = msg.reply.clone() else {
+            continue;
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let (client, store, bus, region) =
+            (client.clone(), store.clone(), bus.clone(), region.clone());
+        tokio::spawn(async move {
+            let outcome = match wire::decode::<DeleteRequest>(&msg.payload) {
+                Ok(req)
+                    if validate::post_id(&req.post_id).is_ok()
+                        && id::is_valid(&req.id)
+                        && validate::user_id(&req.user_id) =>
+                {
+                    delete_local(store.as_ref(), bus.as_ref(), &region, &req).await
+                }
+                _ => Outcome::NotFound,
+            };
+            if let Ok(bytes) = wire::encode(&DeleteReply {
+                outcome: outcome.as_str().into(),
+            }) {
+                let _ = client.publish(reply_to, bytes.into()).await;
+            }
+            drop(permit);
+        });
+    }
+    Ok(())
+}
