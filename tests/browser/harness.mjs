@@ -3,7 +3,7 @@
 import { spawn } from 'node:child_process';
 import { createHmac, randomUUID } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -242,4 +242,93 @@ export async function loadAll(page) {
     return page.$eval('#end', (e) => !e.hidden);
   }, 'the end of the history', { interval: 200 });
   return shownIds(page);
+}
+
+// ---- regions -------------------------------------------------------------------------------------
+
+export const NATS_SERVER = process.env.NATS_SERVER || '/usr/sbin/nats-server';
+
+/**
+ * One nats-server per region, joined by gateways (as `tests/src/lib.rs` `Supercluster`): the
+ * regions of one deployment on this machine. `url(region)` is what that region's
+ * `livecomments standalone --nats-url` takes; `regionArgs(region)` the whole set of flags.
+ */
+export class NatsSupercluster {
+  constructor(regions, dir, ports) {
+    this.regions = regions;
+    this.dir = dir;
+    this.ports = ports; // region -> { client, cluster, gateway }
+    this.children = new Map(); // region -> child process
+    this.output = '';
+  }
+
+  static async start(regions) {
+    const dir = tempDir('nats');
+    const ports = {};
+    for (const r of regions) ports[r] = { client: await freePort(), cluster: await freePort(), gateway: await freePort() };
+    const sc = new NatsSupercluster(regions, dir, ports);
+    for (const r of regions) {
+      const gateways = regions.map((o) => `    { name: "${o}", urls: ["nats://127.0.0.1:${ports[o].gateway}"] }`).join('\n');
+      const conf = `server_name: "${r}-1"\nlisten: "127.0.0.1:${ports[r].client}"\n`
+        + `cluster { name: "${r}", listen: "127.0.0.1:${ports[r].cluster}" }\n`
+        + `gateway {\n  name: "${r}"\n  listen: "127.0.0.1:${ports[r].gateway}"\n  reject_unknown_cluster: true\n  gateways: [\n${gateways}\n  ]\n}\n`;
+      const file = path.join(dir, `${r}.conf`);
+      writeFileSync(file, conf);
+      const child = spawn(NATS_SERVER, ['-c', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+      running.add(child);
+      child.on('exit', () => running.delete(child));
+      const keep = (chunk) => { sc.output += `[${r}] ${chunk}`; };
+      child.stdout.on('data', keep);
+      child.stderr.on('data', keep);
+      child.on('error', (e) => { sc.output += `\n[${r}] spawn error: ${e.message}`; });
+      sc.children.set(r, child);
+    }
+    await sc.#waitListening();
+    return sc;
+  }
+
+  async #waitListening() {
+    for (const r of this.regions) {
+      await waitFor(() => new Promise((resolve) => {
+        if (this.children.get(r).exitCode !== null) throw new Error(`nats-server ${r} exited:\n${this.output}`);
+        const s = connect(this.ports[r].client, '127.0.0.1');
+        s.on('connect', () => { s.destroy(); resolve(true); });
+        s.on('error', () => resolve(false));
+      }), `nats-server of ${r} to listen`, { interval: 50 });
+    }
+  }
+
+  url(region) { return `nats://127.0.0.1:${this.ports[region].client}`; }
+
+  /** The `livecomments standalone` flags of `region` in this deployment. */
+  regionArgs(region) {
+    return ['--region', region, '--regions', this.regions.join(','), '--nats-url', this.url(region)];
+  }
+
+  /** Kills the servers, keeps their log next to the screenshots, removes the configs. */
+  async stop() {
+    await Promise.all([...this.children.values()].map((child) => new Promise((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      child.on('exit', resolve);
+      child.kill('SIGKILL');
+    })));
+    mkdirSync(SHOTS, { recursive: true });
+    const test = path.basename(process.argv[1] || 'test', '.test.mjs');
+    writeFileSync(path.join(SHOTS, `${test}-nats.log`), this.output);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Waits until `server`'s merged `GET /comments` answers from every region (no `partial`): the
+ * gateways are up and every region's reader is reachable from it.
+ */
+export async function waitAllRegions(server, postId = 'regions-ready') {
+  await waitFor(async () => {
+    const res = await fetch(`${server.base}/comments?post_id=${encodeURIComponent(postId)}&page_size=1`,
+      { signal: AbortSignal.timeout(5000) });
+    const page = await res.json();
+    if (!res.ok || page.partial) throw new Error(`${res.status} ${JSON.stringify({ ...page, comments: undefined })}`);
+    return true;
+  }, `every region to answer ${server.base}/comments`);
 }

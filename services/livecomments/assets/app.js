@@ -82,8 +82,13 @@
     if (c.region) {
       const region = document.createElement('span');
       region.className = 'region';
+      region.title = `Posted in region ${c.region}`;
       region.textContent = c.region;
-      meta.append(' · ', region);
+      // Read aloud as "region us", not as the word "us".
+      const said = document.createElement('span');
+      said.className = 'visually-hidden';
+      said.textContent = 'region ';
+      meta.append(' · ', said, region);
     }
 
     const text = document.createElement('p');
