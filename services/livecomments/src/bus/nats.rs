@@ -25,8 +25,17 @@ pub struct NatsBus {
 
 impl NatsBus {
     /// Connects (retrying in the background if the server is not up yet).
+    /// `url` may list several servers of the region's cluster, comma separated.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         use anyhow::Context;
+        let addrs = url
+            .split(',')
+            .map(|u| {
+                u.trim()
+                    .parse::<async_nats::ServerAddr>()
+                    .with_context(|| format!("--nats-url: {u:?} is not a NATS URL"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let connected = Arc::new(AtomicBool::new(false));
         let (tx, rx) = tokio::sync::watch::channel(0u64);
         let flag = connected.clone();
@@ -62,7 +71,7 @@ impl NatsBus {
                     }
                 }
             })
-            .connect(url)
+            .connect(addrs)
             .await
             .with_context(|| format!("connecting to NATS at {url}"))?;
         if client.connection_state() == async_nats::connection::State::Connected {
