@@ -627,6 +627,24 @@ async fn thousands_of_streams_from_one_address() {
         "RSS grew from {rss0} to {rss1} KiB"
     );
 
+    // The refused connections stay open on the client's side, idle after their 429: the server
+    // closes them (header read timeout on the next request), so they cannot pile up fds.
+    let t0 = Instant::now();
+    let idle_closed = eventually(Duration::from_secs(20), || async {
+        (open_fds(pid) < fds0 + LIMIT + 50).then_some(())
+    })
+    .await;
+    eprintln!(
+        "idle refused connections closed by the server after {:?}: fds {fds1} -> {}",
+        t0.elapsed(),
+        open_fds(pid)
+    );
+    assert!(
+        idle_closed.is_some(),
+        "refused connections still hold fds: {}",
+        open_fds(pid)
+    );
+
     // Someone else (another source address) is unaffected.
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
@@ -831,6 +849,61 @@ async fn forged_future_id_on_the_bus_does_not_silence_a_post() {
     assert!(
         got.iter().any(|c| c["id"] == real["id"]),
         "real comment after a forged future id never arrived; got {got:?}"
+    );
+}
+
+/// The subtler forgery: an id only 30 s ahead (inside any clock-skew allowance), published in
+/// sequence (its `prev` is the real last id, which anyone on the bus can observe), and a
+/// comment claiming a region the subject does not name. Real comments must keep flowing.
+/// Known limitation (docs/RELIABILITY.md, "forged near-future id"): the in-sequence one is
+/// delivered and silences the post until real ids pass it; only bus permissions (or signed
+/// events) prevent it. Run with `-- --ignored`.
+#[tokio::test]
+#[ignore = "known limitation: an in-sequence forged id <60 s ahead silences a post until real ids pass it (docs/RELIABILITY.md)"]
+async fn forged_near_future_id_in_sequence_does_not_silence_a_post() {
+    let nats = Nats::start().await;
+    let core = Server::standalone().nats(&nats.url).start().await;
+    let fan = Server::role("fanout").nats(&nats.url).start().await;
+    let mut v = Sse::connect(&fan.base, "nf", None).await;
+    let (_, probe) = core.post("nf", "a", "probe").await;
+    assert_eq!(v.next_comment(T).await.unwrap()["id"], probe["id"]);
+    let mut evil = RawNats::connect(&nats.url).await;
+    let now_ms = now_secs() as i64 * 1000;
+    let near_future = livecomments_shared::id::max_at(now_ms + 30_000);
+    let mut forged = json!({"type": "comment", "id": near_future, "post_id": "nf", "user_id": "mallory",
+                            "text": "from 30 s ahead", "timestamp": "2026-11-25T19:44:32.123Z", "region": "local",
+                            "prev": probe["id"]});
+    evil.publish("comments.live.local.nf", &rmp_serde_named(&forged))
+        .await;
+    // The same id claiming to come from this region on another region's subject.
+    forged["text"] = json!("wrong subject");
+    evil.publish("comments.live.us.nf", &rmp_serde_named(&forged))
+        .await;
+    evil.flush().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut real = Vec::new();
+    for i in 0..3 {
+        real.push(
+            core.post("nf", "a", &format!("real {i}")).await.1["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + T;
+    while !real.iter().all(|r| got.contains(r)) {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        match v.next_comment(left).await {
+            Some(c) => got.push(c["id"].as_str().unwrap().to_string()),
+            None => break,
+        }
+    }
+    assert!(
+        real.iter().all(|r| got.contains(r)),
+        "real comments after a forged near-future id: got {got:?}, want {real:?}"
     );
 }
 
