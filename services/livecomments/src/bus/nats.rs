@@ -113,9 +113,14 @@ impl Bus for NatsBus {
         Ok(sub
             .filter_map(move |msg| {
                 // A foreign or malicious publisher must not crash or wedge a fanout: anything
-                // that does not decode, or claims another post, is dropped and counted.
+                // that does not decode, claims another post, or a comment claiming another region
+                // than its subject names, is dropped and counted. (With per-subject NATS
+                // permissions, a publisher allowed on one region's subjects cannot then forge
+                // another region's comments.)
                 let ev = match wire::decode::<LiveEvent>(&msg.payload) {
-                    Ok(ev) if ev.post_id() == post && event_is_sane(&ev) => Some(ev),
+                    Ok(ev) if ev.post_id() == post && event_is_sane(&ev) && region_matches_subject(&ev, &msg.subject) => {
+                        Some(ev)
+                    }
                     _ => {
                         METRICS.bus_decode_errors.inc();
                         None
@@ -133,6 +138,15 @@ impl Bus for NatsBus {
 
     fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
         self.reconnects.clone()
+    }
+}
+
+/// A comment is published on `comments.live.<its region>.<post>` (deletions are published by
+/// the region that stored the comment, which is the same region).
+fn region_matches_subject(ev: &LiveEvent, subject: &str) -> bool {
+    match ev {
+        LiveEvent::Comment(lc) => subject.split('.').nth(2) == Some(lc.comment.region.as_str()),
+        LiveEvent::Delete(_) => true,
     }
 }
 
