@@ -82,18 +82,21 @@ def main():
     c2 = dict(COMMENT)
     del c2["metadata"]
     write("live_event", "comment-nometa", mp(dict(type="comment", **c2)))
+    write("live_event", "comment-prev", mp(dict(type="comment", prev=ID2, **COMMENT)))
     write("live_event", "delete", mp({"type": "delete", "id": ID, "post_id": "match-42", "region": "eu"}))
     write("live_event", "wrong-type", mp({"type": "edit", "id": ID}))
     write("live_event", "array", mp(["comment", ID, "p"]))
-    # since_messages: first byte even = request, odd = reply.
-    write("since_messages", "request", b"\x00" + mp({"post_id": "match-42", "after": ID, "limit": 100}))
+    # requests: first byte even = request, odd = reply.
+    write("requests", "request", b"\x00" + mp({"post_id": "match-42", "after": ID, "limit": 100}))
     write(
-        "since_messages",
+        "requests",
         "request-full",
         b"\x00" + mp({"post_id": "p", "after": None, "before": ID2, "newest_first": True, "limit": 20}),
     )
-    write("since_messages", "reply", b"\x01" + mp({"region": "eu", "comments": [COMMENT], "more": False}))
-    write("since_messages", "reply-error", b"\x01" + mp({"region": "eu", "comments": [], "more": False, "error": "store unavailable"}))
+    write("requests", "reply", b"\x01" + mp({"region": "eu", "comments": [COMMENT], "more": False}))
+    write("requests", "delete-request", b"\x02" + mp({"post_id": "match-42", "id": ID, "user_id": "alice", "moderator": False}))
+    write("requests", "delete-reply", b"\x03" + mp({"outcome": "deleted"}))
+    write("requests", "reply-error", b"\x01" + mp({"region": "eu", "comments": [], "more": False, "error": "store unavailable"}))
 
 
 if __name__ == "__main__":

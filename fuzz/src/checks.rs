@@ -6,7 +6,9 @@
 //! `fuzz/regressions/<target>/` in the ordinary `cargo test --workspace`. So it may use only
 //! `livecomments_shared`, `serde_json` and `rmp_serde` (dependencies of both).
 
-use livecomments_shared::wire::{self, LiveEvent, SinceReply, SinceRequest};
+use livecomments_shared::wire::{
+    self, DeleteReply, DeleteRequest, LiveEvent, SinceReply, SinceRequest,
+};
 use livecomments_shared::{Comment, CommentInput, Position, id, time, validate};
 
 /// The greatest `since` in integer form (end of year 9999), as `time::parse_since` documents.
@@ -240,12 +242,44 @@ fn comment_is_sane(c: &Comment) -> bool {
         && c.text.len() <= 4 * validate::TEXT_MAX_CHARS
 }
 
-/// Target `since_messages`: the first byte picks the type; the rest is the message body of a
-/// `comments.since.<region>` request (even) or of its reply (odd).
-pub fn since_messages(data: &[u8]) {
+/// Target `requests`: the request/reply messages between roles. The first byte picks the type
+/// (modulo 4): `SinceRequest`, `SinceReply` (`comments.since.<region>`), `DeleteRequest`,
+/// `DeleteReply` (`comments.delete.<region>`); the rest is the MessagePack body.
+pub fn requests(data: &[u8]) {
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };
+    match sel % 4 {
+        0 | 1 => since_message(sel, rest),
+        2 => {
+            let Ok(q) = wire::decode::<DeleteRequest>(rest) else {
+                return;
+            };
+            let again = wire::encode(&q).expect("encodes");
+            assert_eq!(
+                wire::decode::<DeleteRequest>(&again).ok().as_ref(),
+                Some(&q)
+            );
+            // The delete responder's checks before it touches the store.
+            if validate::post_id(&q.post_id).is_ok()
+                && id::is_valid(&q.id)
+                && validate::user_id(&q.user_id)
+            {
+                subject_ok(&wire::live_subject("eu", &q.post_id));
+                assert!(id::millis_of(&q.id).is_some());
+            }
+        }
+        _ => {
+            let Ok(r) = wire::decode::<DeleteReply>(rest) else {
+                return;
+            };
+            let again = wire::encode(&r).expect("encodes");
+            assert_eq!(wire::decode::<DeleteReply>(&again).ok().as_ref(), Some(&r));
+        }
+    }
+}
+
+fn since_message(sel: u8, rest: &[u8]) {
     if sel % 2 == 0 {
         let Ok(q) = wire::decode::<SinceRequest>(rest) else {
             return;

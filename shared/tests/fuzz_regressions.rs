@@ -52,8 +52,8 @@ fn live_event_corpus() {
 }
 
 #[test]
-fn since_messages_corpus() {
-    assert!(replay("since_messages", checks::since_messages) > 0);
+fn requests_corpus() {
+    assert!(replay("requests", checks::requests) > 0);
 }
 
 /// Hand-written edge cases next to the fuzzer's: offsets that push a `since` past year 9999,
@@ -82,11 +82,11 @@ fn edge_cases() {
         b"\x87\xa4type\xa7comment\xa2id\xdd\xff\xff\xff\xff",
     ] {
         checks::live_event(bytes);
-        let mut sel = vec![0u8];
-        sel.extend_from_slice(bytes);
-        checks::since_messages(&sel);
-        sel[0] = 1;
-        checks::since_messages(&sel);
+        for sel in 0u8..4 {
+            let mut msg = vec![sel];
+            msg.extend_from_slice(bytes);
+            checks::requests(&msg);
+        }
     }
     let deep: Vec<u8> = std::iter::repeat_n(0x91u8, 100_000).collect();
     checks::live_event(&deep);

@@ -974,6 +974,67 @@ async fn garbage_since_queries_get_error_replies() {
     assert_eq!(s.get_json("/readyz").await.0, 200);
 }
 
+/// Garbage on `comments.delete.<region>` (deletions forwarded between regions) gets a
+/// `not_found` or `forbidden` reply and deletes nothing. (The subject trusts the `user_id` and
+/// `moderator` it is given: only ingest processes may publish on it, see docs/RELIABILITY.md.)
+#[tokio::test]
+async fn garbage_delete_requests_delete_nothing() {
+    let nats = Nats::start().await;
+    let s = Server::standalone().nats(&nats.url).start().await;
+    let (_, c) = s.post("dq", "alice", "keep me").await;
+    let id = c["id"].as_str().unwrap();
+    let mut n = RawNats::connect(&nats.url).await;
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("garbage", b"\xff\x00".to_vec()),
+        (
+            "post_id with a dot",
+            wire::encode(&json!({"post_id": "dq.x", "id": id, "user_id": "alice"})).unwrap(),
+        ),
+        (
+            "wildcard post_id",
+            wire::encode(&json!({"post_id": ">", "id": id, "user_id": "alice"})).unwrap(),
+        ),
+        (
+            "bad id",
+            wire::encode(&json!({"post_id": "dq", "id": "../x", "user_id": "alice"})).unwrap(),
+        ),
+        (
+            "empty user",
+            wire::encode(&json!({"post_id": "dq", "id": id, "user_id": ""})).unwrap(),
+        ),
+        (
+            "control chars in user",
+            wire::encode(&json!({"post_id": "dq", "id": id, "user_id": "al\u{0}ice"})).unwrap(),
+        ),
+        (
+            "someone else",
+            wire::encode(&json!({"post_id": "dq", "id": id, "user_id": "mallory"})).unwrap(),
+        ),
+        (
+            "other post",
+            wire::encode(&json!({"post_id": "other", "id": id, "user_id": "alice"})).unwrap(),
+        ),
+    ];
+    for (what, payload) in bad {
+        let reply = n
+            .request("comments.delete.local", &payload, T)
+            .await
+            .unwrap_or_else(|| panic!("{what}: no reply"));
+        let r: wire::DeleteReply = wire::decode(&reply).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            r.outcome == "not_found" || r.outcome == "forbidden",
+            "{what}: {r:?}"
+        );
+    }
+    assert_eq!(
+        ids(&s.all_comments("dq").await),
+        vec![id.to_string()],
+        "nothing deleted"
+    );
+    assert_eq!(s.get_json("/readyz").await.0, 200);
+}
+
 /// Nothing secret in the log: after requests with good, bad and URL-borne tokens, the
 /// server's log holds no token, no part of a signature and not the secret. Error bodies name
 /// no internals.

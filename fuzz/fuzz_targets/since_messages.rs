@@ -1,5 +1,0 @@
-#![no_main]
-//! See `livecomments_fuzz::checks::since_messages` for what is checked.
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| livecomments_fuzz::checks::since_messages(data));
