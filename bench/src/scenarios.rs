@@ -417,7 +417,7 @@ async fn max_rate_inner(ctx: &Ctx, a: &MaxRateArgs) -> Result<bool> {
         let pass =
             ph.missing() == 0 && ph.dups == 0 && ph.errors == 0 && p99 <= a.p99_ms && kept_up;
         eprintln!(
-            "max-rate: {rate:.0}/s → {} deliveries/s, p99 {p99:.1} ms, missing {}, dups {}, published {:.0}/s: {}",
+            "max-rate: {rate:.1}/s → {} deliveries/s, p99 {p99:.1} ms, missing {}, dups {}, published {:.0}/s: {}",
             ph.deliveries_per_s as u64,
             ph.missing(),
             ph.dups,
