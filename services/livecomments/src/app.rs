@@ -167,6 +167,7 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         regions: s.regions.clone(),
         nats: nats_client.clone(),
     });
+    let lean = state.fanout.is_some().then(|| state.clone());
     let router = http::router(state, role);
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
@@ -181,7 +182,7 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
             f.close_all();
         }
     };
-    crate::server::serve(listener, router, shutdown, SHUTDOWN_GRACE).await;
+    crate::server::serve(listener, router, lean, shutdown, SHUTDOWN_GRACE).await;
     tracing::info!("stopped");
     Ok(())
 }

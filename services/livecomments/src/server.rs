@@ -13,6 +13,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use crate::http::sse_conn;
+
 /// A client must send its request headers within this time.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -22,9 +24,12 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// are at most 8 KiB (`auth::MAX_TOKEN_LEN`), so 32 KiB leaves room for every honest client.
 pub const MAX_HEADER_SIZE: usize = 32 * 1024;
 
+/// `lean`: the state of a process that serves streams, whose stream requests then bypass
+/// hyper (`http::sse_conn`).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    lean: Option<crate::http::State>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
@@ -54,9 +59,25 @@ pub async fn serve(
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
             router.clone().oneshot(req)
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        let watcher = graceful.watcher();
+        let http = http.clone();
+        let lean = lean.clone();
         tokio::spawn(async move {
-            let _ = conn.await;
+            let Some(st) = lean else {
+                let _ = watcher
+                    .watch(http.serve_connection(TokioIo::new(stream), svc))
+                    .await;
+                return;
+            };
+            let mut stream = stream;
+            match sse_conn::sniff(&mut stream, MAX_HEADER_SIZE, HEADER_TIMEOUT).await {
+                sse_conn::Sniffed::Stream { head } => sse_conn::serve(stream, peer, head, st).await,
+                sse_conn::Sniffed::Other { head } => {
+                    let io = TokioIo::new(sse_conn::Prefixed::new(head, stream));
+                    let _ = watcher.watch(http.serve_connection(io, svc)).await;
+                }
+                sse_conn::Sniffed::Gone => {}
+            }
         });
     }
     drop(listener);

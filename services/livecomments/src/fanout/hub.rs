@@ -19,6 +19,8 @@ pub type ViewerTx = mpsc::Sender<Arc<Frame>>;
 
 /// How far in the future a live comment's id may be (clocks of other regions drift a little).
 const MAX_CLOCK_SKEW_MS: i64 = 60_000;
+/// Ids further ahead than this are delivered only once history confirms them.
+const VERIFY_AHEAD_MS: i64 = 2_000;
 
 pub struct Hub {
     fanout: Arc<Fanout>,
@@ -213,7 +215,11 @@ impl Hub {
             // stored comments it never published, so check with history.
             (Some(_), None) => false,
         };
-        if !in_sequence || self.state.lock().pending.contains(&c.region) {
+        // Real ids are at most clock skew ahead of us; one further ahead is checked with
+        // history first, so a forged id cannot run the position ahead of real comments.
+        let from_the_future =
+            c.timestamp_millis() > livecomments_shared::time::now_millis() + VERIFY_AHEAD_MS;
+        if !in_sequence || from_the_future || self.state.lock().pending.contains(&c.region) {
             // Every real comment is durable before it is published, so the repair brings `c`
             // along with whatever was missed; an event history does not know is dropped.
             self.repair_region(&c.region).await;

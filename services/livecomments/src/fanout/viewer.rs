@@ -151,7 +151,8 @@ impl Viewer {
         }
     }
 
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+    /// The next bytes to write, or None when the stream is over.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
         if !self.started {
             self.started = true;
             return Some(self.first_chunk().await);

@@ -6,6 +6,7 @@ mod get_comments;
 mod ops;
 mod post_comment;
 mod query;
+pub mod sse_conn;
 mod stream;
 
 use std::sync::Arc;

@@ -20,8 +20,28 @@ pub async fn handle(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let q = Query::parse(raw.as_deref())?;
-    st.authorize_read(&headers, q.get("access_token")?)?;
+    let viewer = open(&st, peer, raw.as_deref(), &headers).await?;
+    let mut resp = Response::new(Body::from_stream(viewer.into_stream()));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+/// Everything of a stream request but the transport: checks, limits, joining the hub. Used by
+/// this handler and by the lean connection path (`http::sse_conn`).
+pub async fn open(
+    st: &super::AppState,
+    peer: SocketAddr,
+    raw: Option<&str>,
+    headers: &HeaderMap,
+) -> ApiResult<Viewer> {
+    let q = Query::parse(raw)?;
+    st.authorize_read(headers, q.get("access_token")?)?;
     let post_id = q.post_id()?;
     let fanout = st
         .fanout
@@ -72,14 +92,5 @@ pub async fn handle(
             ..ApiError::new(ErrorCode::TooManyConnections, msg)
         }
     })?;
-    let viewer = Viewer::open(fanout, post_id, resume, slot).await;
-    let mut resp = Response::new(Body::from_stream(viewer.into_stream()));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
+    Ok(Viewer::open(fanout, post_id, resume, slot).await)
 }

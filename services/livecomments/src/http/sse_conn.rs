@@ -1,0 +1,230 @@
+//! The lean path for `GET /comments/stream`: an SSE viewer is mostly idle for hours, and a
+//! general HTTP stack keeps per-connection buffers and state that cost several times what the
+//! viewer itself needs (measured: ~14 KiB per idle viewer through hyper). So the accept loop
+//! reads the request head itself; a stream request is answered here, writing straight to the
+//! socket, and anything else is handed to hyper with the bytes already read.
+//!
+//! The checks are the same as the routed handler's (`stream::open`), so statuses and error
+//! bodies are identical.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::ApiError;
+use livecomments_shared::ErrorCode;
+
+/// A viewer whose socket accepts nothing for this long is dropped (its fd and task freed).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_HEADERS: usize = 64;
+
+/// What the accept loop does with a connection after reading its head.
+pub enum Sniffed {
+    /// A stream request: served here.
+    Stream { head: Vec<u8> },
+    /// Anything else: hyper serves it, replaying `head` first.
+    Other { head: Vec<u8> },
+    /// Closed, timed out or oversized before a full head: nothing to serve.
+    Gone,
+}
+
+/// Reads until the end of the request head (or `max` bytes, or the timeout).
+pub async fn sniff(stream: &mut TcpStream, max: usize, timeout: Duration) -> Sniffed {
+    let mut head = Vec::with_capacity(1024);
+    let read = async {
+        loop {
+            if head.len() >= max {
+                return true;
+            }
+            let mut chunk = [0u8; 2048];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                return true;
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(true) => {}
+        _ => return Sniffed::Gone,
+    }
+    if head.starts_with(b"GET /comments/stream?") || head.starts_with(b"GET /comments/stream ") {
+        Sniffed::Stream { head }
+    } else {
+        Sniffed::Other { head }
+    }
+}
+
+/// Serves one stream request on its socket until the stream ends or the client goes away.
+pub async fn serve(mut stream: TcpStream, peer: SocketAddr, head: Vec<u8>, st: super::State) {
+    let (raw_query, headers) = {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut slots);
+        match req.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            _ => {
+                let _ = write_error(
+                    &mut stream,
+                    ApiError::new(ErrorCode::BadRequest, "malformed request"),
+                )
+                .await;
+                return;
+            }
+        }
+        let path = req.path.unwrap_or("");
+        let raw_query = path.split_once('?').map(|(_, q)| q.to_string());
+        let mut headers = HeaderMap::new();
+        for h in req.headers.iter() {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(h.name.as_bytes()),
+                HeaderValue::from_bytes(h.value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        (raw_query, headers)
+    };
+    drop(head);
+    let mut viewer = match super::stream::open(&st, peer, raw_query.as_deref(), &headers).await {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = write_error(&mut stream, e).await;
+            return;
+        }
+    };
+    drop(headers);
+    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
+    if write(&mut stream, HEAD).await.is_err() {
+        return;
+    }
+    // The body is close-delimited: no chunk framing on each event. A viewer sends nothing
+    // after its request, so anything readable (normally EOF: it went away) ends the stream at
+    // once and frees its slot, instead of at the next heartbeat.
+    let mut probe = [0u8; 1];
+    loop {
+        tokio::select! {
+            chunk = viewer.next_chunk() => match chunk {
+                Some(bytes) => {
+                    if write(&mut stream, &bytes).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
+            _ = stream.read(&mut probe) => return,
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Writes the same response the routed handler would give, then closes.
+async fn write_error(stream: &mut TcpStream, e: ApiError) -> io::Result<()> {
+    let resp = e.into_response();
+    let (parts, body) = resp.into_parts();
+    let body: Bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    );
+    for (k, v) in parts.headers.iter() {
+        if let Ok(v) = v.to_str() {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    out.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&body);
+    write(stream, &bytes).await?;
+    stream.shutdown().await
+}
+
+/// A socket that yields `prefix` before its own bytes: hands hyper a connection whose head
+/// the accept loop already read.
+pub struct Prefixed {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: TcpStream,
+}
+
+impl Prefixed {
+    pub fn new(prefix: Vec<u8>, inner: TcpStream) -> Self {
+        Prefixed {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            if self.at == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
