@@ -581,6 +581,8 @@ async fn storm_core(
         r3(100.0 * scpu / t0.elapsed().as_secs_f64()),
     );
     o.set("still_connected", json!(fin.connected));
+    // Every viewer disconnects once for the drop; anything above that the server cut.
+    o.set("stream_disconnects", json!(fin.disconnects - base.disconnects));
     if let Some(e) = &pr.first_error {
         o.set("first_publish_error", json!(e));
     }
