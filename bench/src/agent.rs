@@ -191,8 +191,9 @@ async fn agent_main(cfg: AgentConfig) -> Result<()> {
         let mut it = line.split_whitespace();
         match it.next() {
             Some("report") => {
-                let s = shared.borrow();
-                let r = AgentReport {
+                let r = {
+                    let s = shared.borrow();
+                    AgentReport {
                     viewers: total,
                     connected: s.connected,
                     ever_connected: s.ever_connected,
@@ -216,8 +217,8 @@ async fn agent_main(cfg: AgentConfig) -> Result<()> {
                     connect_us: hist_pairs(&s.connect),
                     reconnect_us: hist_pairs(&s.reconnect),
                     resumed: s.resumed,
+                    }
                 };
-                drop(s);
                 let mut j = serde_json::to_vec(&r)?;
                 j.push(b'\n');
                 out.write_all(&j).await?;
@@ -280,11 +281,9 @@ fn parse_marker(data: &[u8]) -> Option<[u64; 3]> {
             break;
         }
     }
-    if k == 2 {
-        if let Some(c) = cur {
-            nums[2] = c;
-            k = 3;
-        }
+    if let (2, Some(c)) = (k, cur) {
+        nums[2] = c;
+        k = 3;
     }
     (k == 3).then_some(nums)
 }
@@ -391,6 +390,7 @@ impl Viewer {
 
     /// One connection: request, head, then events until it ends. Returns how it ended and
     /// whether the stream was ever established.
+    #[allow(clippy::too_many_arguments)]
     async fn connect_and_read(
         &mut self,
         shared: &Rc<RefCell<Shared>>,

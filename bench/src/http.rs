@@ -127,10 +127,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>> {
             h.chunked = value.eq_ignore_ascii_case(b"chunked");
         } else if name.eq_ignore_ascii_case(b"content-length") {
             h.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            if value.eq_ignore_ascii_case(b"close") {
-                h.close = true;
-            }
+        } else if name.eq_ignore_ascii_case(b"connection") && value.eq_ignore_ascii_case(b"close") {
+            h.close = true;
         }
     }
     Ok(Some(h))

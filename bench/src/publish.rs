@@ -156,10 +156,8 @@ impl Publisher {
                         let at = t0 + Duration::from_secs_f64(rel as f64 / rate);
                         tokio::time::sleep_until(at.into()).await;
                     }
-                    if let Some(d) = deadline {
-                        if t0.elapsed() > d {
-                            break;
-                        }
+                    if deadline.is_some_and(|d| t0.elapsed() > d) {
+                        break;
                     }
                     let post = (i % posts) as usize;
                     let seq = i / posts;
