@@ -45,10 +45,10 @@ pub async fn sniff(stream: &mut TcpStream, max: usize, timeout: Duration) -> Sni
             if head.len() >= max {
                 return true;
             }
-            let mut chunk = [0u8; 2048];
-            match stream.read(&mut chunk).await {
+            head.reserve(1024);
+            match stream.read_buf(&mut head).await {
                 Ok(0) | Err(_) => return false,
-                Ok(n) => head.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
             }
             if head.windows(4).any(|w| w == b"\r\n\r\n") {
                 return true;
@@ -66,44 +66,46 @@ pub async fn sniff(stream: &mut TcpStream, max: usize, timeout: Duration) -> Sni
     }
 }
 
+/// The query string and headers of a request head (a plain function: httparse's header
+/// slots stay off the long-lived connection future).
+fn parse_head(head: &[u8]) -> Option<(Option<String>, HeaderMap)> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return None,
+    }
+    let path = req.path.unwrap_or("");
+    let raw_query = path.split_once('?').map(|(_, q)| q.to_string());
+    let mut headers = HeaderMap::new();
+    for h in req.headers.iter() {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value)) {
+            headers.append(name, value);
+        }
+    }
+    Some((raw_query, headers))
+}
+
 /// Serves one stream request on its socket until the stream ends or the client goes away.
 pub async fn serve(mut stream: TcpStream, peer: SocketAddr, head: Vec<u8>, st: super::State) {
-    let (raw_query, headers) = {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut slots);
-        match req.parse(&head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            _ => {
-                let _ = write_error(
-                    &mut stream,
-                    ApiError::new(ErrorCode::BadRequest, "malformed request"),
-                )
-                .await;
-                return;
-            }
-        }
-        let path = req.path.unwrap_or("");
-        let raw_query = path.split_once('?').map(|(_, q)| q.to_string());
-        let mut headers = HeaderMap::new();
-        for h in req.headers.iter() {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(h.name.as_bytes()),
-                HeaderValue::from_bytes(h.value),
-            ) {
-                headers.append(name, value);
-            }
-        }
-        (raw_query, headers)
+    let Some((raw_query, headers)) = parse_head(&head) else {
+        let _ = write_error(&mut stream, ApiError::new(ErrorCode::BadRequest, "malformed request")).await;
+        return;
     };
     drop(head);
-    let mut viewer = match super::stream::open(&st, peer, raw_query.as_deref(), &headers).await {
+    let viewer = match super::stream::open(&st, peer, raw_query.as_deref(), &headers).await {
         Ok(v) => v,
         Err(e) => {
             let _ = write_error(&mut stream, e).await;
             return;
         }
     };
-    drop(headers);
+    // The viewer lives for hours: give it a task of its own whose future holds only the
+    // socket and the viewer, not the larger state of parsing and setting up.
+    tokio::spawn(pump(stream, viewer));
+}
+
+async fn pump(mut stream: TcpStream, mut viewer: crate::fanout::viewer::Viewer) {
     const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
     if write(&mut stream, HEAD).await.is_err() {
         return;
