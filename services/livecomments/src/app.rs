@@ -22,6 +22,8 @@ use crate::store::embedded::EmbeddedStore;
 const REMOTE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Distinct identical-read groups in flight at once; beyond it reads go straight to the store.
 const COALESCE_INFLIGHT: usize = 4096;
+/// Pending connections the kernel queues for accept (capped by net.core.somaxconn).
+const LISTEN_BACKLOG: u32 = 16_384;
 /// How long shutdown waits for in-flight requests after telling streams to reconnect.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -169,9 +171,7 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
     });
     let lean = state.fanout.is_some().then(|| state.clone());
     let router = http::router(state, role);
-    let listener = tokio::net::TcpListener::bind(s.listen)
-        .await
-        .with_context(|| format!("binding --listen {}", s.listen))?;
+    let listener = bind(s.listen).with_context(|| format!("binding --listen {}", s.listen))?;
     let local = listener.local_addr()?;
     tracing::info!(role = ?role, listen = %local, region = %s.region, "serving");
     let fanout_for_shutdown = fanout.clone();
@@ -197,4 +197,17 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
     }
+}
+
+/// A deep accept backlog: after a deploy or a fanout loss thousands of viewers reconnect at
+/// once, and a SYN dropped from a full backlog costs its viewer a 1 s retransmit.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }

@@ -2,12 +2,14 @@
 //! same limit) share one query. When a hot post's viewers all reconnect at once (a deploy, a
 //! network blip) they all ask for the same page; the store answers it once.
 //!
-//! The first caller spawns the query as a task (so it completes and leaves the map even if that
-//! caller goes away) and registers it; callers arriving while it runs await the same result.
-//! The entry is removed when the query completes, so nothing is cached: a follower gets the
-//! answer of a query that started before it arrived and finished after, the same answer it
-//! would have got arriving a moment earlier. The map is bounded: past `max_inflight` distinct
-//! queries, further ones simply run on their own.
+//! A caller only ever shares a query that *starts after it arrived*: a resuming viewer joins
+//! its hub and then reads history, and a result read before the join could miss a comment
+//! published in between (seen in the reconnect-storm benchmark before this rule). So each key
+//! has at most one query running and one waiting: callers arriving while a query runs join the
+//! waiting one, which starts when the running one ends. Under a storm of identical reads that
+//! is still two queries at a time, not thousands. Queries run as spawned tasks (so they finish
+//! and leave the map even if every caller goes away). Nothing is cached. The map is bounded:
+//! past `max_inflight` distinct keys, further reads run on their own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,7 +62,15 @@ impl From<StoreError> for SharedError {
 }
 
 type SharedRead = Shared<BoxFuture<'static, Result<Arc<Vec<Comment>>, SharedError>>>;
-type Inflight = Arc<Mutex<HashMap<ReadKey, SharedRead>>>;
+
+/// The newest query of a key: joinable until it starts.
+struct Entry {
+    read: SharedRead,
+    started: Arc<std::sync::atomic::AtomicBool>,
+    generation: u64,
+}
+
+type Inflight = Arc<Mutex<HashMap<ReadKey, Entry>>>;
 
 /// Default bound on distinct reads in flight.
 pub const DEFAULT_MAX_INFLIGHT: usize = 4096;
@@ -72,6 +82,7 @@ pub struct Coalesced<S: Store> {
     max_inflight: usize,
     queries: AtomicU64,
     joined: AtomicU64,
+    generation: AtomicU64,
 }
 
 impl<S: Store> Coalesced<S> {
@@ -86,6 +97,7 @@ impl<S: Store> Coalesced<S> {
             max_inflight: max_inflight.max(1),
             queries: AtomicU64::new(0),
             joined: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -109,34 +121,57 @@ impl<S: Store> Coalesced<S> {
     async fn read(&self, key: ReadKey) -> StoreResult<Vec<Comment>> {
         let shared = {
             let mut map = self.inflight.lock();
-            if let Some(s) = map.get(&key) {
-                self.joined.fetch_add(1, Ordering::Relaxed);
-                Some(s.clone())
-            } else if map.len() >= self.max_inflight {
-                None
-            } else {
-                self.queries.fetch_add(1, Ordering::Relaxed);
-                let inner = self.inner.clone();
-                let inflight = self.inflight.clone();
-                let k = key.clone();
-                // Spawned while the map is locked: the task's removal cannot run before the
-                // insertion below.
-                let task = tokio::spawn(async move {
-                    let r = run(&*inner, &k).await;
-                    inflight.lock().remove(&k);
-                    r.map(Arc::new).map_err(SharedError::from)
-                });
-                let fut: BoxFuture<'static, _> = task
-                    .map(|joined| match joined {
-                        Ok(r) => r,
-                        Err(e) => Err(SharedError::Unavailable(
-                            format!("read task failed: {e}").into(),
-                        )),
-                    })
-                    .boxed();
-                let s = fut.shared();
-                map.insert(key.clone(), s.clone());
-                Some(s)
+            match map.get(&key) {
+                Some(e) if !e.started.load(Ordering::SeqCst) => {
+                    self.joined.fetch_add(1, Ordering::Relaxed);
+                    Some(e.read.clone())
+                }
+                None if map.len() >= self.max_inflight => None,
+                running => {
+                    // Nothing joinable: queue a query behind the running one (if any).
+                    self.queries.fetch_add(1, Ordering::Relaxed);
+                    let before = running.map(|e| e.read.clone());
+                    let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+                    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let (inner, inflight, k, flag) = (
+                        self.inner.clone(),
+                        self.inflight.clone(),
+                        key.clone(),
+                        started.clone(),
+                    );
+                    // Spawned while the map is locked: the task's removal cannot run before
+                    // the insertion below.
+                    let task = tokio::spawn(async move {
+                        if let Some(b) = before {
+                            let _ = b.await;
+                        }
+                        flag.store(true, Ordering::SeqCst);
+                        let r = run(&*inner, &k).await;
+                        let mut map = inflight.lock();
+                        if map.get(&k).is_some_and(|e| e.generation == generation) {
+                            map.remove(&k);
+                        }
+                        r.map(Arc::new).map_err(SharedError::from)
+                    });
+                    let fut: BoxFuture<'static, _> = task
+                        .map(|joined| match joined {
+                            Ok(r) => r,
+                            Err(e) => Err(SharedError::Unavailable(
+                                format!("read task failed: {e}").into(),
+                            )),
+                        })
+                        .boxed();
+                    let read = fut.shared();
+                    map.insert(
+                        key.clone(),
+                        Entry {
+                            read: read.clone(),
+                            started,
+                            generation,
+                        },
+                    );
+                    Some(read)
+                }
             }
         };
         match shared {
@@ -333,7 +368,38 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         leader.abort();
         assert_eq!(store.newest("p", None, 2).await.unwrap().len(), 2);
-        assert_eq!(store.inner().calls.load(Ordering::SeqCst), 1);
+        // The follower arrived after the leader's query started: it got a query of its own,
+        // queued behind the first.
+        assert_eq!(store.inner().calls.load(Ordering::SeqCst), 2);
+        assert_eq!(store.inflight(), 0);
+    }
+
+    /// Readers arriving while a query runs never get that query's (older) answer; they all
+    /// share the one query queued behind it.
+    #[tokio::test]
+    async fn latecomers_share_one_query_that_starts_after_them() {
+        let store = Arc::new(Coalesced::new(Slow::default()));
+        let s = store.clone();
+        let first = tokio::spawn(async move { s.newest("p", None, 2).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let t_arrive = tokio::time::Instant::now();
+        let mut late = Vec::new();
+        for _ in 0..50 {
+            let s = store.clone();
+            late.push(tokio::spawn(async move { s.newest("p", None, 2).await }));
+        }
+        first.await.unwrap().unwrap();
+        for t in late {
+            t.await.unwrap().unwrap();
+        }
+        // Their query could start only when the first ended (~40 ms after they arrived) and
+        // took 50 ms itself.
+        assert!(
+            t_arrive.elapsed() >= Duration::from_millis(80),
+            "{:?}",
+            t_arrive.elapsed()
+        );
+        assert_eq!(store.inner().calls.load(Ordering::SeqCst), 2);
         assert_eq!(store.inflight(), 0);
     }
 
