@@ -855,11 +855,9 @@ async fn forged_future_id_on_the_bus_does_not_silence_a_post() {
 /// The subtler forgery: an id only 30 s ahead (inside any clock-skew allowance), published in
 /// sequence (its `prev` is the real last id, which anyone on the bus can observe), and a
 /// comment claiming a region the subject does not name. Real comments must keep flowing.
-/// Known limitation (docs/RELIABILITY.md, "forged near-future id"): the in-sequence one is
-/// delivered and silences the post until real ids pass it; only bus permissions (or signed
-/// events) prevent it. Run with `-- --ignored`.
+/// The fanout delivers an id more than 2 s ahead only once history confirms it, so a forged
+/// one is dropped; inside those 2 s only bus permissions (or signed events) help.
 #[tokio::test]
-#[ignore = "known limitation: an in-sequence forged id <60 s ahead silences a post until real ids pass it (docs/RELIABILITY.md)"]
 async fn forged_near_future_id_in_sequence_does_not_silence_a_post() {
     let nats = Nats::start().await;
     let core = Server::standalone().nats(&nats.url).start().await;

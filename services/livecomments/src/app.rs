@@ -29,7 +29,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 async fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     if s.cql.cql_nodes.is_empty() {
-        let store = Arc::new(EmbeddedStore::open(&s.data_dir)?);
+        let store = Arc::new(EmbeddedStore::open(&s.data_dir, s.store_cache_mb)?);
         let purger = store.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(3600));

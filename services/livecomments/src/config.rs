@@ -71,6 +71,10 @@ pub struct Settings {
     #[arg(long, env = "LIVECOMMENTS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// Page cache of the embedded store in MiB (its memory use does not grow past it).
+    #[arg(long, env = "LIVECOMMENTS_STORE_CACHE_MB", default_value_t = 128)]
+    pub store_cache_mb: usize,
+
     /// NATS server URL(s), comma separated. Unset in standalone: an in-process bus.
     #[arg(long, env = "LIVECOMMENTS_NATS_URL")]
     pub nats_url: Option<String>,

@@ -473,7 +473,7 @@ impl Fixture {
 
 fn embedded() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let store = EmbeddedStore::open(dir.path(), 64).unwrap();
     Fixture {
         store: Arc::new(store),
         cql: None,
@@ -483,7 +483,7 @@ fn embedded() -> Fixture {
 
 fn coalesced() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Coalesced::new(EmbeddedStore::open(dir.path()).unwrap());
+    let store = Coalesced::new(EmbeddedStore::open(dir.path(), 64).unwrap());
     Fixture {
         store: Arc::new(store),
         cql: None,

@@ -58,12 +58,16 @@ fn decode_comment(bytes: &[u8]) -> StoreResult<Comment> {
 
 impl EmbeddedStore {
     /// Opens (or creates) `<dir>/comments.redb`.
-    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+    /// `cache_mb` bounds redb's page cache (its default, 1 GiB, makes RSS follow the data).
+    pub fn open(dir: &Path, cache_mb: usize) -> anyhow::Result<Self> {
         use anyhow::Context;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating data dir {}", dir.display()))?;
         let path = dir.join("comments.redb");
-        let db = Database::create(&path).with_context(|| format!("opening {}", path.display()))?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_mb.max(1) * 1024 * 1024)
+            .create(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         let txn = db.begin_write()?;
         txn.open_table(COMMENTS)?;
         txn.open_table(IDEMPOTENCY)?;
