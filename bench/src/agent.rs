@@ -150,7 +150,9 @@ pub fn run_agent() -> Result<()> {
 }
 
 async fn agent_main(cfg: AgentConfig) -> Result<()> {
-    let shared = Rc::new(RefCell::new(Shared::new(cfg.entries.iter().map(|e| e.0).collect())));
+    let shared = Rc::new(RefCell::new(Shared::new(
+        cfg.entries.iter().map(|e| e.0).collect(),
+    )));
     let (drop_tx, drop_rx) = watch::channel((0u64, 0u64));
     let sem = Arc::new(Semaphore::new(cfg.connect_concurrency.max(1)));
     let total: u64 = cfg.entries.iter().map(|e| e.2 as u64).sum();
@@ -194,29 +196,29 @@ async fn agent_main(cfg: AgentConfig) -> Result<()> {
                 let r = {
                     let s = shared.borrow();
                     AgentReport {
-                    viewers: total,
-                    connected: s.connected,
-                    ever_connected: s.ever_connected,
-                    connect_errors: s.connect_errors,
-                    http_errors: s.http_errors,
-                    disconnects: s.disconnects,
-                    reconnects: s.reconnects,
-                    events: s.events,
-                    dups: s.dups,
-                    wrong_post: s.wrong_post,
-                    foreign: s.foreign,
-                    distinct: s
-                        .distinct
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, c)| **c > 0)
-                        .map(|(i, c)| (s.posts[i], *c))
-                        .collect(),
-                    last_rx_ns: s.last_rx_ns,
-                    lat_us: hist_pairs(&s.lat),
-                    connect_us: hist_pairs(&s.connect),
-                    reconnect_us: hist_pairs(&s.reconnect),
-                    resumed: s.resumed,
+                        viewers: total,
+                        connected: s.connected,
+                        ever_connected: s.ever_connected,
+                        connect_errors: s.connect_errors,
+                        http_errors: s.http_errors,
+                        disconnects: s.disconnects,
+                        reconnects: s.reconnects,
+                        events: s.events,
+                        dups: s.dups,
+                        wrong_post: s.wrong_post,
+                        foreign: s.foreign,
+                        distinct: s
+                            .distinct
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, c)| **c > 0)
+                            .map(|(i, c)| (s.posts[i], *c))
+                            .collect(),
+                        last_rx_ns: s.last_rx_ns,
+                        lat_us: hist_pairs(&s.lat),
+                        connect_us: hist_pairs(&s.connect),
+                        reconnect_us: hist_pairs(&s.reconnect),
+                        resumed: s.resumed,
                     }
                 };
                 let mut j = serde_json::to_vec(&r)?;
@@ -267,7 +269,11 @@ fn parse_marker(data: &[u8]) -> Option<[u64; 3]> {
     let mut cur: Option<u64> = None;
     for &b in &data[m + crate::MARKER.len()..] {
         if b.is_ascii_digit() {
-            cur = Some(cur.unwrap_or(0).wrapping_mul(10).wrapping_add((b - b'0') as u64));
+            cur = Some(
+                cur.unwrap_or(0)
+                    .wrapping_mul(10)
+                    .wrapping_add((b - b'0') as u64),
+            );
             continue;
         }
         if let Some(c) = cur.take() {
@@ -520,7 +526,9 @@ impl Viewer {
             } else if let Some(rest) = line.strip_prefix(b"id:") {
                 let rest = rest.strip_prefix(b" ").unwrap_or(rest);
                 self.pending.id.clear();
-                self.pending.id.push_str(std::str::from_utf8(rest).unwrap_or(""));
+                self.pending
+                    .id
+                    .push_str(std::str::from_utf8(rest).unwrap_or(""));
                 self.pending.has_id = true;
             }
         }
@@ -559,9 +567,23 @@ impl Viewer {
         }
         self.seen[word] |= 1 << bit;
         if self.debug_gaps && seq < self.last_seq && self.last_seq != u64::MAX {
-            eprintln!("late: post {} seq {} after {} (events on this stream {})", self.post, seq, self.last_seq, self.stream_events);
-        } else if self.debug_gaps && seq != self.last_seq.wrapping_add(1) && self.last_seq != u64::MAX {
-            eprintln!("gap: post {} seq {} after {} (events on this stream {}, resume token {:?}, first-after-connect {})", self.post, seq, self.last_seq, self.stream_events, self.last_id, self.stream_events == 0);
+            eprintln!(
+                "late: post {} seq {} after {} (events on this stream {})",
+                self.post, seq, self.last_seq, self.stream_events
+            );
+        } else if self.debug_gaps
+            && seq != self.last_seq.wrapping_add(1)
+            && self.last_seq != u64::MAX
+        {
+            eprintln!(
+                "gap: post {} seq {} after {} (events on this stream {}, resume token {:?}, first-after-connect {})",
+                self.post,
+                seq,
+                self.last_seq,
+                self.stream_events,
+                self.last_id,
+                self.stream_events == 0
+            );
         }
         self.last_seq = seq;
         self.stream_events += 1;
@@ -576,7 +598,19 @@ mod tests {
     use super::*;
 
     fn viewer(post: usize) -> Viewer {
-        Viewer { debug_gaps: false, last_seq: u64::MAX, stream_events: 0, pending: Pending::default(), post, local: 0, url: Url::parse("http://127.0.0.1:1/").unwrap(), src: None, seen: Vec::new(), last_id: String::new(), seed: 1 }
+        Viewer {
+            debug_gaps: false,
+            last_seq: u64::MAX,
+            stream_events: 0,
+            pending: Pending::default(),
+            post,
+            local: 0,
+            url: Url::parse("http://127.0.0.1:1/").unwrap(),
+            src: None,
+            seen: Vec::new(),
+            last_id: String::new(),
+            seed: 1,
+        }
     }
 
     #[test]
@@ -593,7 +627,10 @@ mod tests {
              event: delete\ndata: {{\"id\":\"x\"}}\n\ndata: {{\"text\":\"lcb1 7 200"
         );
         let consumed = v.parse_lines(stream.as_bytes(), now, &sh);
-        assert!(stream[consumed..].starts_with("data: {\"text\":\"lcb1 7 200"), "partial line kept");
+        assert!(
+            stream[consumed..].starts_with("data: {\"text\":\"lcb1 7 200"),
+            "partial line kept"
+        );
         let s = sh.borrow();
         assert_eq!(s.distinct[0], 2);
         assert_eq!(s.dups, 1);
@@ -601,14 +638,22 @@ mod tests {
         assert_eq!(s.foreign, 1);
         assert_eq!(v.last_id, "local.01AAB");
         assert_eq!(s.lat.len(), 2);
-        assert!(s.lat.max() >= 4_900 && s.lat.max() <= 5_100, "latency in µs: {}", s.lat.max());
+        assert!(
+            s.lat.max() >= 4_900 && s.lat.max() <= 5_100,
+            "latency in µs: {}",
+            s.lat.max()
+        );
     }
 
     #[test]
     fn half_event_does_not_move_the_resume_token() {
         let sh = Rc::new(RefCell::new(Shared::new(vec![1])));
         let mut v = viewer(1);
-        v.parse_lines(b"id: a\ndata: {\"text\":\"lcb1 1 0 5\"}\n\nid: b\ndata: {\"text\":\"lcb1 1 1 5\"}\n", 10, &sh);
+        v.parse_lines(
+            b"id: a\ndata: {\"text\":\"lcb1 1 0 5\"}\n\nid: b\ndata: {\"text\":\"lcb1 1 1 5\"}\n",
+            10,
+            &sh,
+        );
         assert_eq!(v.last_id, "a");
         assert_eq!(sh.borrow().distinct[0], 1);
         v.parse_lines(b"\n", 10, &sh);

@@ -535,7 +535,9 @@ async fn storm_core(
         tokio::time::sleep(Duration::from_secs_f64(window * 0.8)).await;
         loop {
             let r = agents.report().await?;
-            if r.resumed >= agents.total || dropped_at.elapsed() > Duration::from_secs_f64(window + 30.0) {
+            if r.resumed >= agents.total
+                || dropped_at.elapsed() > Duration::from_secs_f64(window + 30.0)
+            {
                 return anyhow::Ok((r, dropped_at.elapsed().as_secs_f64()));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -582,7 +584,10 @@ async fn storm_core(
     );
     o.set("still_connected", json!(fin.connected));
     // Every viewer disconnects once for the drop; anything above that the server cut.
-    o.set("stream_disconnects", json!(fin.disconnects - base.disconnects));
+    o.set(
+        "stream_disconnects",
+        json!(fin.disconnects - base.disconnects),
+    );
     if let Some(e) = &pr.first_error {
         o.set("first_publish_error", json!(e));
     }

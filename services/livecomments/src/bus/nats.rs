@@ -118,7 +118,11 @@ impl Bus for NatsBus {
                 // permissions, a publisher allowed on one region's subjects cannot then forge
                 // another region's comments.)
                 let ev = match wire::decode::<LiveEvent>(&msg.payload) {
-                    Ok(ev) if ev.post_id() == post && event_is_sane(&ev) && region_matches_subject(&ev, &msg.subject) => {
+                    Ok(ev)
+                        if ev.post_id() == post
+                            && event_is_sane(&ev)
+                            && region_matches_subject(&ev, &msg.subject) =>
+                    {
                         Some(ev)
                     }
                     _ => {

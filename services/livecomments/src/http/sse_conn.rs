@@ -79,7 +79,10 @@ fn parse_head(head: &[u8]) -> Option<(Option<String>, HeaderMap)> {
     let raw_query = path.split_once('?').map(|(_, q)| q.to_string());
     let mut headers = HeaderMap::new();
     for h in req.headers.iter() {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value)) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
             headers.append(name, value);
         }
     }
@@ -89,7 +92,11 @@ fn parse_head(head: &[u8]) -> Option<(Option<String>, HeaderMap)> {
 /// Serves one stream request on its socket until the stream ends or the client goes away.
 pub async fn serve(mut stream: TcpStream, peer: SocketAddr, head: Vec<u8>, st: super::State) {
     let Some((raw_query, headers)) = parse_head(&head) else {
-        let _ = write_error(&mut stream, ApiError::new(ErrorCode::BadRequest, "malformed request")).await;
+        let _ = write_error(
+            &mut stream,
+            ApiError::new(ErrorCode::BadRequest, "malformed request"),
+        )
+        .await;
         return;
     };
     drop(head);
