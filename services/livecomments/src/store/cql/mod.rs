@@ -899,7 +899,9 @@ impl<'a> BucketWalk<'a> {
                 }
                 self.spans.extend(page);
             }
-            let span = self.spans.pop_front().expect("non-empty");
+            let Some(span) = self.spans.pop_front() else {
+                return Ok(None);
+            };
             let bound = match self.start_bucket {
                 Some(b) if span_of_bucket(b) == span => b,
                 _ => self.extreme(),
