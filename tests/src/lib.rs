@@ -275,6 +275,18 @@ impl Server {
         post_comment(&self.base, post_id, &token(user), text).await
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         get_json(&self.url(path)).await
     }
@@ -587,7 +599,8 @@ impl Drop for Nats {
     }
 }
 
-fn which_nats() -> PathBuf {
+/// The nats-server binary: `$NATS_SERVER`, else the first on PATH (or /usr/sbin).
+pub fn which_nats() -> PathBuf {
     if let Ok(p) = std::env::var("NATS_SERVER") {
         return PathBuf::from(p);
     }

@@ -541,14 +541,7 @@ async fn operations_endpoints() {
     let (st, ready) = s.get_json("/readyz").await;
     assert_eq!(st, 200, "{ready}");
     s.post("p", "a", "x").await;
-    let metrics = client()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(metrics.contains("# TYPE livecomments_comments_created_total counter"));
     assert!(
         metrics.contains("livecomments_comments_created_total 1"),

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use livecomments_tests::bin;
+use livecomments_tests::{bin, which_nats};
 use serde_json::{Map, Value, json};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -632,20 +632,7 @@ impl ConfParser {
 }
 
 fn nats_server() -> PathBuf {
-    if let Ok(p) = std::env::var("NATS_SERVER") {
-        return PathBuf::from(p);
-    }
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/local/bin"])
-    {
-        let p = Path::new(dir).join("nats-server");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("nats-server not found on PATH: run scripts/setup (or .ci/run) first");
+    which_nats()
 }
 
 /// `nats-server -c <file> -t` accepts the file.

@@ -282,14 +282,7 @@ async fn a_thousand_active_posts_across_regions() {
     }
     let mut first = Sse::connect(&eu.base, "warmup", None).await;
     await_interest(&us, "warmup", &mut first).await;
-    let metrics_before = client()
-        .get(us.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics_before = us.metrics().await;
     let served = |m: &str| -> u64 {
         m.lines()
             .find_map(|l| l.strip_prefix("livecomments_since_queries_served_total "))
@@ -307,14 +300,7 @@ async fn a_thousand_active_posts_across_regions() {
         lat.push(t0.elapsed());
     }
     lat.sort();
-    let metrics_after = client()
-        .get(us.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics_after = us.metrics().await;
     println!(
         "1000 active posts: cross-region SSE p50 {:?} p99 {:?}; since-queries served by us during the run: {}",
         percentile(&lat, 50.0),

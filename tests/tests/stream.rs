@@ -195,14 +195,7 @@ async fn slow_viewer_is_cut_off_and_others_keep_up() {
         assert_eq!(got["id"], c["id"]);
         latencies.push(t0.elapsed());
         if i % 50 == 49 {
-            let metrics = client()
-                .get(s.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let metrics = s.metrics().await;
             if metrics.lines().any(|l| {
                 l.starts_with("livecomments_sse_slow_disconnects_total") && !l.ends_with(" 0")
             }) {
