@@ -183,6 +183,14 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         }
     };
     crate::server::serve(listener, router, lean, shutdown, SHUTDOWN_GRACE).await;
+    // Streams on the lean path are not hyper connections: let them write their `reconnect`
+    // event and close before the process exits.
+    if let Some(f) = &fanout {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while f.open_streams() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -143,6 +143,11 @@ impl Fanout {
         false
     }
 
+    /// Streams open on this process right now.
+    pub fn open_streams(&self) -> usize {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn active_posts(&self) -> usize {
         self.hubs.lock().len()
     }
