@@ -285,7 +285,6 @@ impl Hub {
     }
 
     fn send_all(st: &mut State, frame: Arc<Frame>) {
-        let before = st.viewers.len();
         st.viewers
             .retain(|(_, tx)| match tx.try_send(frame.clone()) {
                 Ok(()) => true,
@@ -297,6 +296,5 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
         METRICS.sse_events_delivered.add(st.viewers.len() as u64);
-        let _ = before;
     }
 }

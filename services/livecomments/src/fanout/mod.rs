@@ -18,7 +18,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use livecomments_shared::Position;
 use parking_lot::Mutex;
 
 use crate::bus::Bus;
@@ -155,10 +154,5 @@ impl Fanout {
     /// Shutdown: every viewer is told to reconnect (and its stream ends).
     pub fn close_all(&self) {
         let _ = self.closing.send(true);
-    }
-
-    /// A fresh viewer's position when it has no Last-Event-ID: nothing to replay.
-    pub fn fresh_position() -> Option<Position> {
-        None
     }
 }

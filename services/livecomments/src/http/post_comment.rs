@@ -10,7 +10,6 @@ use livecomments_shared::{CommentInput, ErrorCode, validate};
 use super::query::Query;
 use super::{ApiError, ApiResult, MAX_BODY};
 use crate::ingest::pipeline::Submission;
-use crate::store::Inserted;
 
 pub async fn handle(
     State(st): State<super::State>,
@@ -51,12 +50,8 @@ pub async fn handle(
         })
         .await
         .map_err(|_| ApiError::unavailable("the comment store"))?;
-    let status = match inserted {
-        Inserted::Created(_) => StatusCode::CREATED,
-        // Same answer as the first time (CONTRACT: "returns the same comment").
-        Inserted::Existing(_) => StatusCode::CREATED,
-    };
-    Ok((status, axum::Json(inserted.comment())).into_response())
+    // A retry with a known Idempotency-Key gets the same answer as the first time.
+    Ok((StatusCode::CREATED, axum::Json(inserted.comment())).into_response())
 }
 
 /// Reads a JSON body of at most [`MAX_BODY`] bytes with `Content-Type: application/json`.
