@@ -1,37 +1,49 @@
-//! One post's live feed inside a fanout process: one bus subscription, the viewers' queues,
-//! and the hub's position (what it has delivered, per region).
+//! One post's live feed inside a fanout process: one bus subscription, its viewers, and the
+//! hub's position (what it has delivered, per region).
+//!
+//! The hub's task writes every frame to every viewer itself ([`Conn::offer`]); events that
+//! arrive together (a burst, a group commit, a hub busy with the previous walk) go out as one
+//! frame, so a viewer gets one write for all of them.
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use livecomments_shared::{
     Comment, Position,
     wire::{LiveComment, LiveEvent},
 };
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::Fanout;
+use super::conn::{Conn, End};
 use super::frame::Frame;
+use crate::bus::Subscription;
 use crate::metrics::METRICS;
-
-pub type ViewerTx = mpsc::Sender<Arc<Frame>>;
 
 /// How far in the future a live comment's id may be (clocks of other regions drift a little).
 const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 /// Ids further ahead than this are delivered only once history confirms them.
 const VERIFY_AHEAD_MS: i64 = 2_000;
+/// Most bus events taken together into one frame.
+const MAX_BATCH: usize = 256;
 
 pub struct Hub {
     fanout: Arc<Fanout>,
     post_id: String,
     state: Mutex<State>,
+    /// The viewers the hub writes to. Only the hub's task walks it, outside `state`'s lock,
+    /// so joining and leaving never wait for a walk.
+    walk: Mutex<Vec<Arc<Conn>>>,
+    /// Frames dispatched and not yet written: written together at the end of each turn.
+    outbox: Mutex<Vec<Arc<Frame>>>,
     ready: watch::Sender<bool>,
 }
 
 struct State {
-    viewers: Vec<(u64, ViewerTx)>,
-    next_viewer: u64,
+    /// Viewers joined since the last walk: they get every frame written from then on.
+    joining: Vec<Arc<Conn>>,
+    viewers: usize,
     /// Everything up to here (per region) was dispatched live or predates the hub.
     pos: Arc<Position>,
     closed: bool,
@@ -46,13 +58,15 @@ impl Hub {
             fanout,
             post_id,
             state: Mutex::new(State {
-                viewers: Vec::new(),
-                next_viewer: 0,
+                joining: Vec::new(),
+                viewers: 0,
                 pos: Arc::default(),
                 closed: false,
                 task: None,
                 pending: Default::default(),
             }),
+            walk: Mutex::default(),
+            outbox: Mutex::default(),
             ready: watch::channel(false).0,
         });
         let task = tokio::spawn(hub.clone().run());
@@ -67,7 +81,7 @@ impl Hub {
     /// Closes the hub if it has no viewers; true when it did.
     pub(super) fn try_close(&self) -> bool {
         let mut st = self.state.lock();
-        if !st.viewers.is_empty() {
+        if st.viewers > 0 {
             return false;
         }
         st.closed = true;
@@ -77,30 +91,34 @@ impl Hub {
         true
     }
 
-    /// Waits until the hub is subscribed, then registers a viewer queue. Returns the viewer's
-    /// id and the hub position at that instant (a fresh viewer's starting position), or
-    /// `None` if the hub closed meanwhile (the caller takes a new one).
-    pub async fn join(&self, tx: ViewerTx) -> Option<(u64, Position)> {
+    /// Waits until the hub is subscribed, then adds a viewer, positioned at `resume` or, for
+    /// a fresh viewer, at the hub's position at this instant. False if the hub closed
+    /// meanwhile (the caller takes a new one).
+    pub async fn join(&self, conn: &Arc<Conn>, resume: Option<&Position>) -> bool {
         let mut ready = self.ready.subscribe();
         if ready.wait_for(|r| *r).await.is_err() {
-            return None;
+            return false;
         }
         let mut st = self.state.lock();
         if st.closed {
-            return None;
+            return false;
         }
-        let id = st.next_viewer;
-        st.next_viewer += 1;
-        st.viewers.push((id, tx));
-        Some((id, Position::clone(&st.pos)))
+        conn.lock().pos = match resume {
+            Some(p) => Arc::new(p.clone()),
+            None => st.pos.clone(),
+        };
+        st.viewers += 1;
+        st.joining.push(conn.clone());
+        true
     }
 
-    /// Removes a viewer; the last one out closes the hub and releases the subscription.
-    pub fn leave(self: &Arc<Self>, viewer: u64) {
+    /// A viewer left (its connection is already ended; the next walk forgets it). The last
+    /// one out closes the hub and releases the subscription.
+    pub fn leave(self: &Arc<Self>) {
         let empty = {
             let mut st = self.state.lock();
-            st.viewers.retain(|(id, _)| *id != viewer);
-            st.viewers.is_empty() && !st.closed
+            st.viewers = st.viewers.saturating_sub(1);
+            st.viewers == 0 && !st.closed
         };
         if empty {
             self.fanout.retire(&self.post_id, self);
@@ -141,24 +159,45 @@ impl Hub {
         let mut closing = fanout.closing.subscribe();
         loop {
             tokio::select! {
-                ev = sub.next() => match ev {
-                    Some(LiveEvent::Comment(c)) => self.on_live_comment(c).await,
-                    Some(LiveEvent::Delete(d)) => self.broadcast(Arc::new(Frame::delete(&d))),
-                    None => {
-                        // The transport closed the subscription: take a new one and repair.
-                        match fanout.bus.subscribe(&self.post_id).await {
-                            Ok(s) => { sub = s; self.repair().await; }
-                            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+                ev = sub.next() => {
+                    self.on_event(ev, &mut sub).await;
+                    // Whatever else is already waiting goes out in the same frame.
+                    for _ in 1..MAX_BATCH {
+                        match sub.next().now_or_never() {
+                            Some(ev) => self.on_event(ev, &mut sub).await,
+                            None => break,
                         }
                     }
-                },
+                }
                 _ = heartbeat.tick() => self.broadcast(Arc::new(Frame::ping())),
                 _ = retry.tick(), if !self.state.lock().pending.is_empty() => self.retry_pending().await,
                 Ok(()) = reconnects.changed() => self.repair().await,
                 Ok(()) = closing.changed() => {
                     self.broadcast(Arc::new(Frame::reconnect()));
-                    self.state.lock().viewers.clear();
+                    self.flush();
+                    let joining = std::mem::take(&mut self.state.lock().joining);
+                    for conn in self.walk.lock().drain(..).chain(joining) {
+                        conn.end(End::Finish);
+                    }
                     return;
+                }
+            }
+            self.flush();
+        }
+    }
+
+    async fn on_event(&self, ev: Option<LiveEvent>, sub: &mut Subscription) {
+        match ev {
+            Some(LiveEvent::Comment(c)) => self.on_live_comment(c).await,
+            Some(LiveEvent::Delete(d)) => self.broadcast(Arc::new(Frame::delete(&d))),
+            None => {
+                // The transport closed the subscription: take a new one and repair.
+                match self.fanout.bus.subscribe(&self.post_id).await {
+                    Ok(s) => {
+                        *sub = s;
+                        self.repair().await;
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
                 }
             }
         }
@@ -267,34 +306,39 @@ impl Hub {
     }
 
     fn dispatch_comment(&self, c: &Comment) {
-        let mut st = self.state.lock();
-        if st.pos.covers(&c.region, &c.id) {
-            return;
-        }
-        let mut pos = Position::clone(&st.pos);
-        pos.advance(&c.region, &c.id);
-        let pos = Arc::new(pos);
-        st.pos = pos.clone();
-        let frame = Arc::new(Frame::comment(c, pos));
-        Self::send_all(&mut st, frame);
+        let (before, after) = {
+            let mut st = self.state.lock();
+            if st.pos.covers(&c.region, &c.id) {
+                return;
+            }
+            let mut pos = Position::clone(&st.pos);
+            pos.advance(&c.region, &c.id);
+            let after = Arc::new(pos);
+            (std::mem::replace(&mut st.pos, after.clone()), after)
+        };
+        self.broadcast(Arc::new(Frame::comment(c, before, after)));
     }
 
     fn broadcast(&self, frame: Arc<Frame>) {
-        let mut st = self.state.lock();
-        Self::send_all(&mut st, frame);
+        self.outbox.lock().push(frame);
     }
 
-    fn send_all(st: &mut State, frame: Arc<Frame>) {
-        st.viewers
-            .retain(|(_, tx)| match tx.try_send(frame.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Never wait for a slow viewer: cut it off; it resumes with Last-Event-ID.
-                    METRICS.sse_slow_disconnects.inc();
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
-        METRICS.sse_events_delivered.add(st.viewers.len() as u64);
+    /// Writes what was dispatched this turn to every viewer, as one frame.
+    fn flush(&self) {
+        let frames = std::mem::take(&mut *self.outbox.lock());
+        if frames.is_empty() {
+            return;
+        }
+        let frame = Frame::batch(frames);
+        // Joiners are taken only now: one that joined after a frame was dispatched already
+        // has it in its position (or its replay), and the render skips it.
+        let joining = std::mem::take(&mut self.state.lock().joining);
+        let mut walk = self.walk.lock();
+        walk.extend(joining);
+        let max = self.fanout.cfg.viewer_buffer;
+        walk.retain(|conn| conn.offer(&frame, max));
+        METRICS
+            .sse_events_delivered
+            .add((walk.len() * frame.events()) as u64);
     }
 }

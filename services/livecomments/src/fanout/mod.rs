@@ -2,13 +2,16 @@
 //!
 //! - One bus subscription per post with viewers in this process ([`hub::Hub`]), taken when
 //!   the first viewer arrives and released when the last leaves.
-//! - Each event is serialised once ([`frame::Frame`]); every viewer's queue gets a pointer.
-//! - Each viewer has a bounded queue; a viewer whose queue is full is cut off (it resumes
-//!   with Last-Event-ID), never waited for.
-//! - Resume: join the hub first (live events start queueing), then replay from history,
-//!   then drain the queue skipping what the replay covered ([`viewer`]).
+//! - Each event is serialised once ([`frame::Frame`]) and the hub writes the same bytes to
+//!   every viewer's socket without waiting ([`conn::Conn`]); events that arrive together go
+//!   out in one write.
+//! - What a socket cannot take at once waits, bounded, in its connection; a viewer further
+//!   behind is cut off (it resumes with Last-Event-ID), never waited for.
+//! - Resume: join the hub first (live frames start queueing), then replay from history,
+//!   then render the queue skipping what the replay covered, then go live ([`viewer`]).
 //! - The fanout never opens a store: history comes from the reader ([`History`]).
 
+pub mod conn;
 pub mod frame;
 pub mod hub;
 pub mod viewer;

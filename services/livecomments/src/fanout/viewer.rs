@@ -1,97 +1,84 @@
-//! One SSE viewer: the body stream of `GET /comments/stream`.
+//! One SSE viewer: its replay, its hand-over to live delivery, and the stream it writes.
 //!
 //! The seam between replay and live is exact because the viewer joins its hub *before* it
-//! reads history: every event published after the join is in its queue, everything before
-//! is in the replay, and the viewer's own position drops what both contain.
+//! reads history: every frame dispatched after the join reaches its queue, everything before
+//! is in the replay, and the viewer's own position drops what both contain. Once the queue is
+//! drained (and every region replayed) the viewer goes live: the hub writes to it directly
+//! ([`Conn`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
-use livecomments_shared::Position;
-use tokio::sync::mpsc;
+use livecomments_shared::{Comment, Position};
+use tokio::net::TcpStream;
 
+use super::conn::{Conn, End};
 use super::frame::{self, Frame};
 use super::hub::Hub;
 use super::{Fanout, Slot};
 use crate::metrics::METRICS;
 
-/// Frames coalesced into one write when a viewer has several waiting.
-const MAX_FRAMES_PER_WRITE: usize = 64;
-
 pub struct Viewer {
+    conn: Arc<Conn>,
     hub: Arc<Hub>,
-    id: u64,
-    rx: mpsc::Receiver<Arc<Frame>>,
-    pos: Position,
-    /// Set until the first chunk is produced: where to replay from.
-    resume: Option<Position>,
-    started: bool,
-    /// Regions whose history could not be replayed yet: their live events are held back (the
-    /// position keeps pointing before the gap) until a replay of that region succeeds.
-    unreplayed: Vec<String>,
     fanout: Arc<Fanout>,
     post_id: String,
+    /// Set until `start`: where to replay from.
+    resume: Option<Position>,
+    /// Regions whose history could not be replayed yet: the viewer stays on its queue (its
+    /// position keeps pointing before the gap) until a replay of each succeeds.
+    unreplayed: Vec<String>,
     _slot: Slot,
 }
 
 impl Drop for Viewer {
     fn drop(&mut self) {
-        self.hub.leave(self.id);
+        self.conn.end(End::Abort);
+        self.hub.leave();
     }
 }
 
 impl Viewer {
-    /// Joins the post's hub (subscribing if first). Replay happens when the body is polled.
+    /// Joins the post's hub (subscribing if first). `socket`: the hub may write to it
+    /// directly; without one, the bytes are read with [`Viewer::into_stream`].
     pub async fn open(
         fanout: Arc<Fanout>,
         post_id: String,
         resume: Option<Position>,
         slot: Slot,
+        socket: Option<Arc<TcpStream>>,
     ) -> Viewer {
         loop {
             let hub = fanout.hub(&post_id);
-            let (tx, rx) = mpsc::channel(fanout.cfg.viewer_buffer);
-            if let Some((id, hub_pos)) = hub.join(tx).await {
-                let pos = resume.clone().unwrap_or(hub_pos);
+            let conn = Arc::new(Conn::new(socket.clone()));
+            if hub.join(&conn, resume.as_ref()).await {
                 return Viewer {
+                    conn,
                     hub,
-                    id,
-                    rx,
-                    pos,
-                    resume,
-                    started: false,
-                    unreplayed: Vec::new(),
                     fanout: fanout.clone(),
                     post_id,
+                    resume,
+                    unreplayed: Vec::new(),
                     _slot: slot,
                 };
             }
         }
     }
 
-    /// The viewer's bytes for a frame, or None when it already has that event.
-    fn render(&mut self, f: &Frame) -> Option<Bytes> {
-        match &f.comment {
-            Some(c) => {
-                if !self.pos.advance(&c.region, &c.id) {
-                    return None;
-                }
-                if self.pos == *c.position {
-                    Some(f.bytes.clone())
-                } else {
-                    Some(f.with_position(&self.pos))
-                }
-            }
-            None => Some(f.bytes.clone()),
-        }
+    pub fn conn(&self) -> &Arc<Conn> {
+        &self.conn
     }
 
-    async fn first_chunk(&mut self) -> Bytes {
+    /// The stream's first bytes (`head`, a reconnect delay, the replay, the position), then
+    /// whatever arrived meanwhile; afterwards they wait in the connection to be written.
+    pub async fn start(&mut self, head: &[u8]) {
         // Jittered reconnect delay spreads a mass reconnect (deploy, fanout loss) over time.
         let retry_ms = 1000 + rand::random::<u64>() % 2000;
-        let mut out = BytesMut::from(format!("retry: {retry_ms}\n\n").as_bytes());
+        let mut out = BytesMut::from(head);
+        out.extend_from_slice(format!("retry: {retry_ms}\n\n").as_bytes());
         if let Some(from) = self.resume.take() {
             let replay = self
                 .fanout
@@ -103,9 +90,12 @@ impl Viewer {
                 out.extend_from_slice(
                     b"event: reconnect\ndata: {\"reason\":\"history_unavailable\"}\n\n",
                 );
-                self.rx.close();
-                while self.rx.try_recv().is_ok() {}
-                return out.freeze();
+                let mut st = self.conn.lock();
+                st.queue = None;
+                Conn::push(&mut st, &out);
+                drop(st);
+                self.conn.end(End::Finish);
+                return;
             }
             self.emit_replayed(&replay.comments, &mut out);
             if replay.truncated {
@@ -114,111 +104,136 @@ impl Viewer {
             }
             self.unreplayed = replay.failed;
         }
-        // An `id:` with no data sets the browser's Last-Event-ID without firing an event, so
-        // a stream that drops before its first comment still resumes from here.
-        if !self.pos.is_empty() {
-            out.extend_from_slice(format!("id: {}\n\n", self.pos).as_bytes());
+        {
+            let mut st = self.conn.lock();
+            // An `id:` with no data sets the browser's Last-Event-ID without firing an event,
+            // so a stream that drops before its first comment still resumes from here.
+            if !st.pos.is_empty() {
+                out.extend_from_slice(format!("id: {}\n\n", st.pos).as_bytes());
+            }
+            Conn::push(&mut st, &out);
         }
-        out.freeze()
+        self.drain_queue().await;
     }
 
-    fn emit_replayed(&mut self, comments: &[livecomments_shared::Comment], out: &mut BytesMut) {
+    fn emit_replayed(&self, comments: &[Comment], out: &mut BytesMut) {
+        let mut st = self.conn.lock();
         for c in comments {
-            if self.pos.advance(&c.region, &c.id) {
-                out.extend_from_slice(&frame::replayed(c, &self.pos));
+            if !st.pos.covers(&c.region, &c.id) {
+                Arc::make_mut(&mut st.pos).advance(&c.region, &c.id);
+                out.extend_from_slice(&frame::replayed(c, &st.pos));
                 METRICS.sse_replayed.inc();
             }
         }
     }
 
-    /// A live event arrived from a region this viewer could not replay: try again now.
-    async fn catch_up_region(&mut self, region: &str) -> Option<Bytes> {
-        let after = self.pos.get(region).map(str::to_string);
+    /// Renders the frames queued during the replay; goes live when none is left and every
+    /// region was replayed.
+    async fn drain_queue(&mut self) {
+        loop {
+            let next = {
+                let mut st = self.conn.lock();
+                let Some(queue) = st.queue.as_mut() else {
+                    return;
+                };
+                match queue.pop_front() {
+                    Some(f) => f,
+                    None => {
+                        if self.unreplayed.is_empty() {
+                            st.queue = None;
+                        }
+                        return;
+                    }
+                }
+            };
+            self.render_queued(&next).await;
+        }
+    }
+
+    async fn render_queued(&mut self, f: &Arc<Frame>) {
+        let parts: &[Arc<Frame>] = if f.parts.is_empty() {
+            std::slice::from_ref(f)
+        } else {
+            &f.parts
+        };
+        for part in parts {
+            let held = part
+                .comment
+                .as_ref()
+                .map(|c| c.region.as_str())
+                .filter(|r| self.unreplayed.iter().any(|u| u == r));
+            if let Some(region) = held {
+                // A live event from a region this viewer could not replay: try again now (the
+                // replay brings this event along when it succeeds).
+                let region = region.to_string();
+                Box::pin(self.catch_up_region(&region)).await;
+                continue;
+            }
+            let mut st = self.conn.lock();
+            if let Some(bytes) = part.render(&mut st.pos) {
+                if !self
+                    .conn
+                    .push_event(st, &bytes, self.fanout.cfg.viewer_buffer)
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Replays `region` after the viewer's position; on success the region is live again.
+    async fn catch_up_region(&mut self, region: &str) {
+        let after = self.conn.lock().pos.get(region).map(str::to_string);
         let max = self.fanout.cfg.replay_max;
-        match self
+        if let Ok(rows) = self
             .fanout
             .history
             .region_after(region, &self.post_id, after.as_deref(), max)
             .await
         {
-            Ok(rows) => {
-                self.unreplayed.retain(|r| r != region);
-                let mut out = BytesMut::new();
-                self.emit_replayed(&rows, &mut out);
-                Some(out.freeze())
-            }
-            Err(_) => None,
+            self.unreplayed.retain(|r| r != region);
+            let mut out = BytesMut::new();
+            self.emit_replayed(&rows, &mut out);
+            Conn::push(&mut self.conn.lock(), &out);
         }
     }
 
-    /// The next bytes to write, or None when the stream is over.
-    pub async fn next_chunk(&mut self) -> Option<Bytes> {
-        if !self.started {
-            self.started = true;
-            return Some(self.first_chunk().await);
+    /// Waits until the hub or a retry has something for this viewer, and renders it.
+    pub async fn changed(&mut self) {
+        if self.unreplayed.is_empty() {
+            self.conn.wake.notified().await;
+        } else {
+            // Some region could not be replayed yet: retry it every second even when nothing
+            // arrives from it.
+            let woken = Box::pin(tokio::time::timeout(
+                Duration::from_secs(1),
+                self.conn.wake.notified(),
+            ))
+            .await;
+            if woken.is_err() {
+                for region in self.unreplayed.clone() {
+                    Box::pin(self.catch_up_region(&region)).await;
+                }
+            }
         }
-        loop {
-            let first = if self.unreplayed.is_empty() {
-                self.rx.recv().await?
-            } else {
-                // Some region could not be replayed yet: retry it every second even when
-                // nothing arrives from it.
-                match tokio::time::timeout(std::time::Duration::from_secs(1), self.rx.recv()).await
-                {
-                    Ok(f) => f?,
-                    Err(_) => {
-                        let mut out = BytesMut::new();
-                        for region in self.unreplayed.clone() {
-                            if let Some(b) = self.catch_up_region(&region).await {
-                                out.extend_from_slice(&b);
-                            }
-                        }
-                        if out.is_empty() {
-                            continue;
-                        }
-                        return Some(out.freeze());
-                    }
-                }
-            };
-            if let Some(region) = first
-                .comment
-                .as_ref()
-                .map(|c| c.region.clone())
-                .filter(|r| self.unreplayed.contains(r))
-            {
-                match self.catch_up_region(&region).await {
-                    Some(bytes) if !bytes.is_empty() => return Some(bytes),
-                    _ => continue,
-                }
-            }
-            let Some(mut bytes) = self.render(&first) else {
-                continue;
-            };
-            let mut batch: Option<BytesMut> = None;
-            for _ in 1..MAX_FRAMES_PER_WRITE {
-                let Ok(next) = self.rx.try_recv() else { break };
-                if next
-                    .comment
-                    .as_ref()
-                    .is_some_and(|c| self.unreplayed.contains(&c.region))
-                {
-                    continue;
-                }
-                if let Some(b) = self.render(&next) {
-                    let buf = batch.get_or_insert_with(|| BytesMut::from(&bytes[..]));
-                    buf.extend_from_slice(&b);
-                }
-            }
-            if let Some(buf) = batch {
-                bytes = buf.freeze();
-            }
-            return Some(bytes);
-        }
+        self.drain_queue().await;
     }
 
+    /// The stream as body chunks, for a response served through hyper.
     pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
-        futures::stream::unfold(self, |mut v| async move {
-            v.next_chunk().await.map(|b| (Ok(b), v))
+        futures::stream::unfold((self, false), |(mut v, started)| async move {
+            if !started {
+                v.start(b"").await;
+            }
+            loop {
+                if let Some(bytes) = v.conn.take_pending() {
+                    return Some((Ok(bytes), (v, true)));
+                }
+                if v.conn.done() {
+                    return None;
+                }
+                v.changed().await;
+            }
         })
     }
 }

@@ -10,6 +10,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::ApiError;
+use crate::fanout::conn::Conn;
+use crate::fanout::viewer::Viewer;
 use livecomments_shared::ErrorCode;
 
 /// A viewer whose socket accepts nothing for this long is dropped (its fd and task freed).
@@ -100,41 +103,75 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, head: Vec<u8>, st: s
         return;
     };
     drop(head);
-    let viewer = match super::stream::open(&st, peer, raw_query.as_deref(), &headers).await {
+    let socket = Arc::new(stream);
+    let opened = super::stream::open(
+        &st,
+        peer,
+        raw_query.as_deref(),
+        &headers,
+        Some(socket.clone()),
+    )
+    .await;
+    let viewer = match opened {
         Ok(v) => v,
         Err(e) => {
-            let _ = write_error(&mut stream, e).await;
+            if let Ok(mut stream) = Arc::try_unwrap(socket) {
+                let _ = write_error(&mut stream, e).await;
+            }
             return;
         }
     };
     // The viewer lives for hours: give it a task of its own whose future holds only the
     // socket and the viewer, not the larger state of parsing and setting up.
-    tokio::spawn(pump(stream, viewer));
+    tokio::spawn(pump(socket, viewer));
 }
 
-async fn pump(mut stream: TcpStream, mut viewer: crate::fanout::viewer::Viewer) {
+/// The viewer's own task: its replay, then only what the hub could not write at once (a full
+/// socket), and noticing that the client went away.
+async fn pump(socket: Arc<TcpStream>, mut viewer: Viewer) {
     const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
-    if write(&mut stream, HEAD).await.is_err() {
-        return;
-    }
-    // The body is close-delimited: no chunk framing on each event. A viewer sends nothing
-    // after its request, so anything readable (normally EOF: it went away) ends the stream at
-    // once and frees its slot, instead of at the next heartbeat.
-    let mut probe = [0u8; 1];
+    // Boxed: the replay's state is large and needed once, the task lives for hours.
+    Box::pin(viewer.start(HEAD)).await;
+    let conn = viewer.conn().clone();
     loop {
+        if Box::pin(flush(&conn, &socket)).await.is_err() {
+            return;
+        }
+        if conn.done() {
+            break;
+        }
+        // The body is close-delimited: no chunk framing on each event. A viewer sends nothing
+        // after its request, so anything readable (normally EOF: it went away) ends the
+        // stream at once and frees its slot, instead of at the next heartbeat.
         tokio::select! {
-            chunk = viewer.next_chunk() => match chunk {
-                Some(bytes) => {
-                    if write(&mut stream, &bytes).await.is_err() {
-                        return;
-                    }
+            () = viewer.changed() => {}
+            r = socket.readable() => {
+                if r.is_err() {
+                    return;
                 }
-                None => break,
-            },
-            _ = stream.read(&mut probe) => return,
+                let mut probe = [0u8; 1];
+                match socket.try_read(&mut probe) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    _ => return,
+                }
+            }
         }
     }
-    let _ = stream.shutdown().await;
+    drop(viewer);
+    if let Ok(mut stream) = Arc::try_unwrap(socket) {
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// Writes what waits in the connection, waiting for the socket to drain as needed.
+async fn flush(conn: &Conn, socket: &TcpStream) -> io::Result<()> {
+    while !conn.try_flush(socket)? {
+        match tokio::time::timeout(WRITE_TIMEOUT, socket.writable()).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+    Ok(())
 }
 
 async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {

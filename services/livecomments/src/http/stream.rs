@@ -2,12 +2,14 @@
 //! (or `?last_event_id=`), or from a point in time with `since=`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use livecomments_shared::{ErrorCode, Position, time};
+use tokio::net::TcpStream;
 
 use super::query::Query;
 use super::{ApiError, ApiResult};
@@ -20,7 +22,7 @@ pub async fn handle(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let viewer = open(&st, peer, raw.as_deref(), &headers).await?;
+    let viewer = open(&st, peer, raw.as_deref(), &headers, None).await?;
     let mut resp = Response::new(Body::from_stream(viewer.into_stream()));
     let h = resp.headers_mut();
     h.insert(
@@ -33,12 +35,14 @@ pub async fn handle(
 }
 
 /// Everything of a stream request but the transport: checks, limits, joining the hub. Used by
-/// this handler and by the lean connection path (`http::sse_conn`).
+/// this handler and by the lean connection path (`http::sse_conn`), which passes the socket
+/// for the hub to write to.
 pub async fn open(
     st: &super::AppState,
     peer: SocketAddr,
     raw: Option<&str>,
     headers: &HeaderMap,
+    socket: Option<Arc<TcpStream>>,
 ) -> ApiResult<Viewer> {
     let q = Query::parse(raw)?;
     st.authorize_read(headers, q.get("access_token")?)?;
@@ -92,5 +96,5 @@ pub async fn open(
             ..ApiError::new(ErrorCode::TooManyConnections, msg)
         }
     })?;
-    Ok(Viewer::open(fanout, post_id, resume, slot).await)
+    Ok(Viewer::open(fanout, post_id, resume, slot, socket).await)
 }

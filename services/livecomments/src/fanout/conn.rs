@@ -1,0 +1,214 @@
+//! A viewer's connection as its hub sees it.
+//!
+//! The hub writes each frame straight to the viewer's socket (`try_write`, never waiting):
+//! one syscall per viewer per frame and no task wake-up, where a task per viewer draining a
+//! queue would cost a wake-up, a poll and a queue slot per event. Only when the socket is
+//! full (or the viewer is still replaying) do bytes wait here, and the viewer's own task
+//! writes them when the socket drains. All writes happen under the connection's lock, and the
+//! hub writes directly only when nothing is waiting, so bytes never overtake each other.
+//!
+//! Without a socket (a stream served through hyper) the hub only appends, and the body
+//! stream takes what is waiting.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use livecomments_shared::Position;
+use parking_lot::{Mutex, MutexGuard};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::frame::Frame;
+use crate::metrics::METRICS;
+
+pub struct Conn {
+    state: Mutex<ConnState>,
+    /// Wakes the viewer's task: bytes or frames are waiting, or the connection ended.
+    pub(super) wake: Notify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Open,
+    /// Write what is waiting, then close (server shutdown, history unreachable).
+    Finish,
+    /// Close now (too slow, gone).
+    Abort,
+}
+
+pub(super) struct ConnState {
+    socket: Option<Arc<TcpStream>>,
+    pub(super) pos: Arc<Position>,
+    /// Bytes not written yet, in order.
+    pending: BytesMut,
+    /// Live events in `pending`: a viewer further behind than the configured buffer is cut.
+    pending_events: usize,
+    /// `Some` while the viewer replays or holds a region back: the hub queues frames here
+    /// and the viewer's task renders them.
+    pub(super) queue: Option<VecDeque<Arc<Frame>>>,
+    pub(super) end: End,
+}
+
+impl Conn {
+    pub fn new(socket: Option<Arc<TcpStream>>) -> Conn {
+        Conn {
+            state: Mutex::new(ConnState {
+                socket,
+                pos: Arc::default(),
+                pending: BytesMut::new(),
+                pending_events: 0,
+                queue: Some(VecDeque::new()),
+                end: End::Open,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, ConnState> {
+        self.state.lock()
+    }
+
+    /// The hub's delivery of one frame. False when the viewer is gone or was cut off (the hub
+    /// forgets it). Never waits.
+    pub(super) fn offer(&self, frame: &Arc<Frame>, max_events: usize) -> bool {
+        let mut st = self.state.lock();
+        if st.end != End::Open {
+            return false;
+        }
+        if let Some(queue) = st.queue.as_mut() {
+            if queue.len() >= max_events {
+                METRICS.sse_slow_disconnects.inc();
+                return self.end_locked(st, End::Abort);
+            }
+            queue.push_back(frame.clone());
+            drop(st);
+            self.wake.notify_one();
+            return true;
+        }
+        let Some(bytes) = frame.render(&mut st.pos) else {
+            return true;
+        };
+        if st.pending.is_empty() {
+            if let Some(socket) = &st.socket {
+                match socket.try_write(&bytes) {
+                    Ok(n) if n == bytes.len() => return true,
+                    Ok(n) => st.pending.extend_from_slice(&bytes[n..]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        st.pending.extend_from_slice(&bytes)
+                    }
+                    Err(_) => return self.end_locked(st, End::Abort),
+                }
+                st.pending_events = 1;
+                drop(st);
+                self.wake.notify_one();
+                return true;
+            }
+        }
+        st.pending.extend_from_slice(&bytes);
+        st.pending_events += 1;
+        if st.pending_events > max_events {
+            // Never wait for a slow viewer: cut it off; it resumes with Last-Event-ID.
+            METRICS.sse_slow_disconnects.inc();
+            return self.end_locked(st, End::Abort);
+        }
+        drop(st);
+        self.wake.notify_one();
+        true
+    }
+
+    fn end_locked(&self, mut st: MutexGuard<'_, ConnState>, end: End) -> bool {
+        if st.end != End::Abort {
+            st.end = end;
+        }
+        if end == End::Abort {
+            st.pending = BytesMut::new();
+            st.queue = None;
+            st.socket = None;
+        }
+        drop(st);
+        self.wake.notify_one();
+        false
+    }
+
+    /// Ends the connection (see [`End`]).
+    pub fn end(&self, end: End) {
+        let st = self.state.lock();
+        self.end_locked(st, end);
+    }
+
+    pub fn ended(&self) -> End {
+        self.state.lock().end
+    }
+
+    /// Appends bytes the viewer's task produced (replay, catch-up). Not counted against the
+    /// buffer: a replay is bounded by its own limit.
+    pub(super) fn push(st: &mut ConnState, bytes: &[u8]) {
+        st.pending.extend_from_slice(bytes);
+    }
+
+    /// Appends a live event the viewer's task rendered from its queue; false (and the
+    /// connection is cut) when the viewer is further behind than `max_events`.
+    pub(super) fn push_event(
+        &self,
+        mut st: MutexGuard<'_, ConnState>,
+        bytes: &[u8],
+        max_events: usize,
+    ) -> bool {
+        st.pending.extend_from_slice(bytes);
+        st.pending_events += 1;
+        if st.pending_events > max_events {
+            METRICS.sse_slow_disconnects.inc();
+            return self.end_locked(st, End::Abort);
+        }
+        true
+    }
+
+    /// Everything waiting, for a stream served through hyper; `None` when nothing is.
+    pub fn take_pending(&self) -> Option<Bytes> {
+        let mut st = self.state.lock();
+        if st.pending.is_empty() || st.end == End::Abort {
+            return None;
+        }
+        st.pending_events = 0;
+        Some(std::mem::take(&mut st.pending).freeze())
+    }
+
+    /// True when the stream is over: aborted, or finished with nothing left to write.
+    pub fn done(&self) -> bool {
+        let st = self.state.lock();
+        match st.end {
+            End::Open => false,
+            End::Finish => st.pending.is_empty(),
+            End::Abort => true,
+        }
+    }
+
+    /// Writes what is waiting to the socket until nothing is left or the socket is full.
+    /// `Ok(true)` when everything was written.
+    pub fn try_flush(&self, socket: &TcpStream) -> io::Result<bool> {
+        let mut st = self.state.lock();
+        loop {
+            if st.end == End::Abort {
+                return Err(io::ErrorKind::ConnectionAborted.into());
+            }
+            if st.pending.is_empty() {
+                st.pending_events = 0;
+                if st.pending.capacity() > 0 {
+                    // An idle viewer keeps no buffer.
+                    st.pending = BytesMut::new();
+                }
+                return Ok(true);
+            }
+            match socket.try_write(&st.pending) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    let _ = st.pending.split_to(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
