@@ -66,7 +66,7 @@ impl Frame {
         let mut spans = parts.iter().filter_map(|p| p.span.as_ref());
         let span = spans.next().map(|first| Span {
             before: first.before.clone(),
-            after: spans.last().unwrap_or(first).after.clone(),
+            after: spans.next_back().unwrap_or(first).after.clone(),
         });
         Arc::new(Frame {
             bytes: b.freeze(),
@@ -152,4 +152,97 @@ fn comment_bytes(c: &Comment, pos: &Position) -> (Bytes, usize) {
 /// A replayed comment with the viewer's own position.
 pub fn replayed(c: &Comment, pos: &Position) -> Bytes {
     comment_bytes(c, pos).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comment(region: &str, n: u64) -> Comment {
+        Comment {
+            id: format!("01JDQ7Z8XK3M4N5P6Q7R8S9{n:03}"),
+            post_id: "p".into(),
+            user_id: "u".into(),
+            text: format!("c{n}"),
+            timestamp: "2026-11-26T00:00:00.000Z".into(),
+            region: region.into(),
+            metadata: Default::default(),
+        }
+    }
+
+    /// A hub dispatching `comments` in order from `start`: the frames and the final position.
+    fn dispatch(start: &Arc<Position>, comments: &[Comment]) -> Vec<Arc<Frame>> {
+        let mut pos = start.clone();
+        comments
+            .iter()
+            .map(|c| {
+                let mut next = Position::clone(&pos);
+                next.advance(&c.region, &c.id);
+                let next = Arc::new(next);
+                let f = Arc::new(Frame::comment(c, pos.clone(), next.clone()));
+                pos = next;
+                f
+            })
+            .collect()
+    }
+
+    fn texts(bytes: &[u8]) -> Vec<String> {
+        let s = std::str::from_utf8(bytes).unwrap();
+        s.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str::<Comment>(d).unwrap().text)
+            .collect()
+    }
+
+    #[test]
+    fn a_viewer_in_step_shares_the_bytes_and_follows_the_hub() {
+        let start = Arc::new(Position::new());
+        let frames = dispatch(&start, &[comment("eu", 1), comment("eu", 2)]);
+        let mut pos = start.clone();
+        for f in &frames {
+            let out = f.render(&mut pos).unwrap();
+            assert_eq!(out.as_ptr(), f.bytes.as_ptr(), "shared, not copied");
+        }
+        assert!(Arc::ptr_eq(&pos, &frames[1].span.as_ref().unwrap().after));
+    }
+
+    #[test]
+    fn a_batch_gives_a_late_joiner_only_what_it_lacks() {
+        let start = Arc::new(Position::new());
+        let cs = [comment("eu", 1), comment("eu", 2), comment("eu", 3)];
+        let frames = dispatch(&start, &cs);
+        let batch = Frame::batch(frames.clone());
+        assert_eq!(texts(&batch.bytes), ["c1", "c2", "c3"]);
+        // Joined after the first comment was dispatched: its position is the hub's then.
+        let mut joiner = frames[0].span.as_ref().unwrap().after.clone();
+        let out = batch.render(&mut joiner).unwrap();
+        assert_eq!(texts(&out), ["c2", "c3"]);
+        assert!(Arc::ptr_eq(
+            &joiner,
+            &frames[2].span.as_ref().unwrap().after
+        ));
+        // Joined after all of them: nothing.
+        let mut late = frames[2].span.as_ref().unwrap().after.clone();
+        assert!(batch.render(&mut late).is_none());
+    }
+
+    #[test]
+    fn a_resumed_viewer_gets_its_own_id_line_until_back_in_step() {
+        let start = Arc::new(Position::new());
+        let frames = dispatch(&start, &[comment("eu", 1), comment("eu", 2)]);
+        // Resumed with a region the hub has not seen yet.
+        let mut own = Position::new();
+        own.advance("us", "01JDQ7Z8XK3M4N5P6Q7R8S9001");
+        let mut pos = Arc::new(own);
+        let out = frames[0].render(&mut pos).unwrap();
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            text.starts_with("id: eu.01JDQ7Z8XK3M4N5P6Q7R8S9001~us."),
+            "{text}"
+        );
+        assert_eq!(texts(&out), ["c1"]);
+        assert_eq!(pos.get("us"), Some("01JDQ7Z8XK3M4N5P6Q7R8S9001"));
+        // A viewer whose replay already covered a frame skips it.
+        assert!(frames[0].render(&mut pos).is_none());
+    }
 }

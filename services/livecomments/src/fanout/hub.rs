@@ -32,9 +32,11 @@ pub struct Hub {
     fanout: Arc<Fanout>,
     post_id: String,
     state: Mutex<State>,
-    /// The viewers the hub writes to. Only the hub's task walks it, outside `state`'s lock,
-    /// so joining and leaving never wait for a walk.
-    walk: Mutex<Vec<Arc<Conn>>>,
+    /// The viewers the hub writes to, in shards walked in parallel (one per runtime worker):
+    /// a write to a socket costs microseconds of kernel time, and 10k of them on one core
+    /// would leave the other idle. Only the hub's task walks them, outside `state`'s lock, so
+    /// joining and leaving never wait for a walk.
+    shards: Vec<Mutex<Vec<Arc<Conn>>>>,
     /// Frames dispatched and not yet written: written together at the end of each turn.
     outbox: Mutex<Vec<Arc<Frame>>>,
     ready: watch::Sender<bool>,
@@ -65,7 +67,7 @@ impl Hub {
                 task: None,
                 pending: Default::default(),
             }),
-            walk: Mutex::default(),
+            shards: (0..walk_shards()).map(|_| Mutex::default()).collect(),
             outbox: Mutex::default(),
             ready: watch::channel(false).0,
         });
@@ -174,15 +176,20 @@ impl Hub {
                 Ok(()) = reconnects.changed() => self.repair().await,
                 Ok(()) = closing.changed() => {
                     self.broadcast(Arc::new(Frame::reconnect()));
-                    self.flush();
+                    self.flush().await;
                     let joining = std::mem::take(&mut self.state.lock().joining);
-                    for conn in self.walk.lock().drain(..).chain(joining) {
+                    for conn in joining {
                         conn.end(End::Finish);
+                    }
+                    for shard in &self.shards {
+                        for conn in shard.lock().drain(..) {
+                            conn.end(End::Finish);
+                        }
                     }
                     return;
                 }
             }
-            self.flush();
+            self.flush().await;
         }
     }
 
@@ -323,8 +330,9 @@ impl Hub {
         self.outbox.lock().push(frame);
     }
 
-    /// Writes what was dispatched this turn to every viewer, as one frame.
-    fn flush(&self) {
+    /// Writes what was dispatched this turn to every viewer, as one frame. Returns when every
+    /// shard is done, so each viewer gets its frames in order.
+    async fn flush(self: &Arc<Self>) {
         let frames = std::mem::take(&mut *self.outbox.lock());
         if frames.is_empty() {
             return;
@@ -333,12 +341,79 @@ impl Hub {
         // Joiners are taken only now: one that joined after a frame was dispatched already
         // has it in its position (or its replay), and the render skips it.
         let joining = std::mem::take(&mut self.state.lock().joining);
-        let mut walk = self.walk.lock();
-        walk.extend(joining);
-        let max = self.fanout.cfg.viewer_buffer;
-        walk.retain(|conn| conn.offer(&frame, max));
+        let mut total = 0;
+        {
+            let mut shards: Vec<_> = self.shards.iter().map(|s| s.lock()).collect();
+            for conn in joining {
+                if let Some(smallest) = shards.iter_mut().min_by_key(|s| s.len()) {
+                    smallest.push(conn);
+                }
+            }
+            for s in &shards {
+                total += s.len();
+            }
+        }
+        let delivered = if total < PARALLEL_WALK_MIN {
+            let mut n = 0;
+            for i in 0..self.shards.len() {
+                n += self.walk_shard(i, &frame).await;
+            }
+            n
+        } else {
+            let others: Vec<_> = (1..self.shards.len())
+                .map(|i| {
+                    let (hub, frame) = (self.clone(), frame.clone());
+                    tokio::spawn(async move { hub.walk_shard(i, &frame).await })
+                })
+                .collect();
+            let mut n = self.walk_shard(0, &frame).await;
+            for o in others {
+                n += o.await.unwrap_or(0);
+            }
+            n
+        };
         METRICS
             .sse_events_delivered
-            .add((walk.len() * frame.events()) as u64);
+            .add((delivered * frame.events()) as u64);
     }
+
+    /// Offers `frame` to one shard's viewers, forgetting those gone; returns how many took it.
+    /// Yields between slices of the walk, so a walk of a big post does not hold a worker
+    /// from everything else (POSTs, smaller posts) for tens of milliseconds.
+    async fn walk_shard(&self, shard: usize, frame: &Arc<Frame>) -> usize {
+        // Only the hub's task (and the walks it awaits) touches a shard: taking the list out
+        // while walking it is safe, and keeps the lock off the awaits.
+        let mut walk = std::mem::take(&mut *self.shards[shard].lock());
+        let max = self.fanout.cfg.viewer_buffer;
+        let mut kept = 0;
+        let mut at = 0;
+        while at < walk.len() {
+            let end = (at + WALK_SLICE).min(walk.len());
+            for i in at..end {
+                if walk[i].offer(frame, max) {
+                    walk.swap(kept, i);
+                    kept += 1;
+                }
+            }
+            at = end;
+            if at < walk.len() {
+                tokio::task::yield_now().await;
+            }
+        }
+        walk.truncate(kept);
+        *self.shards[shard].lock() = walk;
+        kept
+    }
+}
+
+/// Viewers written between two yields of a walk (~5 ms of socket writes here).
+const WALK_SLICE: usize = 1024;
+/// Below this many viewers a hub walks them all on its own task: a spawn costs more.
+const PARALLEL_WALK_MIN: usize = 512;
+
+fn walk_shards() -> usize {
+    tokio::runtime::Handle::try_current()
+        .map(|h| h.metrics().num_workers())
+        .unwrap_or(1)
+        .clamp(1, 16)
 }
