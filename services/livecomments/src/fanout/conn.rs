@@ -45,6 +45,8 @@ pub(super) struct ConnState {
     pending: BytesMut,
     /// Live events in `pending`: a viewer further behind than the configured buffer is cut.
     pending_events: usize,
+    /// Live events in `queue`.
+    queued_events: usize,
     /// `Some` while the viewer replays or holds a region back: the hub queues frames here
     /// and the viewer's task renders them.
     pub(super) queue: Option<VecDeque<Arc<Frame>>>,
@@ -59,6 +61,7 @@ impl Conn {
                 pos: Arc::default(),
                 pending: BytesMut::new(),
                 pending_events: 0,
+                queued_events: 0,
                 queue: Some(VecDeque::new()),
                 end: End::Open,
             }),
@@ -77,12 +80,16 @@ impl Conn {
         if st.end != End::Open {
             return false;
         }
-        if let Some(queue) = st.queue.as_mut() {
-            if queue.len() >= max_events {
+        let events = frame.events();
+        if st.queue.is_some() {
+            st.queued_events += events;
+            if st.queued_events > max_events {
                 METRICS.sse_slow_disconnects.inc();
                 return self.end_locked(st, End::Abort);
             }
-            queue.push_back(frame.clone());
+            if let Some(queue) = st.queue.as_mut() {
+                queue.push_back(frame.clone());
+            }
             drop(st);
             self.wake.notify_one();
             return true;
@@ -100,14 +107,14 @@ impl Conn {
                     }
                     Err(_) => return self.end_locked(st, End::Abort),
                 }
-                st.pending_events = 1;
+                st.pending_events = events;
                 drop(st);
                 self.wake.notify_one();
                 return true;
             }
         }
         st.pending.extend_from_slice(&bytes);
-        st.pending_events += 1;
+        st.pending_events += events;
         if st.pending_events > max_events {
             // Never wait for a slow viewer: cut it off; it resumes with Last-Event-ID.
             METRICS.sse_slow_disconnects.inc();
@@ -140,6 +147,13 @@ impl Conn {
 
     pub fn ended(&self) -> End {
         self.state.lock().end
+    }
+
+    /// The next frame queued during the viewer's replay.
+    pub(super) fn pop_queued(st: &mut ConnState) -> Option<Arc<Frame>> {
+        let f = st.queue.as_mut()?.pop_front()?;
+        st.queued_events = st.queued_events.saturating_sub(f.events());
+        Some(f)
     }
 
     /// Appends bytes the viewer's task produced (replay, catch-up). Not counted against the

@@ -133,10 +133,10 @@ impl Viewer {
         loop {
             let next = {
                 let mut st = self.conn.lock();
-                let Some(queue) = st.queue.as_mut() else {
+                if st.queue.is_none() {
                     return;
-                };
-                match queue.pop_front() {
+                }
+                match Conn::pop_queued(&mut st) {
                     Some(f) => f,
                     None => {
                         if self.unreplayed.is_empty() {
