@@ -283,3 +283,93 @@ async fn a_stream_dropped_before_its_first_comment_still_resumes() {
     let mut v2 = Sse::connect(&s.base, "silent", Some(&pos)).await;
     assert_eq!(ids(&v2.comments(3, T).await), ids(&posted));
 }
+
+/// A stream asked for on a kept-alive connection (after another request) is served through
+/// hyper instead of the lean path: the same live delivery and exact resume there.
+#[tokio::test]
+async fn a_stream_on_a_kept_alive_connection_delivers_and_resumes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn stream_after_healthz(
+        base: &str,
+        post_id: &str,
+        last_event_id: Option<&str>,
+    ) -> tokio::net::TcpStream {
+        let addr = base.trim_start_matches("http://");
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        // Read the whole first response (it has a content-length) before the second request.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            c.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("content-length");
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).await.unwrap();
+        let resume = last_event_id
+            .map(|id| format!("last-event-id: {id}\r\n"))
+            .unwrap_or_default();
+        c.write_all(
+            format!(
+                "GET /comments/stream?post_id={post_id} HTTP/1.1\r\nhost: {addr}\r\n{resume}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        c
+    }
+
+    /// Reads until every id in `want` appeared in the stream (or the timeout).
+    async fn read_until_ids(c: &mut tokio::net::TcpStream, want: &[String]) -> String {
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + T;
+        while !want.iter().all(|id| seen.contains(id.as_str())) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, c.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => panic!("stream ended or timed out; got: {seen}"),
+            }
+        }
+        seen
+    }
+
+    let s = Server::standalone().start().await;
+    let mut live = stream_after_healthz(&s.base, "ka", None).await;
+    // The stream is open once its response head arrived.
+    let opened = read_until_ids(&mut live, &["text/event-stream".to_string()]).await;
+    assert!(opened.contains("transfer-encoding: chunked"), "{opened}");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (status, c) = s.post("ka", "alice", &format!("kept alive {i}")).await;
+        assert_eq!(status, 201);
+        ids.push(c["id"].as_str().unwrap().to_string());
+    }
+    let got = read_until_ids(&mut live, &ids).await;
+    for id in &ids {
+        assert_eq!(
+            got.matches(id.as_str()).count(),
+            2,
+            "id line and data once: {got}"
+        );
+    }
+    // Resume from the first comment on another kept-alive connection: exactly the other two.
+    let first_token = got
+        .lines()
+        .find(|l| l.starts_with("id: ") && l.contains(ids[0].as_str()))
+        .map(|l| l.trim_start_matches("id: ").to_string())
+        .expect("id line of the first comment");
+    let mut resumed = stream_after_healthz(&s.base, "ka", Some(&first_token)).await;
+    let got = read_until_ids(&mut resumed, &ids[1..]).await;
+    assert!(!got.contains(&format!("\"id\":\"{}\"", ids[0])), "{got}");
+}
