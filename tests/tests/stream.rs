@@ -242,6 +242,64 @@ async fn per_ip_stream_limit_answers_429() {
     assert!(again.is_some(), "a slot frees when a stream closes");
 }
 
+/// Behind a trusted proxy the per-IP limit counts the address the proxy saw (the rightmost
+/// untrusted `X-Forwarded-For` hop), not the proxy; from anyone else the header is ignored.
+#[tokio::test]
+async fn per_ip_limit_behind_a_trusted_proxy_counts_each_client() {
+    async fn open(base: &str, forwarded_for: &str) -> reqwest::Response {
+        client()
+            .get(format!("{base}/comments/stream?post_id=xff"))
+            .header("x-forwarded-for", forwarded_for)
+            .send()
+            .await
+            .unwrap()
+    }
+    // Trusted: our own loopback address is the "proxy".
+    let s = Server::standalone()
+        .args([
+            "--max-streams-per-ip",
+            "2",
+            "--trusted-proxies",
+            "127.0.0.0/8",
+        ])
+        .start()
+        .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let r = open(&s.base, "203.0.113.5").await;
+        assert_eq!(r.status().as_u16(), 200);
+        held.push(r);
+    }
+    // The client wrote a different address on the left: the proxy-appended one still counts.
+    let r = open(&s.base, "198.51.100.77, 203.0.113.5").await;
+    assert_eq!(r.status().as_u16(), 429, "a third stream from 203.0.113.5");
+    let r = open(&s.base, "203.0.113.6").await;
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "another client behind the same proxy"
+    );
+    held.push(r);
+
+    // Not trusted: the header changes nothing, the socket's address is the client.
+    let s = Server::standalone()
+        .args(["--max-streams-per-ip", "2"])
+        .start()
+        .await;
+    let mut held = Vec::new();
+    for n in 0..2 {
+        let r = open(&s.base, &format!("203.0.113.{n}")).await;
+        assert_eq!(r.status().as_u16(), 200);
+        held.push(r);
+    }
+    let r = open(&s.base, "203.0.113.99").await;
+    assert_eq!(
+        r.status().as_u16(),
+        429,
+        "a forged X-Forwarded-For gets no new bucket"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_tells_viewers_to_reconnect_and_exits_promptly() {
     let mut s = Server::standalone().start().await;

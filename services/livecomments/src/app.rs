@@ -168,6 +168,7 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         demo_page: role == Role::Standalone,
         regions: s.regions.clone(),
         nats: nats_client.clone(),
+        trusted_proxies: s.limits.trusted_proxies.clone(),
     });
     let lean = state.fanout.is_some().then(|| state.clone());
     let router = http::router(state, role);

@@ -182,6 +182,11 @@ pub struct LimitArgs {
     /// Open SSE streams per client IP.
     #[arg(long, env = "LIVECOMMENTS_MAX_STREAMS_PER_IP", default_value_t = 1_000)]
     pub max_streams_per_ip: usize,
+
+    /// Reverse proxies (addresses or blocks, comma-separated: `10.0.0.0/8,fd00::/8`) whose
+    /// `X-Forwarded-For` names the client for the per-IP limit; from anyone else it is ignored.
+    #[arg(long, env = "LIVECOMMENTS_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<crate::http::client_ip::Cidr>,
 }
 
 impl Settings {

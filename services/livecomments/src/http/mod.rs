@@ -1,6 +1,7 @@
 //! HTTP: one router per role, one handler per file. Every refusal goes through [`ApiError`],
 //! so bodies and statuses match CONTRACT §2 everywhere.
 
+pub mod client_ip;
 mod delete_comment;
 mod get_comments;
 mod ops;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// Every region of the deployment, and NATS to reach the others (DELETE forwarding).
     pub regions: Vec<String>,
     pub nats: Option<async_nats::Client>,
+    /// Proxies whose `X-Forwarded-For` names the client (`http::client_ip`).
+    pub trusted_proxies: Vec<client_ip::Cidr>,
 }
 
 pub type State = Arc<AppState>;

@@ -84,7 +84,8 @@ pub async fn open(
         }
         (None, None) => None,
     };
-    let slot = fanout.admit(peer.ip()).map_err(|r| {
+    let ip = super::client_ip::client_ip(peer.ip(), headers, &st.trusted_proxies);
+    let slot = fanout.admit(ip).map_err(|r| {
         let msg = match r {
             Refusal::TooManyStreams => {
                 "this server holds as many streams as it can; try another or later"
