@@ -213,6 +213,30 @@
     : null;
   el.older.addEventListener('click', loadOlder);
 
+  // A deletion is sent only to the streams open at that moment, and a resume replays comments,
+  // not deletions: after a reconnect, drop what the server's newest page no longer holds.
+  const CHECK_SIZE = 100;
+  async function dropDeletedWhileAway() {
+    const shown = [...items.keys()];
+    if (shown.length === 0) return;
+    try {
+      const q = new URLSearchParams({ post_id: postId, page_size: String(CHECK_SIZE) });
+      const res = await fetch(`/comments?${q}`, { headers: { Accept: 'application/json' } });
+      if (!res.ok) return;
+      const page = await res.json();
+      if (page.partial) return; // a region did not answer: its comments' absence proves nothing
+      const present = new Set((page.comments || []).map((c) => c.id));
+      const whole = !page.next_cursor; // the page holds every comment of the post
+      let oldest = null;
+      for (const id of present) if (oldest === null || id < oldest) oldest = id;
+      for (const id of shown) {
+        // Shown before the request, so a comment still stored is on the page if it is at least
+        // as new as the page's oldest (ids order by time, across regions).
+        if (!present.has(id) && (whole || (oldest !== null && id >= oldest))) drop(id);
+      }
+    } catch { /* the next reconnect checks again */ }
+  }
+
   let historyStarted = false;
   function startHistory() {
     if (historyStarted) return;
@@ -240,6 +264,7 @@
       failedOpens = 0;
       // The server replays what we missed right after the headers, then goes live.
       setState(everOpen ? 'caught-up' : 'live');
+      if (everOpen) dropDeletedWhileAway();
       everOpen = true;
       startHistory(); // subscribed first, so nothing falls between history and stream
       if (historyFailed && nextCursor === undefined) loadOlder(); // the server is back
