@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use livecomments::store::coalesce::Coalesced;
 use livecomments::store::cql::{CqlOptions, CqlStore, migrate};
 use livecomments::store::{NewComment, Store};
@@ -50,54 +51,61 @@ enum Op {
     NewestCoalesced,
 }
 
-async fn one(store: &CqlStore, coalesced: &Coalesced<CqlStore>, op: Op, hist: &[Comment]) {
+/// One insert, with or without an idempotency key; an error if the store refused it.
+async fn insert(
+    store: &CqlStore,
+    post: &str,
+    idempotency_key: Option<String>,
+) -> anyhow::Result<()> {
+    let r = store
+        .insert_batch(vec![NewComment {
+            comment: comment(post, now_millis()),
+            idempotency_key,
+        }])
+        .await;
+    r.into_iter().next().context("no result for the insert")??;
+    Ok(())
+}
+
+async fn one(
+    store: &CqlStore,
+    coalesced: &Coalesced<CqlStore>,
+    op: Op,
+    hist: &[Comment],
+) -> anyhow::Result<()> {
     match op {
-        Op::Insert => {
-            let c = comment("lat-write", now_millis());
-            let r = store
-                .insert_batch(vec![NewComment {
-                    comment: c,
-                    idempotency_key: None,
-                }])
-                .await;
-            r.into_iter().next().unwrap().unwrap();
-        }
+        Op::Insert => insert(store, "lat-write", None).await?,
         Op::InsertKeyed => {
-            let c = comment("lat-write-keyed", now_millis());
             let key = format!("{:x}", rand::random::<u64>());
-            let r = store
-                .insert_batch(vec![NewComment {
-                    comment: c,
-                    idempotency_key: Some(key),
-                }])
-                .await;
-            r.into_iter().next().unwrap().unwrap();
+            insert(store, "lat-write-keyed", Some(key)).await?
         }
         Op::Newest => {
-            assert_eq!(store.newest("lat-read", None, 20).await.unwrap().len(), 20);
+            let page = store.newest("lat-read", None, 20).await?;
+            anyhow::ensure!(page.len() == 20, "newest page has {} comments", page.len());
         }
         Op::NewestCursor => {
             let at = &hist[20 + rand::random::<u32>() as usize % (hist.len() - 20)];
-            assert_eq!(
-                store
-                    .newest("lat-read", Some(&at.id), 20)
-                    .await
-                    .unwrap()
-                    .len(),
-                20
-            );
+            let page = store.newest("lat-read", Some(&at.id), 20).await?;
+            anyhow::ensure!(page.len() == 20, "cursor page has {} comments", page.len());
         }
         Op::NewestCoalesced => {
-            assert_eq!(
-                coalesced.newest("lat-read", None, 20).await.unwrap().len(),
-                20
+            let page = coalesced.newest("lat-read", None, 20).await?;
+            anyhow::ensure!(
+                page.len() == 20,
+                "coalesced page has {} comments",
+                page.len()
             );
         }
         Op::Get => {
             let c = &hist[rand::random::<u32>() as usize % hist.len()];
-            assert!(store.get("lat-read", &c.id).await.unwrap().is_some());
+            anyhow::ensure!(
+                store.get("lat-read", &c.id).await?.is_some(),
+                "stored comment {} not found",
+                c.id
+            );
         }
     }
+    Ok(())
 }
 
 async fn run(
@@ -106,7 +114,7 @@ async fn run(
     op: Op,
     clients: usize,
     total: usize,
-) -> (Vec<Duration>, f64, (u64, u64)) {
+) -> anyhow::Result<(Vec<Duration>, f64, (u64, u64))> {
     let per = total / clients;
     let coalesced = Arc::new(Coalesced::with_capacity(store.clone(), 4096));
     let start = Instant::now();
@@ -117,20 +125,20 @@ async fn run(
             let mut lat = Vec::with_capacity(per);
             for _ in 0..per {
                 let t = Instant::now();
-                one(&store, &coalesced, op, &hist).await;
+                one(&store, &coalesced, op, &hist).await?;
                 lat.push(t.elapsed());
             }
-            lat
+            anyhow::Ok(lat)
         }));
     }
     let mut all = Vec::new();
     for t in tasks {
-        all.extend(t.await.unwrap());
+        all.extend(t.await.context("client task panicked")??);
     }
     let secs = start.elapsed().as_secs_f64();
     all.sort();
     let rate = all.len() as f64 / secs;
-    (all, rate, coalesced.stats())
+    Ok((all, rate, coalesced.stats()))
 }
 
 #[tokio::main]
@@ -185,10 +193,10 @@ async fn main() -> anyhow::Result<()> {
     ];
     for (op, name) in ops {
         // Warm-up: prepared statements, connections, JIT on the server.
-        run(store.clone(), hist.clone(), op, 8, 400).await;
+        run(store.clone(), hist.clone(), op, 8, 400).await?;
         for clients in [1, 64] {
             let (lat, rate, (queries, joined)) =
-                run(store.clone(), hist.clone(), op, clients, total).await;
+                run(store.clone(), hist.clone(), op, clients, total).await?;
             println!(
                 "{:<34} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>10.0}",
                 name,
