@@ -1,24 +1,15 @@
 // Accessibility smoke check: labels, focus order and visible focus, contrast, an aria-live state,
 // phone width without horizontal scrolling.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import {
-  devToken, launchBrowser, openPage, postComment, postViaUi, screenshot, Server, TIMEOUT, waitFor,
+  devToken, openPage, postComment, postViaUi, screenshot, serverAndBrowser, TIMEOUT, waitFor,
 } from './harness.mjs';
 
-let server;
-let browser;
-before(async () => {
-  server = await Server.start();
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = serverAndBrowser();
 
 test('every form control has a label, and the state is an aria-live region', { timeout: 2 * TIMEOUT }, async () => {
-  const page = await openPage(browser, server.base, 'a11y');
+  const page = await openPage(env.browser, env.server.base, 'a11y');
   const unlabelled = await page.$$eval('input, textarea, select', (els) => els
     .filter((e) => e.type !== 'hidden')
     .filter((e) => !(e.labels && e.labels.length && e.labels[0].textContent.trim())
@@ -35,7 +26,7 @@ test('every form control has a label, and the state is an aria-live region', { t
 });
 
 test('keyboard: focus order reaches name, text, post button, with a visible focus ring', { timeout: 2 * TIMEOUT }, async () => {
-  const page = await openPage(browser, server.base, 'a11y');
+  const page = await openPage(env.browser, env.server.base, 'a11y');
   const order = [];
   for (let i = 0; i < 15 && !order.includes('send'); i++) {
     await page.keyboard.press('Tab');
@@ -63,9 +54,9 @@ test('keyboard: focus order reaches name, text, post button, with a visible focu
 });
 
 test('readable contrast for the text on the page', { timeout: 2 * TIMEOUT }, async () => {
-  const page = await openPage(browser, server.base, 'a11y-contrast');
-  const token = await devToken(server.base, 'alice');
-  await postComment(server.base, token, 'a11y-contrast', 'a comment to have every kind of text on the page');
+  const page = await openPage(env.browser, env.server.base, 'a11y-contrast');
+  const token = await devToken(env.server.base, 'alice');
+  await postComment(env.server.base, token, 'a11y-contrast', 'a comment to have every kind of text on the page');
   await postViaUi(page, 'alice', 'my own, with a delete button');
   await page.waitForSelector('#comments button.delete');
   await page.evaluate(() => document.getAnimations().forEach((a) => a.finish()));
@@ -100,10 +91,10 @@ test('readable contrast for the text on the page', { timeout: 2 * TIMEOUT }, asy
 
 test('usable at 375 px: no horizontal scrolling, controls fit', { timeout: 2 * TIMEOUT }, async () => {
   const post = 'phone';
-  const page = await openPage(browser, server.base, post, { viewport: { width: 375, height: 700 } });
-  const token = await devToken(server.base, 'a-rather-long-user-name-that-could-overflow');
-  await postComment(server.base, token, post, 'x'.repeat(300)); // one unbreakable word
-  await postComment(server.base, token, post, 'https://example.com/a/very/long/link/without/any/spaces/in/it/at/all?q=1234567890');
+  const page = await openPage(env.browser, env.server.base, post, { viewport: { width: 375, height: 700 } });
+  const token = await devToken(env.server.base, 'a-rather-long-user-name-that-could-overflow');
+  await postComment(env.server.base, token, post, 'x'.repeat(300)); // one unbreakable word
+  await postComment(env.server.base, token, post, 'https://example.com/a/very/long/link/without/any/spaces/in/it/at/all?q=1234567890');
   await postViaUi(page, 'phone-user', 'posting from a phone');
   await waitFor(async () => (await page.$$('#comments > li')).length === 3, 'three comments');
   const widths = await page.evaluate(() => ({

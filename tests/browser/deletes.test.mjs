@@ -1,38 +1,29 @@
 // Deletions reach pages that were not connected when they happened: a deletion is only pushed to
 // open streams, so a page that reconnects checks what it shows against the newest page.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import {
-  devToken, launchBrowser, openPage, postComment, Server, shownIds, sleep, TIMEOUT, waitFor, waitShown, waitState,
+  devToken, openPage, postComment, serverAndBrowser, shownIds, sleep, TIMEOUT, waitFor, waitShown, waitState,
 } from './harness.mjs';
 
-let server;
-let browser;
-before(async () => {
-  server = await Server.start();
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = serverAndBrowser();
 
 const POST = 'deleted-while-away';
 
 test('a comment deleted while the page was cut off disappears when it reconnects', { timeout: 6 * TIMEOUT }, async () => {
-  let token = await devToken(server.base, 'author');
+  let token = await devToken(env.server.base, 'author');
   const ids = [];
-  for (let i = 1; i <= 3; i++) ids.push((await postComment(server.base, token, POST, `comment ${i}`)).id);
-  const page = await openPage(browser, server.base, POST);
+  for (let i = 1; i <= 3; i++) ids.push((await postComment(env.server.base, token, POST, `comment ${i}`)).id);
+  const page = await openPage(env.browser, env.server.base, POST);
   await waitShown(page, ids, 'history on open');
 
   // Cut the page off (it cannot reconnect until we let it), then delete a comment.
   await page.route('**/comments/stream**', (route) => route.abort());
-  await server.kill('SIGKILL');
+  await env.server.kill('SIGKILL');
   await waitState(page, ['reconnecting', 'offline']);
-  await server.start();
-  token = await devToken(server.base, 'author'); // a new dev secret with every process start
-  const res = await fetch(`${server.base}/comment/${ids[1]}?post_id=${POST}`, {
+  await env.server.start();
+  token = await devToken(env.server.base, 'author'); // a new dev secret with every process start
+  const res = await fetch(`${env.server.base}/comment/${ids[1]}?post_id=${POST}`, {
     method: 'DELETE',
     headers: { Authorization: `Bearer ${token}` },
   });

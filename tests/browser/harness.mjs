@@ -6,6 +6,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
@@ -139,6 +140,21 @@ export class Server {
 }
 
 // ---- the API from node -------------------------------------------------------------------------
+
+/** One server and one browser for all the tests of a file: started before the first test,
+ * closed after the last. Read them as `env.server` and `env.browser`. */
+export function serverAndBrowser(options = {}) {
+  const env = { server: null, browser: null };
+  before(async () => {
+    env.server = await Server.start(options);
+    env.browser = await launchBrowser();
+  });
+  after(async () => {
+    await env.browser?.close();
+    await env.server?.stop();
+  });
+  return env;
+}
 
 export async function devToken(base, user) {
   const res = await fetch(`${base}/dev/token?user_id=${encodeURIComponent(user)}`);

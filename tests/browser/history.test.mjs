@@ -2,37 +2,28 @@
 // and comments that arrive both live and in a history page are shown once; `event: truncated`
 // reloads the history.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import {
-  devToken, launchBrowser, loadAll, openPage, postComment, screenshot, Server, shownIds, shownTexts,
+  devToken, loadAll, openPage, postComment, screenshot, serverAndBrowser, shownIds, shownTexts,
   TIMEOUT, waitFor,
 } from './harness.mjs';
 
-let server;
-let browser;
-before(async () => {
-  server = await Server.start();
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = serverAndBrowser();
 
 test('older pages load on scroll, newest first, each comment once', { timeout: 4 * TIMEOUT }, async () => {
   const post = 'long-thread';
-  const token = await devToken(server.base, 'historian');
+  const token = await devToken(env.server.base, 'historian');
   const posted = [];
-  for (let i = 1; i <= 45; i++) posted.push(await postComment(server.base, token, post, `comment number ${i}`));
+  for (let i = 1; i <= 45; i++) posted.push(await postComment(env.server.base, token, post, `comment number ${i}`));
 
-  const page = await openPage(browser, server.base, post, { viewport: { width: 800, height: 600 } });
+  const page = await openPage(env.browser, env.server.base, post, { viewport: { width: 800, height: 600 } });
   await waitFor(async () => (await shownIds(page)).length >= 20, 'the first page of history');
   const first = await shownTexts(page);
   assert.equal(first[0], 'comment number 45', 'newest first');
   assert.ok(first.length < 45, `only the first page(s) at first (${first.length})`);
 
   // New comments while scrolling back: they go on top, and are not repeated by later pages.
-  posted.push(await postComment(server.base, token, post, 'comment number 46'));
+  posted.push(await postComment(env.server.base, token, post, 'comment number 46'));
   await waitFor(async () => (await shownTexts(page))[0] === 'comment number 46', 'the live comment on top');
 
   await loadAll(page);
@@ -44,11 +35,11 @@ test('older pages load on scroll, newest first, each comment once', { timeout: 4
 
 test('event: truncated (more missed than one replay carries) reloads the history, each comment once', { timeout: 4 * TIMEOUT }, async () => {
   const post = 'truncated-replay';
-  const token = await devToken(server.base, 'historian');
+  const token = await devToken(env.server.base, 'historian');
   const posted = [];
-  for (let i = 1; i <= 25; i++) posted.push(await postComment(server.base, token, post, `old ${i}`));
+  for (let i = 1; i <= 25; i++) posted.push(await postComment(env.server.base, token, post, `old ${i}`));
 
-  const context = await browser.newContext({ viewport: { width: 800, height: 600 } });
+  const context = await env.browser.newContext({ viewport: { width: 800, height: 600 } });
   const page = await context.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
@@ -61,10 +52,10 @@ test('event: truncated (more missed than one replay carries) reloads the history
     headers: { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' },
     body: 'retry: 500\n\nevent: truncated\ndata: {"reason":"replay_limit"}\n\n',
   }), { times: 1 });
-  await page.goto(`${server.base}/?post=${post}`);
+  await page.goto(`${env.server.base}/?post=${post}`);
   await waitFor(async () => ['live', 'caught-up'].includes(await page.$eval('#conn', (e) => e.dataset.state))
     && (await shownIds(page)).length >= 20, 'the page, resynced and live');
-  posted.push(await postComment(server.base, token, post, 'new after the resync'));
+  posted.push(await postComment(env.server.base, token, post, 'new after the resync'));
   await waitFor(async () => (await shownTexts(page))[0] === 'new after the resync', 'the live comment');
   await loadAll(page);
   assert.deepEqual(await shownTexts(page), posted.map((c) => c.text).reverse(), 'every comment once, newest first');

@@ -1,29 +1,20 @@
 // Two browser pages on the same post: what one posts through the form appears in the other, live;
 // a deletion by the author disappears from both; only the author gets a delete button.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import {
-  launchBrowser, openPage, postViaUi, screenshot, Server, shownIds, shownTexts, TIMEOUT, waitFor,
+  openPage, postViaUi, screenshot, serverAndBrowser, shownIds, shownTexts, TIMEOUT, waitFor,
 } from './harness.mjs';
 
-let server;
-let browser;
-before(async () => {
-  server = await Server.start();
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = serverAndBrowser();
 
 const textsOf = (page) => shownTexts(page);
 const waitText = (page, text) => waitFor(async () => (await textsOf(page)).includes(text), `“${text}” on the page`);
 
 test('a comment posted in one page appears live in the other; deletions follow', { timeout: 4 * TIMEOUT }, async () => {
   const post = 'live-two-pages';
-  const alice = await openPage(browser, server.base, post);
-  const bob = await openPage(browser, server.base, post);
+  const alice = await openPage(env.browser, env.server.base, post);
+  const bob = await openPage(env.browser, env.server.base, post);
   assert.equal(await alice.title(), `${post} · livecomments`);
 
   await postViaUi(alice, 'alice', 'hello from alice');
@@ -62,7 +53,7 @@ test('a comment posted in one page appears live in the other; deletions follow',
   assert.equal(await bob.$eval('#user-name', (i) => i.value), 'bob');
   assert.deepEqual(await buttons(bob), [['hi alice, bob here', true]]);
 
-  const carol = await openPage(browser, server.base, post);
+  const carol = await openPage(env.browser, env.server.base, post);
   await waitText(carol, 'hi alice, bob here');
   assert.deepEqual(await textsOf(carol), ['hi alice, bob here']);
 
@@ -76,8 +67,8 @@ test('a comment posted in one page appears live in the other; deletions follow',
   if (process.env.LIVECOMMENTS_DOCS_SCREENSHOT) {
     // The picture in docs/DEMO.md: a short conversation, seen by one of its participants.
     const match = 'match-42';
-    const ann = await openPage(browser, server.base, match, { viewport: { width: 900, height: 700 } });
-    const ben = await openPage(browser, server.base, match);
+    const ann = await openPage(env.browser, env.server.base, match, { viewport: { width: 900, height: 700 } });
+    const ben = await openPage(env.browser, env.server.base, match);
     for (const [who, page, text] of [
       ['ann', ann, 'Kick-off! Anyone else watching from the stands?'],
       ['ben', ben, 'Watching from home, the stream is right on time.'],

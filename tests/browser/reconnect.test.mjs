@@ -3,22 +3,13 @@
 // exactly the comments it missed, none twice.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import {
-  connState, devToken, launchBrowser, loadAll, openPage, postComment, postViaUi, screenshot, Server, shownIds,
+  connState, devToken, loadAll, openPage, postComment, postViaUi, screenshot, serverAndBrowser, shownIds,
   sleep, TIMEOUT, waitFor, waitShown, waitState,
 } from './harness.mjs';
 
-let server;
-let browser;
-before(async () => {
-  server = await Server.start();
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const env = serverAndBrowser();
 
 const POST = 'restart-me';
 
@@ -33,12 +24,12 @@ async function assertExactly(page, ids, what) {
 
 test('the page catches up exactly after the server is killed and restarted', { timeout: 8 * TIMEOUT }, async () => {
   const expected = new Set();
-  let token = await devToken(server.base, 'poster');
-  for (let i = 1; i <= 3; i++) expected.add((await postComment(server.base, token, POST, `before the page ${i}`)).id);
+  let token = await devToken(env.server.base, 'poster');
+  for (let i = 1; i <= 3; i++) expected.add((await postComment(env.server.base, token, POST, `before the page ${i}`)).id);
 
-  const page = await openPage(browser, server.base, POST);
+  const page = await openPage(env.browser, env.server.base, POST);
   await assertExactly(page, expected, 'history on open');
-  for (let i = 1; i <= 2; i++) expected.add((await postComment(server.base, token, POST, `live ${i}`)).id);
+  for (let i = 1; i <= 2; i++) expected.add((await postComment(env.server.base, token, POST, `live ${i}`)).id);
   await assertExactly(page, expected, 'live comments');
   // The page signs in through the form now, so it holds a token of this server process.
   await postViaUi(page, 'viewer', 'from the page, before the restarts');
@@ -47,19 +38,19 @@ test('the page catches up exactly after the server is killed and restarted', { t
 
   // 1. A deterministic gap: the page cannot reconnect until we let it, while comments are posted.
   await page.route('**/comments/stream**', (route) => route.abort());
-  await server.kill('SIGKILL');
+  await env.server.kill('SIGKILL');
   await waitState(page, ['reconnecting', 'offline']);
-  await server.start();
-  token = await devToken(server.base, 'poster'); // the dev secret is new with every process start
+  await env.server.start();
+  token = await devToken(env.server.base, 'poster'); // the dev secret is new with every process start
   const missed = [];
-  for (let i = 1; i <= 4; i++) missed.push((await postComment(server.base, token, POST, `missed ${i}`)).id);
+  for (let i = 1; i <= 4; i++) missed.push((await postComment(env.server.base, token, POST, `missed ${i}`)).id);
   await sleep(300);
   assert.ok(!(await shownIds(page)).some((id) => missed.includes(id)), 'the page was really cut off');
   missed.forEach((id) => expected.add(id));
   await page.unroute('**/comments/stream**');
   await waitState(page, ['caught-up']);
   await assertExactly(page, expected, 'after the first restart');
-  expected.add((await postComment(server.base, token, POST, 'live again')).id);
+  expected.add((await postComment(env.server.base, token, POST, 'live again')).id);
   await assertExactly(page, expected, 'live after catching up');
   await screenshot(page, 'reconnect-caught-up');
 
@@ -72,10 +63,10 @@ test('the page catches up exactly after the server is killed and restarted', { t
       const key = randomUUID();
       for (;;) {
         try {
-          expected.add((await postComment(server.base, token, POST, `during restart ${i}`, { idempotencyKey: key })).id);
+          expected.add((await postComment(env.server.base, token, POST, `during restart ${i}`, { idempotencyKey: key })).id);
           break;
         } catch (e) {
-          if (/POST \/comment: 401/.test(e.message)) token = await devToken(server.base, 'poster').catch(() => token);
+          if (/POST \/comment: 401/.test(e.message)) token = await devToken(env.server.base, 'poster').catch(() => token);
           await sleep(100);
         }
       }
@@ -83,10 +74,10 @@ test('the page catches up exactly after the server is killed and restarted', { t
     }
   })();
   await sleep(600);
-  await server.kill('SIGKILL');
+  await env.server.kill('SIGKILL');
   await waitState(page, ['reconnecting', 'offline']);
   await sleep(300);
-  await server.start();
+  await env.server.start();
   await sleep(600);
   stop = true;
   await poster;
@@ -95,7 +86,7 @@ test('the page catches up exactly after the server is killed and restarted', { t
   await assertExactly(page, expected, 'after the kill during posting');
 
   // The history agrees with the page: a fresh page, scrolled to the end, shows the same set.
-  const fresh = await openPage(browser, server.base, POST);
+  const fresh = await openPage(env.browser, env.server.base, POST);
   await loadAll(fresh);
   await assertExactly(fresh, expected, 'a fresh page');
   assert.deepEqual(await shownIds(fresh), await shownIds(page), 'same order in both pages');
@@ -116,21 +107,21 @@ test('a page that has seen no live event yet also catches up after a restart', {
   // since=<the server's time of its first history page> instead.
   const post = 'quiet-until-restart';
   const expected = new Set();
-  let token = await devToken(server.base, 'poster');
-  expected.add((await postComment(server.base, token, post, 'history only')).id);
-  const page = await openPage(browser, server.base, post);
+  let token = await devToken(env.server.base, 'poster');
+  expected.add((await postComment(env.server.base, token, post, 'history only')).id);
+  const page = await openPage(env.browser, env.server.base, post);
   await assertExactly(page, expected, 'history on open');
 
   await page.route('**/comments/stream**', (route) => route.abort());
-  await server.kill('SIGKILL');
+  await env.server.kill('SIGKILL');
   await waitState(page, ['reconnecting', 'offline']);
-  await server.start();
-  token = await devToken(server.base, 'poster');
-  for (let i = 1; i <= 3; i++) expected.add((await postComment(server.base, token, post, `while away ${i}`)).id);
+  await env.server.start();
+  token = await devToken(env.server.base, 'poster');
+  for (let i = 1; i <= 3; i++) expected.add((await postComment(env.server.base, token, post, `while away ${i}`)).id);
   await page.unroute('**/comments/stream**');
   await waitState(page, ['caught-up']);
   await assertExactly(page, expected, 'after the restart');
-  expected.add((await postComment(server.base, token, post, 'and live')).id);
+  expected.add((await postComment(env.server.base, token, post, 'and live')).id);
   await assertExactly(page, expected, 'live after catching up');
   assert.deepEqual(page.errors, []);
   await screenshot(page, 'reconnect-no-event-yet');
