@@ -76,6 +76,14 @@ impl Hub {
         hub
     }
 
+    pub fn post_id(&self) -> &str {
+        &self.post_id
+    }
+
+    pub(super) fn fanout(&self) -> &Arc<Fanout> {
+        &self.fanout
+    }
+
     pub fn is_closed(&self) -> bool {
         self.state.lock().closed
     }

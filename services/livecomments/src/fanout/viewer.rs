@@ -23,9 +23,8 @@ use crate::metrics::METRICS;
 
 pub struct Viewer {
     conn: Arc<Conn>,
+    /// The viewer's post and fanout are its hub's.
     hub: Arc<Hub>,
-    fanout: Arc<Fanout>,
-    post_id: String,
     /// Set until `start`: where to replay from.
     resume: Option<Position>,
     /// Regions whose history could not be replayed yet: the viewer stays on its queue (its
@@ -58,8 +57,6 @@ impl Viewer {
                 return Viewer {
                     conn,
                     hub,
-                    fanout: fanout.clone(),
-                    post_id,
                     resume,
                     unreplayed: Vec::new(),
                     _slot: slot,
@@ -81,12 +78,13 @@ impl Viewer {
         out.extend_from_slice(format!("retry: {retry_ms}\n\n").as_bytes());
         if let Some(from) = self.resume.take() {
             let replay = self
-                .fanout
+                .hub
+                .fanout()
                 .history
-                .replay(&self.post_id, &from, self.fanout.cfg.replay_max)
+                .replay(self.hub.post_id(), &from, self.hub.fanout().cfg.replay_max)
                 .await;
-            if replay.failed.len() == self.fanout.history.regions().count() {
-                tracing::warn!(post_id = %self.post_id, "no history reachable; closing stream");
+            if replay.failed.len() == self.hub.fanout().history.regions().count() {
+                tracing::warn!(post_id = %self.hub.post_id(), "no history reachable; closing stream");
                 out.extend_from_slice(
                     b"event: reconnect\ndata: {\"reason\":\"history_unavailable\"}\n\n",
                 );
@@ -173,7 +171,7 @@ impl Viewer {
             if let Some(bytes) = part.render(&mut st.pos) {
                 if !self
                     .conn
-                    .push_event(st, &bytes, self.fanout.cfg.viewer_buffer)
+                    .push_event(st, &bytes, self.hub.fanout().cfg.viewer_buffer)
                 {
                     return;
                 }
@@ -184,11 +182,12 @@ impl Viewer {
     /// Replays `region` after the viewer's position; on success the region is live again.
     async fn catch_up_region(&mut self, region: &str) {
         let after = self.conn.lock().pos.get(region).map(str::to_string);
-        let max = self.fanout.cfg.replay_max;
+        let max = self.hub.fanout().cfg.replay_max;
         if let Ok(rows) = self
-            .fanout
+            .hub
+            .fanout()
             .history
-            .region_after(region, &self.post_id, after.as_deref(), max)
+            .region_after(region, self.hub.post_id(), after.as_deref(), max)
             .await
         {
             self.unreplayed.retain(|r| r != region);
