@@ -124,28 +124,29 @@ impl Frame {
             *pos = span.after.clone();
             return Some(self.bytes.clone());
         }
-        let token = pos.to_string();
-        let rest = &self.bytes[c.body_at..];
-        let mut b = BytesMut::with_capacity(rest.len() + token.len() + 6);
-        b.put_slice(b"id: ");
-        b.put_slice(token.as_bytes());
-        b.put_u8(b'\n');
-        b.put_slice(rest);
-        Some(b.freeze())
+        Some(with_id_line(pos, &self.bytes[c.body_at..]).0)
     }
 }
 
+/// A comment event with `pos` as its `id:`, and where the part after the `id:` line starts.
 fn comment_bytes(c: &Comment, pos: &Position) -> (Bytes, usize) {
     let json = serde_json::to_vec(c).unwrap_or_default();
+    let mut body = Vec::with_capacity(json.len() + 24);
+    body.extend_from_slice(b"event: comment\ndata: ");
+    body.extend_from_slice(&json);
+    body.extend_from_slice(b"\n\n");
+    with_id_line(pos, &body)
+}
+
+/// `id: <pos>` followed by `body`; also returns where `body` starts.
+fn with_id_line(pos: &Position, body: &[u8]) -> (Bytes, usize) {
     let token = pos.to_string();
-    let mut b = BytesMut::with_capacity(json.len() + token.len() + 32);
+    let mut b = BytesMut::with_capacity(body.len() + token.len() + 5);
     b.put_slice(b"id: ");
     b.put_slice(token.as_bytes());
     b.put_u8(b'\n');
     let body_at = b.len();
-    b.put_slice(b"event: comment\ndata: ");
-    b.put_slice(&json);
-    b.put_slice(b"\n\n");
+    b.put_slice(body);
     (b.freeze(), body_at)
 }
 
