@@ -5,12 +5,14 @@
 pub struct Link {
     pub port: u16,
     enabled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
 impl Link {
-    /// Listens on a free port and forwards to 127.0.0.1:`target`.
+    /// Listens on a free port and forwards to 127.0.0.1:`target`. A `target` of 0 is not
+    /// known yet ([`Self::set_target`]): until then connections are dropped, as if refused.
     pub async fn start(target: u16) -> Link {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -18,10 +20,12 @@ impl Link {
         let enabled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
             Default::default();
-        let (en, cs) = (enabled.clone(), conns.clone());
+        let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let (en, cs, to) = (enabled.clone(), conns.clone(), target.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if !en.load(Ordering::SeqCst) {
+                let target = to.load(Ordering::SeqCst);
+                if !en.load(Ordering::SeqCst) || target == 0 {
                     drop(inbound);
                     continue;
                 }
@@ -38,9 +42,15 @@ impl Link {
         Link {
             port,
             enabled,
+            target,
             conns,
             accept,
         }
+    }
+
+    /// Forwards new connections to 127.0.0.1:`port` from now on.
+    pub fn set_target(&self, port: u16) {
+        self.target.store(port, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Drops every connection through the link and refuses new ones.

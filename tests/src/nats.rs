@@ -1,66 +1,123 @@
 //! A real `nats-server` per test.
+//!
+//! Every port is `-1` (the server picks a free one) and the harness reads the ports from the
+//! server's `Listening for … connections on …` lines: nothing can take a port between the pick
+//! and the bind. A restart binds the same client and gateway ports again (clients and links
+//! know them), retrying for a while if another process took one meanwhile.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, which_nats};
+use crate::proc::{StartError, await_log, fresh_log, nats_listening};
+use crate::which_nats;
 
-/// A `nats-server` on free loopback ports; killed on drop.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The ports of a nats-server: `None` until it has bound them (then `-1` in its config).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NatsPorts {
+    pub client: Option<u16>,
+    pub gateway: Option<u16>,
+}
+
+impl NatsPorts {
+    /// `127.0.0.1:<port>`, or `127.0.0.1:-1` (any free port) while `port` is unknown.
+    pub fn listen(port: Option<u16>) -> String {
+        match port {
+            Some(p) => format!("127.0.0.1:{p}"),
+            None => "127.0.0.1:-1".into(),
+        }
+    }
+}
+
+type Render = Box<dyn Fn(&NatsPorts) -> String + Send + Sync>;
+
+/// A `nats-server` on loopback ports it picked itself; killed on drop.
 pub struct Nats {
     pub url: String,
     pub port: u16,
+    /// The gateway port, when the config has a gateway.
+    pub gateway_port: Option<u16>,
+    ports: NatsPorts,
+    config: Option<(PathBuf, Render)>,
     child: Option<Child>,
-    args: Vec<String>,
+    log: PathBuf,
 }
 
 impl Nats {
     pub async fn start() -> Nats {
-        let port = free_port();
-        let args = vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-        ];
-        let mut n = Nats {
-            url: format!("nats://127.0.0.1:{port}"),
-            port,
-            child: None,
-            args,
-        };
-        n.spawn().await;
-        n
+        Self::launch(None).await
     }
 
-    /// Starts with a config file (gateways, clusters).
-    pub async fn with_config(config: &Path, port: u16) -> Nats {
-        let args = vec!["-c".into(), config.display().to_string()];
-        let mut n = Nats {
-            url: format!("nats://127.0.0.1:{port}"),
-            port,
-            child: None,
-            args,
-        };
-        n.spawn().await;
-        n
+    /// Starts with a config file (gateways, clusters) written to `path` by `render`, which
+    /// puts [`NatsPorts::listen`] of each port in its `listen:`s.
+    pub async fn with_config(
+        path: &Path,
+        render: impl Fn(&NatsPorts) -> String + Send + Sync + 'static,
+    ) -> Nats {
+        Self::launch(Some((path.to_path_buf(), Box::new(render)))).await
     }
 
-    async fn spawn(&mut self) {
-        let exe = which_nats();
-        self.child = Some(
-            Command::new(exe)
-                .args(&self.args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn nats-server"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    async fn launch(config: Option<(PathBuf, Render)>) -> Nats {
+        let mut n = Nats {
+            url: String::new(),
+            port: 0,
+            gateway_port: None,
+            ports: NatsPorts::default(),
+            config,
+            child: None,
+            log: PathBuf::new(),
+        };
+        if let Err(e) = n.spawn().await {
+            panic!("{e}");
         }
+        n
+    }
+
+    async fn spawn(&mut self) -> Result<(), StartError> {
+        let args: Vec<String> = match &self.config {
+            Some((path, render)) => {
+                std::fs::write(path, render(&self.ports)).expect("write the nats-server config");
+                vec!["-c".into(), path.display().to_string()]
+            }
+            None => {
+                let listen = NatsPorts::listen(self.ports.client);
+                let (host, port) = listen.rsplit_once(':').expect("host:port");
+                vec!["-a".into(), host.into(), "-p".into(), port.into()]
+            }
+        };
+        let (path, log) = fresh_log("nats-server");
+        self.log = path;
+        let mut child = Command::new(which_nats())
+            .args(&args)
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn nats-server");
+        let what = format!("nats-server {args:?}");
+        let deadline = Instant::now() + START_TIMEOUT;
+        // The gateway is listening before the server says it is ready; the client port too.
+        let found = await_log(&what, &mut child, &self.log, deadline, |log| {
+            log.contains("Server is ready").then(|| {
+                (
+                    nats_listening(log, "client"),
+                    nats_listening(log, "gateways"),
+                )
+            })
+        })
+        .await;
+        self.child = Some(child);
+        let (client, gateway) = found?;
+        let client = client.ok_or_else(|| StartError::new(&what, None, &self.log))?;
+        self.ports = NatsPorts {
+            client: Some(client),
+            gateway,
+        };
+        self.port = client;
+        self.gateway_port = gateway;
+        self.url = format!("nats://127.0.0.1:{client}");
+        Ok(())
     }
 
     pub fn kill(&mut self) {
@@ -70,9 +127,26 @@ impl Nats {
         }
     }
 
+    /// Starts it again on the same ports.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.spawn().await {
+                Ok(()) => return,
+                // Another process took a port while it was free: it may let go again.
+                Err(e) if e.exited.is_some() && Instant::now() < deadline => {
+                    self.kill();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("nats-server restart on port {}: {e}", self.port),
+            }
+        }
+    }
+
+    /// The log (stdout and stderr) of the current process start.
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
     }
 }
 

@@ -1,4 +1,10 @@
 //! The `livecomments` binary under test, one process per [`Server`].
+//!
+//! A server binds `--listen 127.0.0.1:0` and the harness reads the port it got from the line
+//! it logs once bound (`serving … listen=127.0.0.1:<port>`): the kernel picks a free port
+//! and nobody can take it between the pick and the bind. A restart binds that same port
+//! again (viewers and peers know it); if another process took it in the moment it was free,
+//! the restart retries for a while and then fails saying so.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -6,7 +12,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{SECRET, bin, client, free_port, get_json, post_comment, token};
+use crate::proc::{StartError, await_log, fresh_log, serving_addr};
+use crate::{SECRET, bin, client, get_json, post_comment, token};
+
+/// `args[LISTEN]` is the value of `--listen`.
+const LISTEN: usize = 2;
+/// How long a start (or restart) may take before the test fails.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running `livecomments` process; killed on drop.
 pub struct Server {
@@ -15,6 +27,8 @@ pub struct Server {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     child: Option<Child>,
+    /// The log (stderr) of the current process start.
+    log: PathBuf,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -53,6 +67,7 @@ impl ServerBuilder {
         self.data_dir = Some(d.to_path_buf());
         self
     }
+    /// Listen on `p` rather than on a port the kernel picks (the caller must hold `p` free).
     pub fn port(mut self, p: u16) -> Self {
         self.port = Some(p);
         self
@@ -69,6 +84,12 @@ impl ServerBuilder {
     }
 
     pub async fn start(self) -> Server {
+        self.try_start().await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Self::start`], but a server that exits at start or never comes up is an error
+    /// (with its log) instead of a panic.
+    pub async fn try_start(self) -> Result<Server, StartError> {
         let (data_dir, tmp) = match self.data_dir {
             Some(d) => (d, None),
             None => {
@@ -76,7 +97,7 @@ impl ServerBuilder {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let port = self.port.unwrap_or_else(free_port);
+        let port = self.port.unwrap_or(0);
         let mut args = vec![self.role, "--listen".into(), format!("127.0.0.1:{port}")];
         args.extend(["--data-dir".into(), data_dir.display().to_string()]);
         if matches!(args[0].as_str(), "standalone" | "ingest") {
@@ -89,12 +110,13 @@ impl ServerBuilder {
             args,
             envs: self.envs,
             child: None,
+            log: PathBuf::new(),
             data_dir,
             _tmp: tmp,
         };
         s.spawn();
-        s.wait_up(self.wait_ready).await;
-        s
+        s.wait_up(self.wait_ready).await?;
+        Ok(s)
     }
 }
 
@@ -117,12 +139,8 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let log = std::env::temp_dir().join(format!("livecomments-test-{}.log", self.port));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
+        let (path, log) = fresh_log(&format!("livecomments-{}", self.args[0]));
+        self.log = path;
         let mut cmd = Command::new(bin());
         cmd.args(&self.args)
             .stdout(Stdio::null())
@@ -144,35 +162,38 @@ impl Server {
         self.child = Some(cmd.spawn().expect("spawn livecomments"));
     }
 
-    async fn wait_up(&mut self, ready: bool) {
+    /// Learns the bound port from the log, then waits for `/readyz` (or `/healthz`).
+    async fn wait_up(&mut self, ready: bool) -> Result<(), StartError> {
+        let what = format!("livecomments {:?}", self.args);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let child = self.child.as_mut().expect("spawned");
+        let addr = await_log(&what, child, &self.log, deadline, serving_addr).await?;
+        self.port = addr.port();
+        self.base = format!("http://{addr}");
+        // A restart binds the same port.
+        self.args[LISTEN] = addr.to_string();
         let url = format!("{}/{}", self.base, if ready { "readyz" } else { "healthz" });
-        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = client().get(&url).send().await {
                 if r.status().is_success() {
-                    return;
+                    return Ok(());
                 }
             }
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!(
-                        "livecomments {:?} exited early: {status}; see {}",
-                        self.args,
-                        self.log_path().display()
-                    );
+                    return Err(StartError::new(&what, Some(status), &self.log));
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "server {} not up in 30 s",
-                self.base
-            );
+            if Instant::now() > deadline {
+                return Err(StartError::new(&what, None, &self.log));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
+    /// The log (stderr) of the current process; every start and restart has a new one.
     pub fn log_path(&self) -> PathBuf {
-        std::env::temp_dir().join(format!("livecomments-test-{}.log", self.port))
+        self.log.clone()
     }
 
     pub fn pid(&self) -> u32 {
@@ -211,8 +232,22 @@ impl Server {
     /// Starts the same command again (same port and data dir).
     pub async fn restart(&mut self) {
         self.kill9();
-        self.spawn();
-        self.wait_up(true).await;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.spawn();
+            match self.wait_up(true).await {
+                Ok(()) => return,
+                // Another process took the port while it was free: it may let go again.
+                Err(e)
+                    if e.exited.is_some()
+                        && e.tail.contains("binding --listen")
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("restart on port {}: {e}", self.port),
+            }
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,6 +1,6 @@
 //! Regions on real nats-servers joined by gateways, and a standalone server per region.
 
-use crate::{Link, Nats, Server, free_port};
+use crate::{Link, Nats, NatsPorts, Server};
 
 /// One nats-server per region, joined by gateways (a supercluster, as in `nats/`). Every
 /// gateway connection between two regions runs through a [`Link`], so tests can partition
@@ -15,55 +15,58 @@ pub struct Supercluster {
 
 impl Supercluster {
     pub async fn start(regions: &[&str]) -> Supercluster {
-        let dir = tempfile::tempdir().unwrap();
-        let client_ports: Vec<u16> = regions.iter().map(|_| free_port()).collect();
-        let gw_ports: Vec<u16> = regions.iter().map(|_| free_port()).collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Each link learns its target (the gateway port of `to`) once `to` is up.
         let mut links = std::collections::HashMap::new();
         for (i, from) in regions.iter().enumerate() {
             for (j, to) in regions.iter().enumerate() {
                 if i != j {
-                    links.insert(
-                        (from.to_string(), to.to_string()),
-                        Link::start(gw_ports[j]).await,
-                    );
+                    links.insert((from.to_string(), to.to_string()), Link::start(0).await);
                 }
             }
         }
         let mut servers = Vec::new();
         for (i, region) in regions.iter().enumerate() {
+            // Every other region through its link (a gateway need not list itself).
             let gateways: Vec<String> = regions
                 .iter()
-                .enumerate()
-                .map(|(j, other)| {
-                    let port = if i == j {
-                        gw_ports[j]
-                    } else {
-                        links[&(region.to_string(), other.to_string())].port
-                    };
+                .filter(|other| *other != region)
+                .map(|other| {
+                    let port = links[&(region.to_string(), other.to_string())].port;
                     format!("    {{ name: \"{other}\", urls: [\"nats://127.0.0.1:{port}\"] }}")
                 })
-                .collect();
+                .collect::<Vec<_>>();
             // Gateways gossip their own address and peers may dial it directly: advertise a link
             // instead so a cut between two regions really cuts (exact for two regions; with
             // more, a third region may share that link).
-            let advertise = if regions.len() > 1 {
+            let advertise = (regions.len() > 1).then(|| {
                 let next = regions[(i + 1) % regions.len()];
-                links[&(next.to_string(), region.to_string())].port
-            } else {
-                gw_ports[i]
+                format!(
+                    "  advertise: \"127.0.0.1:{}\"\n",
+                    links[&(next.to_string(), region.to_string())].port
+                )
+            });
+            let region_name = region.to_string();
+            let gws = gateways.join("\n");
+            let render = move |p: &NatsPorts| {
+                format!(
+                    "server_name: \"{region_name}-1\"\nlisten: \"{client}\"\n\
+                     cluster {{ name: \"{region_name}\", listen: \"127.0.0.1:-1\" }}\n\
+                     gateway {{\n  name: \"{region_name}\"\n  listen: \"{gw}\"\n{advertise}  reject_unknown_cluster: true\n  gateways: [\n{gws}\n  ]\n}}\n",
+                    client = NatsPorts::listen(p.client),
+                    gw = NatsPorts::listen(p.gateway),
+                    advertise = advertise.as_deref().unwrap_or(""),
+                )
             };
-            let conf = format!(
-                "server_name: \"{region}-1\"\nlisten: \"127.0.0.1:{client}\"\n\
-                 cluster {{ name: \"{region}\", listen: \"127.0.0.1:{cluster}\" }}\n\
-                 gateway {{\n  name: \"{region}\"\n  listen: \"127.0.0.1:{gw}\"\n  advertise: \"127.0.0.1:{advertise}\"\n  reject_unknown_cluster: true\n  gateways: [\n{gws}\n  ]\n}}\n",
-                client = client_ports[i],
-                cluster = free_port(),
-                gw = gw_ports[i],
-                gws = gateways.join("\n"),
-            );
             let path = dir.path().join(format!("{region}.conf"));
-            std::fs::write(&path, conf).unwrap();
-            servers.push(Nats::with_config(&path, client_ports[i]).await);
+            let nats = Nats::with_config(&path, render).await;
+            let gw = nats.gateway_port.expect("nats-server listens for gateways");
+            for ((_, to), link) in &links {
+                if to == region {
+                    link.set_target(gw);
+                }
+            }
+            servers.push(nats);
         }
         Supercluster {
             regions: regions.iter().map(|r| r.to_string()).collect(),

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use livecomments_tests::{bin, which_nats};
+use livecomments_tests::{ClosedPort, Server, bin, which_nats};
 use serde_json::{Map, Value, json};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -401,15 +401,16 @@ fn livecomments_commands_flags_and_env_are_accepted_by_the_binary() {
 }
 
 /// clap takes any string for `--nats-url`; the NATS client parses it at start. Start a fanout
-/// with each form compose.yaml uses (hosts pointed at a closed loopback port: the client keeps
-/// retrying, so a process still running after a moment accepted the value).
-#[test]
-fn the_nats_url_values_are_accepted_at_start() {
+/// with each form compose.yaml uses (hosts pointed at a loopback port that refuses
+/// connections: the client keeps retrying) and wait until it serves `/healthz`: a fanout that
+/// got that far accepted the value.
+#[tokio::test]
+async fn the_nats_url_values_are_accepted_at_start() {
     let c = compose();
+    let dead = ClosedPort::new();
     let mut forms = BTreeSet::new();
     for svc in services(&c).values().filter(|s| is_livecomments(s)) {
         if let Some(urls) = flag(&command(svc), "--nats-url") {
-            let dead = livecomments_tests::free_port();
             let local: Vec<String> = urls
                 .split(',')
                 .map(|u| {
@@ -419,38 +420,23 @@ fn the_nats_url_values_are_accepted_at_start() {
                         .unwrap()
                         .0
                         .to_string()
-                        + &format!(":{dead}")
+                        + &format!(":{}", dead.port)
                 })
                 .collect();
             forms.insert((urls.clone(), local.join(",")));
         }
     }
     assert!(!forms.is_empty());
-    let children: Vec<_> = forms
-        .into_iter()
-        .map(|(orig, local)| {
-            let port = livecomments_tests::free_port();
-            let child = Command::new(bin())
-                .args(["fanout", "--listen", &format!("127.0.0.1:{port}")])
-                .args(["--nats-url", &local])
-                .env_clear()
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("start fanout");
-            (orig, local, child)
-        })
-        .collect();
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    for (orig, local, mut child) in children {
-        let exited = child.try_wait().expect("try_wait");
-        let _ = child.kill();
-        let out = child.wait_with_output().expect("wait");
-        assert!(
-            exited.is_none(),
-            "--nats-url {orig:?} (as {local:?}): the binary exits at start:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for (orig, local) in forms {
+        let started = Server::role("fanout")
+            .no_secret()
+            .nats(&local)
+            .no_ready_wait()
+            .try_start()
+            .await;
+        if let Err(e) = started {
+            panic!("--nats-url {orig:?} (as {local:?}): the binary does not start: {e}");
+        }
     }
 }
 

@@ -227,7 +227,7 @@ async fn unusable_public_key_file_refuses_to_start() {
         .args([
             "standalone",
             "--listen",
-            &format!("127.0.0.1:{}", free_port()),
+            "127.0.0.1:0",
             "--data-dir",
             tmp.path().to_str().unwrap(),
         ])
@@ -358,7 +358,7 @@ async fn region_values_that_change_a_subject_refuse_to_start() {
             .args([
                 "standalone",
                 "--listen",
-                &format!("127.0.0.1:{}", free_port()),
+                "127.0.0.1:0",
                 "--data-dir",
                 tmp.path().to_str().unwrap(),
                 flag,
