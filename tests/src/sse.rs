@@ -20,6 +20,72 @@ impl Event {
     }
 }
 
+/// The SSE wire format, parsed incrementally as an EventSource does: bytes in, events out.
+/// Bytes wait in the buffer until their line is complete and only whole lines are decoded,
+/// so a character split across two reads arrives whole. Besides the dispatched events it
+/// reports comment lines (`comment-line`), `retry:` (`retry`) and an `id:` with no data
+/// (`id-only`, which moves Last-Event-ID silently in a browser).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    cur: Event,
+}
+
+impl SseParser {
+    /// The events completed by `chunk`.
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<Event> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(nl) = self.buf[start..].iter().position(|&b| b == b'\n') {
+            let end = start + nl;
+            let line = String::from_utf8_lossy(&self.buf[start..end]).into_owned();
+            self.line(line.trim_end_matches('\r'), &mut out);
+            start = end + 1;
+        }
+        self.buf.drain(..start);
+        out
+    }
+
+    fn line(&mut self, line: &str, out: &mut Vec<Event>) {
+        let cur = &mut self.cur;
+        if line.is_empty() {
+            if cur.event.is_empty() && cur.data.is_empty() && cur.id.is_some() {
+                // Like a browser: an id with no data moves Last-Event-ID silently.
+                cur.event = "id-only".into();
+                out.push(std::mem::take(cur));
+            } else if !cur.event.is_empty() || !cur.data.is_empty() {
+                if cur.event.is_empty() {
+                    cur.event = "message".into();
+                }
+                out.push(std::mem::take(cur));
+            }
+            *cur = Event::default();
+        } else if let Some(c) = line.strip_prefix(':') {
+            out.push(Event {
+                event: "comment-line".into(),
+                id: None,
+                data: c.trim().into(),
+            });
+        } else if let Some(v) = line.strip_prefix("event:") {
+            cur.event = v.trim().into();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            if !cur.data.is_empty() {
+                cur.data.push('\n');
+            }
+            cur.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        } else if let Some(v) = line.strip_prefix("id:") {
+            cur.id = Some(v.trim().into());
+        } else if let Some(v) = line.strip_prefix("retry:") {
+            out.push(Event {
+                event: "retry".into(),
+                id: None,
+                data: v.trim().into(),
+            });
+        }
+    }
+}
+
 /// An SSE client: events arrive on a channel; comments (`: ping`) are counted.
 pub struct Sse {
     rx: mpsc::UnboundedReceiver<Event>,
@@ -50,48 +116,11 @@ impl Sse {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut body = resp.bytes_stream();
-            let mut buf = String::new();
-            let mut cur = Event::default();
+            let mut parser = SseParser::default();
             while let Some(Ok(chunk)) = body.next().await {
-                buf.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(nl) = buf.find('\n') {
-                    let line: String = buf.drain(..=nl).collect();
-                    let line = line.trim_end_matches(['\n', '\r']);
-                    if line.is_empty() {
-                        if cur.event.is_empty() && cur.data.is_empty() && cur.id.is_some() {
-                            // Like a browser: an id with no data moves Last-Event-ID silently.
-                            cur.event = "id-only".into();
-                            let _ = tx.send(std::mem::take(&mut cur));
-                        } else if !cur.event.is_empty() || !cur.data.is_empty() {
-                            if cur.event.is_empty() {
-                                cur.event = "message".into();
-                            }
-                            if tx.send(std::mem::take(&mut cur)).is_err() {
-                                return;
-                            }
-                        }
-                        cur = Event::default();
-                    } else if let Some(c) = line.strip_prefix(':') {
-                        let _ = tx.send(Event {
-                            event: "comment-line".into(),
-                            id: None,
-                            data: c.trim().into(),
-                        });
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        cur.event = v.trim().into();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        if !cur.data.is_empty() {
-                            cur.data.push('\n');
-                        }
-                        cur.data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        cur.id = Some(v.trim().into());
-                    } else if let Some(v) = line.strip_prefix("retry:") {
-                        let _ = tx.send(Event {
-                            event: "retry".into(),
-                            id: None,
-                            data: v.trim().into(),
-                        });
+                for ev in parser.feed(&chunk) {
+                    if tx.send(ev).is_err() {
+                        return;
                     }
                 }
             }
@@ -171,5 +200,51 @@ impl Sse {
 impl Drop for Sse {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(events: &[Event]) -> Vec<(&str, Option<&str>, &str)> {
+        events
+            .iter()
+            .map(|e| (e.event.as_str(), e.id.as_deref(), e.data.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_character_split_across_two_reads_arrives_whole() {
+        let mut p = SseParser::default();
+        // "é" is C3 A9: the first read ends between the two bytes.
+        let first = p.feed(b"event: comment\nid: local.01\ndata: {\"text\":\"caf\xc3");
+        assert!(first.is_empty(), "{first:?}");
+        let second = p.feed(b"\xa9 \xf0\x9f\x8e");
+        assert!(second.is_empty(), "{second:?}");
+        let third = p.feed(b"\x89\"}\n\n");
+        assert_eq!(
+            kinds(&third),
+            vec![("comment", Some("local.01"), "{\"text\":\"café 🎉\"}")]
+        );
+        assert_eq!(third[0].json()["text"], "café 🎉");
+    }
+
+    #[test]
+    fn byte_by_byte_reads_give_what_one_read_gives() {
+        let stream = "retry: 1500\n\nid: local.00\n\n: ping\n\nevent: comment\r\nid: local.01\r\ndata: {\"text\":\"Grüße, 世界 🎉\"}\r\n\r\ndata: a\ndata: b\n\n"
+            .as_bytes();
+        let whole = SseParser::default().feed(stream);
+        let mut p = SseParser::default();
+        let split: Vec<Event> = stream.iter().flat_map(|b| p.feed(&[*b])).collect();
+        let want = vec![
+            ("retry", None, "1500"),
+            ("id-only", Some("local.00"), ""),
+            ("comment-line", None, "ping"),
+            ("comment", Some("local.01"), "{\"text\":\"Grüße, 世界 🎉\"}"),
+            ("message", None, "a\nb"),
+        ];
+        assert_eq!(kinds(&whole), want);
+        assert_eq!(kinds(&split), want);
     }
 }
