@@ -270,6 +270,15 @@ impl Server {
             .unwrap()
     }
 
+    /// The value of an unlabelled counter or gauge in `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         get_json(&self.url(path)).await
     }

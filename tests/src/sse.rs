@@ -151,6 +151,23 @@ impl Sse {
         Some(ev)
     }
 
+    /// True once the stream's first bytes (its `retry:`) arrived within `timeout`: the viewer
+    /// has joined its post and gets whatever is published from now on.
+    pub async fn started(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            match self.next(left).await {
+                Some(ev) if ev.event == "retry" => return true,
+                Some(ev) if ev.event == "closed" => return false,
+                Some(_) => continue,
+                None => return false,
+            }
+        }
+    }
+
     /// The next `event: comment`, skipping heartbeats and other events.
     pub async fn next_comment(&mut self, timeout: Duration) -> Option<Value> {
         let deadline = Instant::now() + timeout;

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use livecomments_tests::*;
 
+/// Comments delivered before the kill: the load is running by then.
+const LOAD: usize = 500;
+
 #[tokio::test]
 async fn kill_9_under_load_loses_no_acknowledged_comment() {
     let mut s = Server::standalone().start().await;
@@ -41,13 +44,12 @@ async fn kill_9_under_load_loses_no_acknowledged_comment() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let seen_before: Vec<String> = viewer
+    // The load is running once the viewer got LOAD of its comments; it reads a little more,
+    // then the server dies under the writers.
+    let mut seen_before: Vec<String> = ids(&viewer.comments(LOAD, Duration::from_secs(20)).await);
+    seen_before.extend(ids(&viewer
         .comments(usize::MAX, Duration::from_millis(200))
-        .await
-        .iter()
-        .map(|c| c["id"].as_str().unwrap().to_string())
-        .collect();
+        .await));
     let resume = viewer.last_id.clone();
     s.kill9();
     let mut acked = Vec::new();

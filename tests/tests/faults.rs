@@ -11,6 +11,8 @@ use livecomments_tests::*;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(10);
+/// Comments delivered before the kill: the load is running by then.
+const LOAD: usize = 500;
 
 /// Posts as fast as `writers` concurrent clients can until the server stops answering;
 /// returns the ids that got a 201.
@@ -92,9 +94,10 @@ async fn kill_9_ingest_scenario(connected_must_see_all: bool) {
     assert_eq!(resumer.next_comment(T).await.unwrap()["id"], probe["id"]);
 
     let writers = spawn_writers(&core.base, "k", 4);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // The resumer reads what it can, then the ingest dies under it.
+    // The load is running once the resumer got LOAD of its comments; it reads what else it
+    // can, then the ingest dies under it.
     let mut resumer_seen: Vec<String> = vec![probe["id"].as_str().unwrap().to_string()];
+    resumer_seen.extend(ids(&resumer.comments(LOAD, T).await));
     resumer_seen.extend(ids(&resumer
         .comments(usize::MAX, Duration::from_millis(100))
         .await));

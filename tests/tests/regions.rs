@@ -289,8 +289,34 @@ async fn a_thousand_active_posts_across_regions() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    // Give every subscription's interest time to cross the gateway, then post to 200 posts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every subscription's interest has crossed the gateway once a message published in us
+    // on each post's subject reaches eu's subscription for it: garbage, which eu's fanout
+    // drops and counts (one per post; the viewers see nothing). Then post to 200 posts.
+    let dropped = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("livecomments_bus_decode_errors_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let dropped_before = dropped(&eu.metrics().await);
+    let mut us_bus = RawNats::connect(&sc.url("us")).await;
+    for p in &posts {
+        us_bus
+            .publish(&format!("comments.live.us.{p}"), b"interest probe")
+            .await;
+    }
+    us_bus.flush().await;
+    let crossed = eventually(T, || async {
+        let n = dropped(&eu.metrics().await) - dropped_before;
+        (n >= posts.len() as u64).then_some(())
+    })
+    .await;
+    assert!(
+        crossed.is_some(),
+        "not every post's interest crossed the gateway: {} of {}",
+        dropped(&eu.metrics().await) - dropped_before,
+        posts.len()
+    );
     let mut lat = Vec::new();
     for i in (0..1000).step_by(5) {
         let t0 = Instant::now();

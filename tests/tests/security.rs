@@ -782,7 +782,7 @@ async fn malicious_publisher_cannot_crash_or_wedge_a_fanout() {
     );
     // A new viewer of the same post (same hub) also gets live comments.
     let mut v2 = Sse::connect(&fan.base, "m", None).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(v2.started(T).await, "the new viewer's stream starts");
     let (_, after2) = core.post("m", "a", "second").await;
     assert_eq!(v.next_comment(T).await.unwrap()["id"], after2["id"]);
     assert_eq!(v2.next_comment(T).await.unwrap()["id"], after2["id"]);
@@ -807,6 +807,21 @@ async fn malicious_publisher_cannot_crash_or_wedge_a_fanout() {
     assert_eq!(fan.get_json("/healthz").await.0, 200);
 }
 
+const DECODE_ERRORS: &str = "livecomments_bus_decode_errors_total";
+
+/// Waits until the fanout counted a decode error more than `before`: the last event a
+/// forgery test published, so the hub has handled every forged event before it.
+async fn forged_events_handled(fan: &Server, before: u64) {
+    let counted = eventually(T, || async {
+        (fan.metric(DECODE_ERRORS).await > before).then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "the fanout never took the forged events off the bus"
+    );
+}
+
 /// A well-formed comment event with an id far in the future is the one message that could
 /// still wedge a post: positions compare ids, so every real comment after it would look
 /// "already delivered". The fanout must not let one forged message silence a post.
@@ -821,6 +836,7 @@ async fn forged_future_id_on_the_bus_does_not_silence_a_post() {
     let (_, probe) = core.post("w", "a", "probe").await;
     assert_eq!(v.next_comment(T).await.unwrap()["id"], probe["id"]);
     let mut evil = RawNats::connect(&nats.url).await;
+    let dropped_before = fan.metric(DECODE_ERRORS).await;
     evil.publish(
         "comments.live.local.w",
         &comment_msg(
@@ -831,8 +847,12 @@ async fn forged_future_id_on_the_bus_does_not_silence_a_post() {
         ),
     )
     .await;
+    // Then garbage, which the fanout counts as a decode error once it took it off the bus:
+    // the hub reads its subscription in order, so by then it has handled the forged event.
+    evil.publish("comments.live.local.w", b"end of the forgery")
+        .await;
     evil.flush().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    forged_events_handled(&fan, dropped_before).await;
     let (_, real) = core.post("w", "a", "real").await;
     let mut got = Vec::new();
     let deadline = Instant::now() + T;
@@ -866,6 +886,7 @@ async fn forged_near_future_id_in_sequence_does_not_silence_a_post() {
     let (_, probe) = core.post("nf", "a", "probe").await;
     assert_eq!(v.next_comment(T).await.unwrap()["id"], probe["id"]);
     let mut evil = RawNats::connect(&nats.url).await;
+    let dropped_before = fan.metric(DECODE_ERRORS).await;
     let now_ms = now_secs() as i64 * 1000;
     let near_future = livecomments_shared::id::max_at(now_ms + 30_000);
     let mut forged = json!({"type": "comment", "id": near_future, "post_id": "nf", "user_id": "mallory",
@@ -878,7 +899,9 @@ async fn forged_near_future_id_in_sequence_does_not_silence_a_post() {
     evil.publish("comments.live.us.nf", &rmp_serde_named(&forged))
         .await;
     evil.flush().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The wrong-subject copy is counted as a decode error when the hub takes it off the bus,
+    // after the forged one before it (the hub reads its subscription in order).
+    forged_events_handled(&fan, dropped_before).await;
     let mut real = Vec::new();
     for i in 0..3 {
         real.push(
@@ -1169,7 +1192,14 @@ async fn logs_and_error_bodies_leak_nothing() {
         }
     }
     drop(v);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server has seen the stream end (and logged what it logs then): no stream, no post.
+    let ended = eventually(T, || async {
+        (s.metric("livecomments_sse_streams").await == 0
+            && s.metric("livecomments_sse_posts").await == 0)
+            .then_some(())
+    })
+    .await;
+    assert!(ended.is_some(), "the server never saw the stream end");
     let log = std::fs::read_to_string(s.log_path()).unwrap();
     assert!(!log.is_empty(), "the server logged something");
     for (what, secret) in [
