@@ -1,0 +1,115 @@
+//! nginx configs: directives parsed, locations resolved the way nginx resolves them.
+
+/// An nginx directive: name, arguments, and the block's directives if it has one.
+#[derive(Debug, Clone)]
+pub(crate) struct Directive {
+    pub(crate) name: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) block: Option<Vec<Directive>>,
+}
+
+pub(crate) fn nginx_conf(text: &str) -> Vec<Directive> {
+    // Tokens: words, quoted strings, `{`, `}`, `;`; `#` comments.
+    let mut toks = Vec::new();
+    let cs: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < cs.len() {
+        let c = cs[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '#' {
+            while i < cs.len() && cs[i] != '\n' {
+                i += 1;
+            }
+        } else if matches!(c, '{' | '}' | ';') {
+            toks.push(c.to_string());
+            i += 1;
+        } else if c == '"' || c == '\'' {
+            let start = i + 1;
+            i += 1;
+            while i < cs.len() && cs[i] != c {
+                i += 1;
+            }
+            toks.push(cs[start..i].iter().collect());
+            i += 1;
+        } else {
+            let start = i;
+            while i < cs.len() && !cs[i].is_whitespace() && !matches!(cs[i], '{' | '}' | ';') {
+                i += 1;
+            }
+            toks.push(cs[start..i].iter().collect());
+        }
+    }
+    fn block(toks: &[String], i: &mut usize) -> Vec<Directive> {
+        let mut out = Vec::new();
+        while *i < toks.len() {
+            if toks[*i] == "}" {
+                *i += 1;
+                return out;
+            }
+            let name = toks[*i].clone();
+            *i += 1;
+            let mut args = Vec::new();
+            while *i < toks.len() && toks[*i] != ";" && toks[*i] != "{" {
+                args.push(toks[*i].clone());
+                *i += 1;
+            }
+            assert!(*i < toks.len(), "nginx config: `{name}` not terminated");
+            let b = if toks[*i] == "{" {
+                *i += 1;
+                Some(block(toks, i))
+            } else {
+                *i += 1;
+                None
+            };
+            out.push(Directive {
+                name,
+                args,
+                block: b,
+            });
+        }
+        out
+    }
+    let mut i = 0;
+    block(&toks, &mut i)
+}
+
+/// The location nginx picks for `path`: exact match, else the longest prefix (regex locations
+/// are not used here and are refused, so the answer is certain).
+pub(crate) fn location<'a>(server: &'a [Directive], path: &str) -> &'a Directive {
+    let locs: Vec<&Directive> = server.iter().filter(|d| d.name == "location").collect();
+    for l in &locs {
+        assert!(
+            !l.args.iter().any(|a| a == "~" || a == "~*"),
+            "regex locations are not checked: use exact or prefix locations"
+        );
+        if l.args.len() == 2 && l.args[0] == "=" && l.args[1] == path {
+            return l;
+        }
+    }
+    locs.into_iter()
+        .filter(|l| {
+            l.args
+                .first()
+                .is_some_and(|a| a != "=" && !a.starts_with('@'))
+        })
+        .filter(|l| path.starts_with(l.args.last().unwrap().as_str()))
+        .max_by_key(|l| l.args.last().unwrap().len())
+        .unwrap_or_else(|| panic!("no location matches {path}"))
+}
+
+pub(crate) fn get<'a>(ds: &'a [Directive], name: &str) -> Option<&'a Directive> {
+    ds.iter().find(|d| d.name == name)
+}
+
+pub(crate) fn seconds(v: &str) -> u64 {
+    let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: u64 = n.parse().unwrap_or_else(|_| panic!("duration {v}"));
+    match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        other => panic!("duration unit {other}"),
+    }
+}
