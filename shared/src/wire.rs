@@ -71,8 +71,37 @@ pub struct LiveComment {
     #[serde(flatten)]
     pub comment: Comment,
     /// Absent when the publisher does not know (first comment after it started).
+    /// `prev` chains one *writer's* comments of the post (`id::writer_of`): a region with
+    /// several ingest nodes publishes several chains on the same subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev: Option<String>,
+    /// Set when the publisher is not the comment's writer: it finished a comment another
+    /// node had claimed for the same Idempotency-Key and never confirmed. Such a comment is
+    /// outside every chain, so a subscriber checks with history instead of trusting it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
+}
+
+/// `comments.writers.<region>`: every ingest node announces itself once a second, so that a
+/// fanout notices within seconds that a writer is gone and fetches from history whatever
+/// that writer stored but never published (it died between its commit and its publish).
+pub fn writers_subject(region: &str) -> String {
+    format!("comments.writers.{region}")
+}
+
+/// Every region's writer announcements.
+pub const WRITERS_SUBJECT_ALL: &str = "comments.writers.*";
+
+/// How often a writer announces itself, and after how long without one a fanout gives it up.
+pub const WRITER_BEAT_MS: u64 = 1_000;
+pub const WRITER_LOST_MS: u64 = 3_000;
+
+/// Payload on `comments.writers.<region>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterBeat {
+    pub region: String,
+    /// The writer part of its ids (`id::writer_of`), 8 characters.
+    pub writer: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,12 +188,14 @@ mod tests {
         let ev = LiveEvent::Comment(LiveComment {
             comment: comment(),
             prev: Some("01JDQ7Z8XK3M4N5P6Q7R8S9T0T".into()),
+            adopted: false,
         });
         let bytes = encode(&ev).unwrap();
         assert_eq!(decode::<LiveEvent>(&bytes).unwrap(), ev);
         let first = LiveEvent::Comment(LiveComment {
             comment: comment(),
             prev: None,
+            adopted: true,
         });
         assert_eq!(
             decode::<LiveEvent>(&encode(&first).unwrap()).unwrap(),
@@ -174,6 +205,12 @@ mod tests {
         let v: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(v["type"], "comment");
         assert_eq!(v["text"], "what a goal!");
+        assert!(v.get("adopted").is_none(), "absent unless set");
+        let beat = WriterBeat {
+            region: "eu".into(),
+            writer: "ABCDEFGH".into(),
+        };
+        assert_eq!(decode::<WriterBeat>(&encode(&beat).unwrap()).unwrap(), beat);
         let del = LiveEvent::Delete(Deletion {
             id: "x".into(),
             post_id: "p".into(),

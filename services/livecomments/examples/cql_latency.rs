@@ -61,6 +61,7 @@ async fn insert(
         .insert_batch(vec![NewComment {
             comment: comment(post, now_millis()),
             idempotency_key,
+            visible_by_ms: None,
         }])
         .await;
     r.into_iter().next().context("no result for the insert")??;
@@ -168,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
                     .map(|c| NewComment {
                         comment: c.clone(),
                         idempotency_key: None,
+                        visible_by_ms: None,
                     })
                     .collect(),
             )

@@ -10,7 +10,7 @@ use crate::bus::{Bus, LocalBus, NatsBus};
 use crate::config::{Role, Settings};
 use crate::fanout::{Fanout, FanoutConfig};
 use crate::http::{self, AppState};
-use crate::ingest::{Pipeline, RateLimiter};
+use crate::ingest::{Pipeline, RateLimiter, UserLimit};
 use crate::reader::history::{LocalSource, NatsSource};
 use crate::reader::{History, RegionSource};
 use crate::store::Store;
@@ -27,7 +27,9 @@ const LISTEN_BACKLOG: u32 = 16_384;
 /// How long shutdown waits for in-flight requests after telling streams to reconnect.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-async fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+/// The regional store, and the CQL engine under it when there is one (the shared rate limit
+/// lives there).
+async fn open_store(s: &Settings) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<CqlStore>>)> {
     if s.cql.cql_nodes.is_empty() {
         let store = Arc::new(EmbeddedStore::open(&s.data_dir, s.store_cache_mb)?);
         let purger = store.clone();
@@ -40,14 +42,17 @@ async fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
                 }
             }
         });
-        Ok(Arc::new(Coalesced::with_capacity(store, COALESCE_INFLIGHT)))
+        Ok((
+            Arc::new(Coalesced::with_capacity(store, COALESCE_INFLIGHT)),
+            None,
+        ))
     } else {
         let opts = CqlOptions::from_args(&s.cql)?;
-        let store = CqlStore::connect(&opts).await?;
-        Ok(Arc::new(Coalesced::with_capacity(
-            Arc::new(store),
-            COALESCE_INFLIGHT,
-        )))
+        let store = Arc::new(CqlStore::connect(&opts).await?);
+        Ok((
+            Arc::new(Coalesced::with_capacity(store.clone(), COALESCE_INFLIGHT)),
+            Some(store),
+        ))
     }
 }
 
@@ -56,10 +61,11 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         return crate::store::cql::migrate(&CqlOptions::from_args(&s.cql)?).await;
     }
     let has_store = matches!(role, Role::Standalone | Role::Ingest | Role::Reader);
-    let store = if has_store {
-        Some(open_store(&s).await?)
+    let (store, cql) = if has_store {
+        let (store, cql) = open_store(&s).await?;
+        (Some(store), cql)
     } else {
-        None
+        (None, None)
     };
 
     let nats = match &s.nats_url {
@@ -161,10 +167,17 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         bus,
         history: Some(history),
         fanout: fanout.clone(),
-        rate: Arc::new(RateLimiter::new(
-            s.limits.rate_limit,
-            Duration::from_secs(s.limits.rate_window_secs),
-        )),
+        rate: Arc::new(match cql {
+            Some(store) => UserLimit::Shared {
+                store,
+                limit: s.limits.rate_limit,
+                window: Duration::from_secs(s.limits.rate_window_secs),
+            },
+            None => UserLimit::Local(RateLimiter::new(
+                s.limits.rate_limit,
+                Duration::from_secs(s.limits.rate_window_secs),
+            )),
+        }),
         demo_page: role == Role::Standalone,
         regions: s.regions.clone(),
         nats: nats_client.clone(),

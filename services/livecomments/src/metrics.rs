@@ -51,6 +51,8 @@ pub struct Metrics {
     pub bus_publish_errors: Counter,
     pub bus_decode_errors: Counter,
     pub bus_dropped: Counter,
+    pub writers_lost: Counter,
+    pub hub_repairs: Counter,
     pub sse_streams: Gauge,
     pub sse_posts: Gauge,
     pub sse_events_delivered: Counter,
@@ -72,6 +74,8 @@ pub static METRICS: Metrics = Metrics {
     bus_publish_errors: Counter::new(),
     bus_decode_errors: Counter::new(),
     bus_dropped: Counter::new(),
+    writers_lost: Counter::new(),
+    hub_repairs: Counter::new(),
     sse_streams: Gauge::new(),
     sse_posts: Gauge::new(),
     sse_events_delivered: Counter::new(),
@@ -140,6 +144,16 @@ impl Metrics {
             "bus_dropped_total",
             "Bus messages lost to a slow local consumer.",
             self.bus_dropped.get(),
+        );
+        counter(
+            "writers_lost_total",
+            "Ingest writers that fell silent (died or froze) as this fanout noticed them.",
+            self.writers_lost.get(),
+        );
+        counter(
+            "hub_repairs_total",
+            "Comments a hub took from history because the bus did not bring them.",
+            self.hub_repairs.get(),
         );
         counter(
             "sse_events_delivered_total",

@@ -41,6 +41,7 @@ fn new(c: &Comment, key: Option<&str>) -> NewComment {
     NewComment {
         comment: c.clone(),
         idempotency_key: key.map(str::to_string),
+        visible_by_ms: None,
     }
 }
 

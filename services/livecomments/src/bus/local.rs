@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use livecomments_shared::wire::LiveEvent;
+use livecomments_shared::wire::{LiveEvent, WriterBeat};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::{Bus, BusError, Subscription};
+use super::{Bus, BusError, LostWriter, Subscription};
 use crate::metrics::METRICS;
 
 /// Events buffered per post for its subscribers. A subscriber further behind loses events
@@ -21,6 +21,8 @@ const CHANNEL_CAPACITY: usize = 4096;
 pub struct LocalBus {
     posts: Mutex<HashMap<String, broadcast::Sender<Arc<LiveEvent>>>>,
     reconnects: Option<tokio::sync::watch::Sender<u64>>,
+    /// Never sent on: kept so receivers stay open.
+    lost: Option<broadcast::Sender<LostWriter>>,
 }
 
 impl LocalBus {
@@ -28,6 +30,7 @@ impl LocalBus {
         LocalBus {
             posts: Mutex::default(),
             reconnects: Some(tokio::sync::watch::channel(0).0),
+            lost: Some(broadcast::channel(1).0),
         }
     }
 }
@@ -76,6 +79,17 @@ impl Bus for LocalBus {
         match &self.reconnects {
             Some(tx) => tx.subscribe(),
             None => tokio::sync::watch::channel(0).1,
+        }
+    }
+
+    async fn announce_writer(&self, _beat: &WriterBeat) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    fn lost_writers(&self) -> broadcast::Receiver<LostWriter> {
+        match &self.lost {
+            Some(tx) => tx.subscribe(),
+            None => broadcast::channel(1).1,
         }
     }
 }

@@ -11,13 +11,21 @@ use std::pin::Pin;
 
 use async_trait::async_trait;
 use futures::Stream;
-use livecomments_shared::wire::LiveEvent;
+use livecomments_shared::wire::{LiveEvent, WriterBeat};
 
 pub use local::LocalBus;
 pub use nats::NatsBus;
 
 /// Live events of one post from every region, decoded. Dropping it unsubscribes.
 pub type Subscription = Pin<Box<dyn Stream<Item = LiveEvent> + Send>>;
+
+/// A writer (an ingest process) of `region` that stopped announcing itself: it died or froze,
+/// maybe between committing comments and publishing them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostWriter {
+    pub region: String,
+    pub writer: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -40,4 +48,12 @@ pub trait Bus: Send + Sync + 'static {
     /// Resolves each time the transport reconnects after an outage, so fanouts can repair
     /// the events that were published meanwhile. In-process buses never reconnect.
     fn reconnects(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Announces a live writer on `comments.writers.<region>` (in-process: nothing to do, a
+    /// writer cannot be lost without the whole process).
+    async fn announce_writer(&self, beat: &WriterBeat) -> Result<(), BusError>;
+
+    /// Writers that fell silent, as they are noticed (`wire::WRITER_LOST_MS` after their last
+    /// announcement). In-process buses never report one.
+    fn lost_writers(&self) -> tokio::sync::broadcast::Receiver<LostWriter>;
 }

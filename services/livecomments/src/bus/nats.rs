@@ -2,25 +2,35 @@
 //! Subscriptions use `comments.live.*.<post_id>` so one subscription per post carries every
 //! region's events; across a supercluster, gateways forward them because of that interest.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use livecomments_shared::wire::{self, LiveEvent};
+use livecomments_shared::wire::{self, LiveEvent, WriterBeat};
+use tokio::sync::broadcast;
 
-use super::{Bus, BusError, Subscription};
+use super::{Bus, BusError, LostWriter, Subscription};
 use crate::metrics::METRICS;
 
 /// A publish that cannot be handed to the client within this bound (NATS down and the
 /// client's buffer full) is given up: the comment is already durable and viewers repair.
 const PUBLISH_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// Writers a fanout keeps track of; past it the oldest are forgotten (a region runs a few).
+const MAX_TRACKED_WRITERS: usize = 4096;
+/// Lost-writer notices buffered per receiver; one that lags sweeps every region instead.
+const LOST_CAPACITY: usize = 256;
+
 pub struct NatsBus {
     client: async_nats::Client,
     connected: Arc<AtomicBool>,
     reconnects: tokio::sync::watch::Receiver<u64>,
+    lost: broadcast::Sender<LostWriter>,
+    /// The writer monitor starts with the first caller of `lost_writers` (fanouts only).
+    monitor: OnceLock<()>,
 }
 
 impl NatsBus {
@@ -66,7 +76,12 @@ impl NatsBus {
                             flag.store(false, Ordering::SeqCst);
                             tracing::warn!("nats disconnected");
                         }
-                        async_nats::Event::SlowConsumer(_) => METRICS.bus_dropped.inc(),
+                        async_nats::Event::SlowConsumer(_) => {
+                            // Messages were dropped for this client: the same repair as after
+                            // a reconnect (hubs fetch from history what they may have lost).
+                            METRICS.bus_dropped.inc();
+                            tx.send_modify(|n| *n += 1);
+                        }
                         other => tracing::info!(event = %other, "nats event"),
                     }
                 }
@@ -81,7 +96,59 @@ impl NatsBus {
             client,
             connected,
             reconnects: rx,
+            lost: broadcast::channel(LOST_CAPACITY).0,
+            monitor: OnceLock::new(),
         })
+    }
+
+    /// Follows `comments.writers.*` and reports each writer silent for `WRITER_LOST_MS`.
+    async fn watch_writers(client: async_nats::Client, lost: broadcast::Sender<LostWriter>) {
+        let mut sub = loop {
+            match client.subscribe(wire::WRITERS_SUBJECT_ALL).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "writer monitor: subscribe failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        let mut seen: HashMap<(String, String), Instant> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let silent = Duration::from_millis(wire::WRITER_LOST_MS);
+        loop {
+            tokio::select! {
+                msg = sub.next() => {
+                    let Some(msg) = msg else { return };
+                    let Ok(beat) = wire::decode::<WriterBeat>(&msg.payload) else {
+                        METRICS.bus_decode_errors.inc();
+                        continue;
+                    };
+                    if !beat_is_sane(&beat, &msg.subject) {
+                        METRICS.bus_decode_errors.inc();
+                        continue;
+                    }
+                    if seen.len() >= MAX_TRACKED_WRITERS {
+                        if let Some(oldest) = seen.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()) {
+                            seen.remove(&oldest);
+                        }
+                    }
+                    seen.insert((beat.region, beat.writer), Instant::now());
+                }
+                _ = tick.tick() => {
+                    let gone: Vec<_> = seen
+                        .iter()
+                        .filter(|(_, at)| at.elapsed() > silent)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for (region, writer) in gone {
+                        seen.remove(&(region.clone(), writer.clone()));
+                        tracing::info!(%region, %writer, "writer fell silent: fetching what it may not have published");
+                        METRICS.writers_lost.inc();
+                        let _ = lost.send(LostWriter { region, writer });
+                    }
+                }
+            }
+        }
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -143,6 +210,40 @@ impl Bus for NatsBus {
     fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
         self.reconnects.clone()
     }
+
+    async fn announce_writer(&self, beat: &WriterBeat) -> Result<(), BusError> {
+        let bytes = wire::encode(beat).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        match tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            self.client
+                .publish(wire::writers_subject(&beat.region), bytes.into()),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+            Err(_) => Err(BusError::Unavailable("publish timed out".into())),
+        }
+    }
+
+    fn lost_writers(&self) -> broadcast::Receiver<LostWriter> {
+        let rx = self.lost.subscribe();
+        self.monitor.get_or_init(|| {
+            tokio::spawn(Self::watch_writers(self.client.clone(), self.lost.clone()));
+        });
+        rx
+    }
+}
+
+/// An announcement names a valid region (the one of its subject) and a writer part.
+fn beat_is_sane(beat: &WriterBeat, subject: &str) -> bool {
+    livecomments_shared::validate::is_region(&beat.region)
+        && subject.split('.').nth(2) == Some(beat.region.as_str())
+        && beat.writer.len() == 8
+        && beat
+            .writer
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
 }
 
 /// A comment is published on `comments.live.<its region>.<post>` (deletions are published by

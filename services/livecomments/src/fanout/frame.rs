@@ -118,7 +118,11 @@ impl Frame {
         if pos.covers(&c.region, &c.id) {
             return None;
         }
-        Arc::make_mut(pos).advance(&c.region, &c.id);
+        let own = Arc::make_mut(pos);
+        own.advance(&c.region, &c.id);
+        // The hub's floors cover what it delivered before this frame, which this viewer
+        // has too (its replay or earlier frames): taking them brings it back in step.
+        own.raise_floors_to(&span.after);
         if **pos == *span.after {
             // Back in step with the hub: later frames take the shared path.
             *pos = span.after.clone();
@@ -238,11 +242,11 @@ mod tests {
         let out = frames[0].render(&mut pos).unwrap();
         let text = std::str::from_utf8(&out).unwrap();
         assert!(
-            text.starts_with("id: eu.01JDQ7Z8XK3M4N5P6Q7R8S9001~us."),
+            text.starts_with("id: eu_01JDQ7Z8XK3M4N5P6Q7R8S9001~us_"),
             "{text}"
         );
         assert_eq!(texts(&out), ["c1"]);
-        assert_eq!(pos.get("us"), Some("01JDQ7Z8XK3M4N5P6Q7R8S9001"));
+        assert!(pos.covers("us", "01JDQ7Z8XK3M4N5P6Q7R8S9001"));
         // A viewer whose replay already covered a frame skips it.
         assert!(frames[0].render(&mut pos).is_none());
     }

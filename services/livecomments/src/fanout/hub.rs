@@ -1,24 +1,36 @@
 //! One post's live feed inside a fanout process: one bus subscription, its viewers, and the
-//! hub's position (what it has delivered, per region).
+//! hub's position (what it has delivered: per region a floor and one id per writer).
 //!
 //! The hub's task writes every frame to every viewer itself ([`Conn::offer`]); events that
 //! arrive together (a burst, a group commit, a hub busy with the previous walk) go out as one
 //! frame, so a viewer gets one write for all of them.
+//!
+//! What reaches viewers is decided in [`sequence`]: a live comment that continues its
+//! writer's chain goes out at once; anything else (a gap, a writer's unexplained first
+//! comment, an adopted comment, an id from the future) sends the hub to history first. A
+//! repair takes from history only what is certainly complete — the revealing writer's
+//! comments up to the one that revealed the gap, and anything older than `RIPE_MS` — and
+//! looks again later for the rest, because one writer's batch becomes visible in a CQL store
+//! row by row, in any order. See docs/WRITE-PATH.md.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use livecomments_shared::{
-    Comment, Position,
+    Comment, Position, id,
+    position::SETTLE_MS,
+    time,
     wire::{LiveComment, LiveEvent},
 };
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::Fanout;
 use super::conn::{Conn, End};
 use super::frame::Frame;
-use crate::bus::Subscription;
+use crate::bus::{LostWriter, Subscription};
 use crate::metrics::METRICS;
 
 /// How far in the future a live comment's id may be (clocks of other regions drift a little).
@@ -27,6 +39,19 @@ const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 const VERIFY_AHEAD_MS: i64 = 2_000;
 /// Most bus events taken together into one frame.
 const MAX_BATCH: usize = 256;
+/// A comment this old is visible in its store if it will ever be: ingest gives up on making
+/// a comment visible 3 s after stamping it, and a write in flight then ends within the CQL
+/// write timeout (2 s). A repair hands out younger comments only when a chain proves them.
+const RIPE_MS: i64 = 5_000;
+/// When a repair left comments that were not ripe yet, it looks again this much later.
+const LOOK_AGAIN: Duration = Duration::from_millis(RIPE_MS as u64 + 1_000);
+/// Every so often each region is read from the floor up: what the bus lost and no chain
+/// revealed (the last comment of a writer) is found, and the floor moves up so positions
+/// stay small and resumes read little. 30 s: one read of half a minute of the post's comments
+/// per hub and region.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Comments read when a hub starts, to learn the writers active in the last `SETTLE_MS`.
+const START_SCAN_MAX: usize = 10_000;
 
 pub struct Hub {
     fanout: Arc<Fanout>,
@@ -40,6 +65,9 @@ pub struct Hub {
     /// Frames dispatched and not yet written: written together at the end of each turn.
     outbox: Mutex<Vec<Arc<Frame>>>,
     ready: watch::Sender<bool>,
+    /// Wakes the hub's task to look at `later` now (a viewer's replay found comments the hub
+    /// does not have).
+    nudge: tokio::sync::Notify,
 }
 
 struct State {
@@ -51,7 +79,10 @@ struct State {
     closed: bool,
     task: Option<tokio::task::AbortHandle>,
     /// Regions with a known gap that history could not fill yet.
-    pending: std::collections::HashSet<String>,
+    pending: HashSet<String>,
+    /// Regions to read again from the floor once the time comes (comments not ripe yet at the
+    /// last repair, a writer that fell silent).
+    later: HashMap<String, Instant>,
 }
 
 impl Hub {
@@ -66,10 +97,12 @@ impl Hub {
                 closed: false,
                 task: None,
                 pending: Default::default(),
+                later: Default::default(),
             }),
             shards: (0..walk_shards()).map(|_| Mutex::default()).collect(),
             outbox: Mutex::default(),
             ready: watch::channel(false).0,
+            nudge: tokio::sync::Notify::new(),
         });
         let task = tokio::spawn(hub.clone().run());
         hub.state.lock().task = Some(task.abort_handle());
@@ -102,16 +135,17 @@ impl Hub {
     }
 
     /// Waits until the hub is subscribed, then adds a viewer, positioned at `resume` or, for
-    /// a fresh viewer, at the hub's position at this instant. False if the hub closed
-    /// meanwhile (the caller takes a new one).
-    pub async fn join(&self, conn: &Arc<Conn>, resume: Option<&Position>) -> bool {
+    /// a fresh viewer, at the hub's position at this instant. Returns the hub's position at
+    /// the join (what a replay may hand out: everything after it comes through the hub), or
+    /// `None` if the hub closed meanwhile (the caller takes a new one).
+    pub async fn join(&self, conn: &Arc<Conn>, resume: Option<&Position>) -> Option<Arc<Position>> {
         let mut ready = self.ready.subscribe();
         if ready.wait_for(|r| *r).await.is_err() {
-            return false;
+            return None;
         }
         let mut st = self.state.lock();
         if st.closed {
-            return false;
+            return None;
         }
         conn.lock().pos = match resume {
             Some(p) => Arc::new(p.clone()),
@@ -119,7 +153,7 @@ impl Hub {
         };
         st.viewers += 1;
         st.joining.push(conn.clone());
-        true
+        Some(st.pos.clone())
     }
 
     /// A viewer left (its connection is already ended; the next walk forgets it). The last
@@ -139,21 +173,13 @@ impl Hub {
         let fanout = self.fanout.clone();
         // Position first, then subscribe: anything committed in between is history to a
         // fresh viewer (GET shows it), and a resuming viewer's replay covers it.
-        let mut start = fanout.history.latest(&self.post_id).await;
-        // Regions with no comment on the post (or that did not answer) start from "now, less a
-        // second", so even a viewer of a silent post has a position to resume from.
-        let floor = livecomments_shared::id::max_at(livecomments_shared::time::now_millis() - 1000);
-        for region in fanout.history.regions() {
-            if start.get(region).is_none() {
-                start.advance(region, &floor);
-            }
-        }
+        let start = self.start_position().await;
         let mut sub = loop {
             match fanout.bus.subscribe(&self.post_id).await {
                 Ok(s) => break s,
                 Err(e) => {
                     tracing::warn!(post_id = %self.post_id, error = %e, "subscribe failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         };
@@ -162,10 +188,17 @@ impl Hub {
 
         let mut heartbeat = tokio::time::interval(fanout.cfg.heartbeat);
         heartbeat.tick().await;
-        let mut retry = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Hubs started together sweep at different times.
+        let first_sweep =
+            tokio::time::Instant::now() + SWEEP_EVERY.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+        let mut sweep = tokio::time::interval_at(first_sweep, SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reconnects = fanout.bus.reconnects();
         reconnects.mark_unchanged();
+        let mut lost = fanout.bus.lost_writers();
+        let mut lost_open = true;
         let mut closing = fanout.closing.subscribe();
         loop {
             tokio::select! {
@@ -180,8 +213,14 @@ impl Hub {
                     }
                 }
                 _ = heartbeat.tick() => self.broadcast(Arc::new(Frame::ping())),
-                _ = retry.tick(), if !self.state.lock().pending.is_empty() => self.retry_pending().await,
-                Ok(()) = reconnects.changed() => self.repair().await,
+                _ = retry.tick(), if self.has_work_later() => self.retry_later().await,
+                _ = self.nudge.notified() => self.retry_later().await,
+                _ = sweep.tick() => self.sweep_all().await,
+                Ok(()) = reconnects.changed() => self.sweep_all().await,
+                gone = lost.recv(), if lost_open => match gone {
+                    Err(broadcast::error::RecvError::Closed) => lost_open = false,
+                    gone => self.on_lost_writer(gone).await,
+                },
                 Ok(()) = closing.changed() => {
                     self.broadcast(Arc::new(Frame::reconnect()));
                     self.flush().await;
@@ -201,6 +240,39 @@ impl Hub {
         }
     }
 
+    /// Where a fresh hub starts, per region: a floor `SETTLE_MS` back, and the newest id of
+    /// each writer seen above it. A fresh viewer gets this position: what lies at or before
+    /// it is history (GET shows it), what comes after reaches it live.
+    async fn start_position(&self) -> Position {
+        let history = &self.fanout.history;
+        let floor = id::max_at(time::now_millis() - SETTLE_MS);
+        let regions: Vec<String> = history.regions().map(str::to_string).collect();
+        let scans = futures::future::join_all(regions.iter().map(|region| {
+            history.region_newest_above(region, &self.post_id, &floor, START_SCAN_MAX)
+        }))
+        .await;
+        let mut pos = Position::new();
+        for (region, scan) in regions.iter().zip(scans) {
+            pos.raise_floor(region, &floor);
+            match scan {
+                Ok((rows, cut)) => {
+                    for c in &rows {
+                        pos.advance(region, &c.id);
+                    }
+                    if let (true, Some(oldest)) = (cut, rows.last()) {
+                        pos.raise_floor(region, &oldest.id);
+                    }
+                }
+                Err(e) => {
+                    // Its first live comment finds no chain and sends the hub to history,
+                    // which holds the region back until it answers.
+                    tracing::warn!(post_id = %self.post_id, region, error = %e, "start: region history unavailable");
+                }
+            }
+        }
+        pos
+    }
+
     async fn on_event(&self, ev: Option<LiveEvent>, sub: &mut Subscription) {
         match ev {
             Some(LiveEvent::Comment(c)) => self.on_live_comment(c).await,
@@ -210,121 +282,199 @@ impl Hub {
                 match self.fanout.bus.subscribe(&self.post_id).await {
                     Ok(s) => {
                         *sub = s;
-                        self.repair().await;
+                        self.sweep_all().await;
                     }
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
                 }
             }
         }
     }
 
-    /// After a bus outage: fetch from history what the hub missed and dispatch it (the
-    /// position de-duplicates whatever the bus still delivers late).
-    /// Retried for a while: right after a reconnect the readers may not have re-subscribed yet.
-    async fn repair(&self) {
-        for attempt in 0..20u64 {
-            let pos = Position::clone(&self.state.lock().pos);
-            let replay = self
-                .fanout
-                .history
-                .replay(&self.post_id, &pos, self.fanout.cfg.replay_max)
-                .await;
-            if !replay.comments.is_empty() {
-                tracing::info!(post_id = %self.post_id, n = replay.comments.len(), "repaired after bus reconnect");
-            }
-            for c in &replay.comments {
-                self.dispatch_comment(c);
-            }
-            if replay.failed.is_empty() {
-                return;
-            }
-            tracing::warn!(post_id = %self.post_id, failed = ?replay.failed, attempt, "repair incomplete; retrying");
-            tokio::time::sleep(std::time::Duration::from_millis(250 * (attempt + 1).min(4))).await;
+    /// Reads every region from its floor (after a bus outage, a dropped message, and
+    /// periodically); a region that does not answer is held back and retried.
+    async fn sweep_all(&self) {
+        let regions: Vec<String> = self.fanout.history.regions().map(str::to_string).collect();
+        for region in regions {
+            self.repair_region(&region, Repair::FromFloor).await;
         }
     }
 
-    /// A live comment whose `prev` is not the hub's last id of that region means the bus lost
-    /// something in between (a gateway cut, a dropped message): fetch that region's comments
-    /// since the hub's position from history first, so viewers get them all, in order.
+    /// A writer fell silent: it may have stored comments it never published. Its comments
+    /// are ripe by now (it fell silent `WRITER_LOST_MS` ago), and a second look follows for
+    /// writes that were still in flight in the store.
+    async fn on_lost_writer(&self, gone: Result<LostWriter, broadcast::error::RecvError>) {
+        match gone {
+            Ok(w) => {
+                if !self.fanout.history.regions().any(|r| r == w.region) {
+                    return;
+                }
+                self.repair_region(
+                    &w.region,
+                    Repair::Writer {
+                        writer: w.writer,
+                        proven: None,
+                    },
+                )
+                .await;
+                self.state
+                    .lock()
+                    .later
+                    .insert(w.region, Instant::now() + LOOK_AGAIN);
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => self.sweep_all().await,
+            Err(broadcast::error::RecvError::Closed) => {}
+        }
+    }
+
     async fn on_live_comment(&self, lc: LiveComment) {
         let c = &lc.comment;
         // A publisher on the bus is not trusted with positions: a region outside the
         // deployment, or an id from the future, could otherwise silence the post.
-        let max_ms = livecomments_shared::time::now_millis() + MAX_CLOCK_SKEW_MS;
-        if !self.fanout.history.regions().any(|r| r == c.region) || c.timestamp_millis() > max_ms {
+        let now = time::now_millis();
+        if !self.fanout.history.regions().any(|r| r == c.region)
+            || c.timestamp_millis() > now + MAX_CLOCK_SKEW_MS
+        {
             METRICS.bus_decode_errors.inc();
             return;
         }
-        let expected = {
+        let verdict = {
             let st = self.state.lock();
-            if st.pos.covers(&c.region, &c.id) {
-                return;
+            sequence(&st.pos, &lc, st.pending.contains(&c.region), now)
+        };
+        match verdict {
+            Verdict::Duplicate => {}
+            Verdict::Deliver => {
+                self.dispatch_comment(c);
             }
-            st.pos.get(&c.region).map(str::to_string)
-        };
-        let in_sequence = match (&expected, &lc.prev) {
-            (None, _) => true,
-            (Some(have), Some(prev)) => have == prev,
-            // The publisher does not know its previous comment (it restarted): it may have
-            // stored comments it never published, so check with history.
-            (Some(_), None) => false,
-        };
-        // Real ids are at most clock skew ahead of us; one further ahead is checked with
-        // history first, so a forged id cannot run the position ahead of real comments.
-        let from_the_future =
-            c.timestamp_millis() > livecomments_shared::time::now_millis() + VERIFY_AHEAD_MS;
-        if !in_sequence || from_the_future || self.state.lock().pending.contains(&c.region) {
-            // Every real comment is durable before it is published, so the repair brings `c`
-            // along with whatever was missed; an event history does not know is dropped.
-            self.repair_region(&c.region).await;
-            return;
+            Verdict::Repair(how) => {
+                // Every real comment is durable before it is published, so the repair brings
+                // `c` along with whatever was missed; an event history does not know is dropped.
+                self.repair_region(&c.region, how).await;
+            }
         }
-        self.dispatch_comment(c);
     }
 
-    /// Fetches a region's comments after the hub's position and dispatches them. On failure
-    /// the region stays pending (retried by the tick and by its next live event).
-    async fn repair_region(&self, region: &str) {
-        let after = self.state.lock().pos.get(region).map(str::to_string);
+    /// Fetches a region's comments from history and dispatches what the hub lacks and is
+    /// certainly complete. On failure the region stays pending (retried every second and by
+    /// its next live event).
+    async fn repair_region(&self, region: &str, how: Repair) {
+        let (after, only) = {
+            let st = self.state.lock();
+            match &how {
+                Repair::Writer { writer, .. } => match st.pos.writer_id(region, writer) {
+                    // Only this writer's comments follow from its id; others' older ones
+                    // may lie before it, so they are left to their own chains.
+                    Some(id) => (Some(id.to_string()), Some(writer.as_str())),
+                    None => (st.pos.floor(region).map(str::to_string), None),
+                },
+                Repair::FromFloor => (st.pos.floor(region).map(str::to_string), None),
+            }
+        };
+        let from_floor = only.is_none();
+        let read_at = time::now_millis();
+        let max = self.fanout.cfg.replay_max;
         match self
             .fanout
             .history
-            .region_after(
-                region,
-                &self.post_id,
-                after.as_deref(),
-                self.fanout.cfg.replay_max,
-            )
+            .region_after(region, &self.post_id, after.as_deref(), max)
             .await
         {
-            Ok(missed) => {
-                if !missed.is_empty() {
-                    tracing::info!(post_id = %self.post_id, region, n = missed.len(), "repaired a gap in the live stream");
+            Ok(rows) => {
+                let ripe = id::max_at(read_at - RIPE_MS);
+                let (writer, proven) = match &how {
+                    Repair::Writer { writer, proven } => (Some(writer.as_str()), proven.as_deref()),
+                    Repair::FromFloor => (None, None),
+                };
+                let mut handed = 0;
+                let mut unripe = false;
+                for c in &rows {
+                    let of = id::writer_of(&c.id);
+                    if only.is_some_and(|w| w != of) {
+                        continue;
+                    }
+                    let chained = writer == Some(of) && proven.is_some_and(|p| c.id.as_str() <= p);
+                    if chained || c.id <= ripe {
+                        handed += usize::from(self.dispatch_comment(c));
+                    } else {
+                        unripe = true;
+                    }
                 }
-                for m in &missed {
-                    self.dispatch_comment(m);
+                if handed > 0 {
+                    METRICS.hub_repairs.add(handed as u64);
+                    tracing::info!(post_id = %self.post_id, region, n = handed, "repaired from history");
                 }
-                self.state.lock().pending.remove(region);
+                let mut st = self.state.lock();
+                st.pending.remove(region);
+                if unripe {
+                    st.later
+                        .insert(region.to_string(), Instant::now() + LOOK_AGAIN);
+                }
+                if from_floor {
+                    // Everything up to here is delivered and nothing older can still
+                    // appear: the floor moves up, and writer ids below it are forgotten.
+                    let settled = id::max_at(read_at - SETTLE_MS);
+                    let floor = match rows.last() {
+                        Some(last) if rows.len() >= max && last.id < settled => last.id.clone(),
+                        _ => settled,
+                    };
+                    if st.pos.floor(region).is_none_or(|f| f < floor.as_str()) {
+                        let mut pos = Position::clone(&st.pos);
+                        pos.raise_floor(region, &floor);
+                        st.pos = Arc::new(pos);
+                    }
+                }
             }
             Err(e) => {
-                tracing::warn!(post_id = %self.post_id, region, error = %e, "gap repair failed; holding the region back");
+                tracing::warn!(post_id = %self.post_id, region, error = %e, "repair failed; holding the region back");
                 self.state.lock().pending.insert(region.to_string());
             }
         }
     }
 
-    async fn retry_pending(&self) {
-        let pending: Vec<String> = self.state.lock().pending.iter().cloned().collect();
-        for region in pending {
-            self.repair_region(&region).await;
+    /// A viewer's replay read comments of `region` the hub has not sent: the bus lost them
+    /// (or they are still on their way). The hub reads the region from its floor now rather
+    /// than at its next sweep, so the viewer, which gets them through the hub, waits little.
+    pub fn look_again(&self, region: &str) {
+        self.state
+            .lock()
+            .later
+            .insert(region.to_string(), Instant::now());
+        self.nudge.notify_one();
+    }
+
+    fn has_work_later(&self) -> bool {
+        let st = self.state.lock();
+        !st.pending.is_empty() || !st.later.is_empty()
+    }
+
+    async fn retry_later(&self) {
+        let due: Vec<String> = {
+            let mut st = self.state.lock();
+            let now = Instant::now();
+            let mut due: Vec<String> = st.pending.iter().cloned().collect();
+            st.later.retain(|region, at| {
+                if *at <= now {
+                    due.push(region.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            due.sort();
+            due.dedup();
+            due
+        };
+        for region in due {
+            self.repair_region(&region, Repair::FromFloor).await;
         }
     }
 
-    fn dispatch_comment(&self, c: &Comment) {
+    /// Sends `c` to every viewer unless the hub's position covers it; true when sent.
+    fn dispatch_comment(&self, c: &Comment) -> bool {
         let (before, after) = {
             let mut st = self.state.lock();
             if st.pos.covers(&c.region, &c.id) {
-                return;
+                return false;
             }
             let mut pos = Position::clone(&st.pos);
             pos.advance(&c.region, &c.id);
@@ -332,6 +482,7 @@ impl Hub {
             (std::mem::replace(&mut st.pos, after.clone()), after)
         };
         self.broadcast(Arc::new(Frame::comment(c, before, after)));
+        true
     }
 
     fn broadcast(&self, frame: Arc<Frame>) {
@@ -424,4 +575,198 @@ fn walk_shards() -> usize {
         .map(|h| h.metrics().num_workers())
         .unwrap_or(1)
         .clamp(1, 16)
+}
+
+/// How a repair reads a region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Repair {
+    /// After the writer's id (its comments only), or from the floor when the hub has none.
+    /// `proven`: the writer published this id, so its comments up to it are all visible.
+    Writer {
+        writer: String,
+        proven: Option<String>,
+    },
+    /// From the floor, every writer's comments.
+    FromFloor,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// The position covers it: sent before (a repair, another path of the bus).
+    Duplicate,
+    /// The next of its writer's chain: send it now.
+    Deliver,
+    /// Something may be missing before it: ask history.
+    Repair(Repair),
+}
+
+/// The sequencing decision for a live comment against the hub's position (pure, so the
+/// cases are unit-tested one by one).
+fn sequence(pos: &Position, lc: &LiveComment, region_pending: bool, now_ms: i64) -> Verdict {
+    let c = &lc.comment;
+    if pos.covers(&c.region, &c.id) {
+        return Verdict::Duplicate;
+    }
+    let writer = id::writer_of(&c.id);
+    let have = pos.writer_id(&c.region, writer);
+    if lc.adopted {
+        // Finished by another node for an Idempotency-Key: outside every chain.
+        return Verdict::Repair(Repair::FromFloor);
+    }
+    let in_chain = match (have, lc.prev.as_deref()) {
+        (Some(have), Some(prev)) => have == prev,
+        // The writer's previous comment of the post is at or below the floor.
+        (None, Some(prev)) => pos.covers(&c.region, prev),
+        // A writer's first comment of the post since it started: a fresh writer id each
+        // process start, so nothing of this writer can precede it.
+        (None, None) => true,
+        // The writer forgot its previous comment (its post map overflowed).
+        (Some(_), None) => false,
+    };
+    // Real ids are at most clock skew ahead of us; one further ahead is checked with history
+    // first, so a forged id cannot run the position ahead of real comments.
+    let from_the_future = c.timestamp_millis() > now_ms + VERIFY_AHEAD_MS;
+    if in_chain && !from_the_future && !region_pending {
+        return Verdict::Deliver;
+    }
+    Verdict::Repair(Repair::Writer {
+        writer: writer.to_string(),
+        proven: (!from_the_future).then(|| c.id.clone()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use livecomments_shared::id::IdGenerator;
+
+    fn live(id: &str, prev: Option<&str>) -> LiveComment {
+        LiveComment {
+            comment: Comment {
+                id: id.to_string(),
+                post_id: "p".into(),
+                user_id: "u".into(),
+                text: "t".into(),
+                timestamp: time::format_millis(id::millis_of(id).unwrap_or(0)),
+                region: "eu".into(),
+                metadata: Default::default(),
+            },
+            prev: prev.map(str::to_string),
+            adopted: false,
+        }
+    }
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    /// Two writers of one region, ids interleaved in time, and a position with a floor.
+    fn setup() -> (Vec<String>, Vec<String>, Position) {
+        let (mut x, mut y) = (IdGenerator::new(1), IdGenerator::new(2));
+        let xs: Vec<String> = (0..4)
+            .map(|i| x.next(NOW - 9_000 + 2 * i, 0).to_string())
+            .collect();
+        let ys: Vec<String> = (0..4)
+            .map(|i| y.next(NOW - 8_999 + 2 * i, 0).to_string())
+            .collect();
+        let mut pos = Position::new();
+        pos.raise_floor("eu", &id::max_at(NOW - 10_000));
+        (xs, ys, pos)
+    }
+
+    fn writer_repair(id: &str) -> Verdict {
+        Verdict::Repair(Repair::Writer {
+            writer: id::writer_of(id).to_string(),
+            proven: Some(id.to_string()),
+        })
+    }
+
+    #[test]
+    fn chains_of_two_writers_interleave_freely() {
+        let (xs, ys, mut pos) = setup();
+        // x's first comment of the post, then y's, then both chains in any order.
+        assert_eq!(
+            sequence(&pos, &live(&xs[0], None), false, NOW),
+            Verdict::Deliver
+        );
+        pos.advance("eu", &xs[0]);
+        assert_eq!(
+            sequence(&pos, &live(&ys[1], None), false, NOW),
+            Verdict::Deliver
+        );
+        pos.advance("eu", &ys[1]);
+        // y's later comment arrives before x's older one: both still go out.
+        assert_eq!(
+            sequence(&pos, &live(&xs[1], Some(&xs[0])), false, NOW),
+            Verdict::Deliver
+        );
+        pos.advance("eu", &xs[1]);
+        assert_eq!(
+            sequence(&pos, &live(&xs[1], Some(&xs[0])), false, NOW),
+            Verdict::Duplicate
+        );
+        assert_eq!(
+            sequence(&pos, &live(&ys[1], None), false, NOW),
+            Verdict::Duplicate
+        );
+    }
+
+    #[test]
+    fn a_broken_chain_asks_history_with_proof_up_to_the_comment() {
+        let (xs, _, mut pos) = setup();
+        pos.advance("eu", &xs[0]);
+        // xs[1] was lost on the bus.
+        assert_eq!(
+            sequence(&pos, &live(&xs[2], Some(&xs[1])), false, NOW),
+            writer_repair(&xs[2])
+        );
+        // The writer forgot its previous comment: history decides too.
+        assert_eq!(
+            sequence(&pos, &live(&xs[2], None), false, NOW),
+            writer_repair(&xs[2])
+        );
+        // An unknown writer whose previous comment lies above the floor: missed.
+        let (_, ys, _) = setup();
+        assert_eq!(
+            sequence(&pos, &live(&ys[1], Some(&ys[0])), false, NOW),
+            writer_repair(&ys[1])
+        );
+    }
+
+    #[test]
+    fn a_previous_comment_below_the_floor_is_in_chain() {
+        let (_, ys, mut pos) = setup();
+        pos.raise_floor("eu", &ys[0]);
+        assert_eq!(
+            sequence(&pos, &live(&ys[1], Some(&ys[0])), false, NOW),
+            Verdict::Deliver
+        );
+    }
+
+    #[test]
+    fn adopted_future_and_held_back_comments_go_through_history() {
+        let (xs, _, pos) = setup();
+        let mut adopted = live(&xs[0], None);
+        adopted.adopted = true;
+        assert_eq!(
+            sequence(&pos, &adopted, false, NOW),
+            Verdict::Repair(Repair::FromFloor)
+        );
+        assert_eq!(
+            sequence(&pos, &live(&xs[0], None), true, NOW),
+            writer_repair(&xs[0])
+        );
+        let ahead = IdGenerator::new(3).next(NOW + 10_000, 0).to_string();
+        assert_eq!(
+            sequence(&pos, &live(&ahead, None), false, NOW),
+            Verdict::Repair(Repair::Writer {
+                writer: id::writer_of(&ahead).to_string(),
+                proven: None
+            })
+        );
+        // At or below the floor: delivered before the hub started, or history.
+        let old = IdGenerator::new(4).next(NOW - 20_000, 0).to_string();
+        assert_eq!(
+            sequence(&pos, &live(&old, None), false, NOW),
+            Verdict::Duplicate
+        );
+    }
 }

@@ -27,6 +27,11 @@ pub struct Viewer {
     hub: Arc<Hub>,
     /// Set until `start`: where to replay from.
     resume: Option<Position>,
+    /// The hub's position when the viewer joined: a replay hands out only what it covers
+    /// (the hub sent it before the join); everything else reaches the viewer through the hub,
+    /// once the hub has it complete. Replaying a comment the hub does not have yet could skip
+    /// an older one of the same writer still on its way into the store.
+    hub_at_join: Arc<Position>,
     /// Regions whose history could not be replayed yet: the viewer stays on its queue (its
     /// position keeps pointing before the gap) until a replay of each succeeds.
     unreplayed: Vec<String>,
@@ -53,11 +58,12 @@ impl Viewer {
         loop {
             let hub = fanout.hub(&post_id);
             let conn = Arc::new(Conn::new(socket.clone()));
-            if hub.join(&conn, resume.as_ref()).await {
+            if let Some(hub_at_join) = hub.join(&conn, resume.as_ref()).await {
                 return Viewer {
                     conn,
                     hub,
                     resume,
+                    hub_at_join,
                     unreplayed: Vec::new(),
                     _slot: slot,
                 };
@@ -99,6 +105,12 @@ impl Viewer {
             if replay.truncated {
                 // More was missed than one replay carries: the client should reload.
                 out.extend_from_slice(b"event: truncated\ndata: {\"reason\":\"replay_limit\"}\n\n");
+            } else if replay.failed.is_empty() {
+                // Everything the hub covered at the join is now sent (the replay read
+                // after the join holds all of it): take the hub's floors, so the viewer's
+                // position is the hub's again and later frames take the shared path.
+                let mut st = self.conn.lock();
+                Arc::make_mut(&mut st.pos).merge(&self.hub_at_join);
             }
             self.unreplayed = replay.failed;
         }
@@ -115,13 +127,25 @@ impl Viewer {
     }
 
     fn emit_replayed(&self, comments: &[Comment], out: &mut BytesMut) {
+        let mut hub_lacks: Vec<&str> = Vec::new();
         let mut st = self.conn.lock();
         for c in comments {
-            if !st.pos.covers(&c.region, &c.id) {
-                Arc::make_mut(&mut st.pos).advance(&c.region, &c.id);
-                out.extend_from_slice(&frame::replayed(c, &st.pos));
-                METRICS.sse_replayed.inc();
+            if st.pos.covers(&c.region, &c.id) {
+                continue;
             }
+            if !self.hub_at_join.covers(&c.region, &c.id) {
+                if !hub_lacks.contains(&c.region.as_str()) {
+                    hub_lacks.push(&c.region);
+                }
+                continue;
+            }
+            Arc::make_mut(&mut st.pos).advance(&c.region, &c.id);
+            out.extend_from_slice(&frame::replayed(c, &st.pos));
+            METRICS.sse_replayed.inc();
+        }
+        drop(st);
+        for region in hub_lacks {
+            self.hub.look_again(region);
         }
     }
 
@@ -181,13 +205,16 @@ impl Viewer {
 
     /// Replays `region` after the viewer's position; on success the region is live again.
     async fn catch_up_region(&mut self, region: &str) {
-        let after = self.conn.lock().pos.get(region).map(str::to_string);
+        let pos = self.conn.lock().pos.clone();
+        let after = pos.floor(region).map(str::to_string);
         let max = self.hub.fanout().cfg.replay_max;
-        if let Ok(rows) = self
+        if let Ok((rows, _)) = self
             .hub
             .fanout()
             .history
-            .region_after(region, self.hub.post_id(), after.as_deref(), max)
+            .region_after_where(region, self.hub.post_id(), after.as_deref(), max, |c| {
+                !pos.covers(&c.region, &c.id)
+            })
             .await
         {
             self.unreplayed.retain(|r| r != region);

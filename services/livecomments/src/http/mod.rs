@@ -23,7 +23,7 @@ use crate::auth::{Authenticator, Caller};
 use crate::bus::Bus;
 use crate::config::Role;
 use crate::fanout::Fanout;
-use crate::ingest::{Pipeline, RateLimiter};
+use crate::ingest::{Pipeline, UserLimit};
 use crate::metrics::METRICS;
 use crate::reader::History;
 use crate::store::Store;
@@ -41,7 +41,7 @@ pub struct AppState {
     pub bus: Arc<dyn Bus>,
     pub history: Option<Arc<History>>,
     pub fanout: Option<Arc<Fanout>>,
-    pub rate: Arc<RateLimiter>,
+    pub rate: Arc<UserLimit>,
     pub demo_page: bool,
     /// Every region of the deployment, and NATS to reach the others (DELETE forwarding).
     pub regions: Vec<String>,

@@ -32,10 +32,14 @@ pub async fn handle(
             Some(validate::idempotency_key(s)?.to_string())
         }
     };
-    st.rate.check(&caller.user_id).map_err(|wait| ApiError {
-        retry_after: Some(wait),
-        ..ApiError::new(ErrorCode::RateLimited, "too many comments; slow down")
-    })?;
+    st.rate
+        .take(&caller.user_id)
+        .await
+        .map_err(|_| ApiError::unavailable("the rate-limit store"))?
+        .map_err(|wait| ApiError {
+            retry_after: Some(wait),
+            ..ApiError::new(ErrorCode::RateLimited, "too many comments; slow down")
+        })?;
     let pipeline = st
         .pipeline
         .as_ref()

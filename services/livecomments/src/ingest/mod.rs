@@ -5,4 +5,4 @@ pub mod pipeline;
 pub mod ratelimit;
 
 pub use pipeline::Pipeline;
-pub use ratelimit::RateLimiter;
+pub use ratelimit::{RateLimiter, UserLimit};

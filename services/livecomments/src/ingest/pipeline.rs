@@ -6,20 +6,27 @@
 //! the callers. While a batch is being written the next one accumulates, so throughput grows
 //! with load instead of paying one fsync per comment.
 //!
-//! Why one task: the live stream of a region must carry a post's comments in id order —
-//! resume positions are "everything up to id X" (see `shared::position`). Publishing from
-//! the single writer keeps that true without coordination.
+//! Why one task: the process is one *writer* (its ids carry its writer part, `id::writer_of`),
+//! and a writer's comments of a post must reach the stream in id order, chained by `prev`,
+//! so that a fanout's position can be one id per writer (see `shared::position`). A region
+//! may run many such processes; their chains interleave on the subject and fanouts track
+//! each one apart. Three things cover what a chain alone cannot see:
+//! - the last comments a writer published before the bus lost them: after a reconnect the
+//!   writer publishes again what it sent in the last `REPUBLISH_MS` (fanouts de-duplicate);
+//! - a writer that died between its commit and its publish: it announces itself every second
+//!   on `comments.writers.<region>` and fanouts fetch from history when it falls silent;
+//! - a comment another node claimed for an Idempotency-Key and this one finished: published
+//!   as `adopted`, which fanouts check with history.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-
-use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use livecomments_shared::{
     Comment,
-    id::IdGenerator,
+    id::{self, IdGenerator},
     time,
-    wire::{LiveComment, LiveEvent},
+    wire::{self, LiveComment, LiveEvent, WriterBeat},
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,8 +38,18 @@ const MAX_BATCH: usize = 512;
 /// Requests waiting for the writer; beyond this POST answers 503 rather than queue unbounded.
 const QUEUE: usize = 8192;
 /// Posts whose last published id is remembered for `prev`; past it the map starts over and
-/// the next comment of each post goes out with `prev: None` (subscribers accept it unchecked).
+/// the next comment of each post goes out with `prev: None` (subscribers check with history).
 const MAX_TRACKED_POSTS: usize = 100_000;
+/// What is published again after a bus reconnect: the events of the last 5 s (half the
+/// position's settle time, so a fanout still tells them apart from what it has), at most
+/// 16,384 of them (~3 s of a 5,000/s node).
+const REPUBLISH_MS: u64 = 5_000;
+/// A comment not visible in the store within 3 s of its stamp is not written at all (503):
+/// with the 2 s CQL write timeout, every comment is visible 5 s after its stamp or never,
+/// which is what lets a fanout hand out from history what is older than that
+/// (`fanout::hub`, `RIPE_MS`) and settle positions at 10 s (`position::SETTLE_MS`).
+const STAMP_MAX_AGE_MS: i64 = 3_000;
+const REPUBLISH_MAX: usize = 16_384;
 
 pub struct Submission {
     pub post_id: String,
@@ -50,13 +67,25 @@ struct Job {
 #[derive(Clone)]
 pub struct Pipeline {
     tx: mpsc::Sender<Job>,
+    writer: Arc<str>,
 }
 
 impl Pipeline {
+    /// Starts this process's writer: a fresh writer id (made here, never configured, so that
+    /// every node of a region runs with the same flags), the write task and its announcements.
     pub fn start(region: String, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
+        let ids = IdGenerator::new(rand::random::<u64>());
+        let writer: Arc<str> = ids.writer().into();
+        tracing::info!(%region, writer = %writer, "ingest writer started");
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(region, store, bus, rx));
-        Pipeline { tx }
+        tokio::spawn(announce(region.clone(), writer.to_string(), bus.clone()));
+        tokio::spawn(run(region, ids, store, bus, rx));
+        Pipeline { tx, writer }
+    }
+
+    /// The writer part of the ids this process makes.
+    pub fn writer(&self) -> &str {
+        &self.writer
     }
 
     /// Resolves once the comment is durable (or known from its idempotency key).
@@ -70,18 +99,69 @@ impl Pipeline {
     }
 }
 
+/// One announcement a second while the process runs (and is not frozen).
+async fn announce(region: String, writer: String, bus: Arc<dyn Bus>) {
+    let beat = WriterBeat { region, writer };
+    let mut every = tokio::time::interval(Duration::from_millis(wire::WRITER_BEAT_MS));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if bus.is_connected() {
+            let _ = bus.announce_writer(&beat).await;
+        }
+    }
+}
+
+/// What this writer published lately, for a republish after the bus reconnects.
+struct Recent {
+    events: VecDeque<(Instant, LiveEvent)>,
+}
+
+impl Recent {
+    fn push(&mut self, ev: LiveEvent) {
+        if self.events.len() >= REPUBLISH_MAX {
+            self.events.pop_front();
+        }
+        self.events.push_back((Instant::now(), ev));
+    }
+
+    fn fresh(&mut self) -> impl Iterator<Item = &LiveEvent> {
+        let keep = Duration::from_millis(REPUBLISH_MS);
+        while self
+            .events
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > keep)
+        {
+            self.events.pop_front();
+        }
+        self.events.iter().map(|(_, ev)| ev)
+    }
+}
+
 async fn run(
     region: String,
+    mut ids: IdGenerator,
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     mut rx: mpsc::Receiver<Job>,
 ) {
-    let mut ids = IdGenerator::new();
+    let writer = ids.writer();
     let mut last_published: HashMap<String, String> = HashMap::new();
+    let mut recent = Recent {
+        events: VecDeque::new(),
+    };
+    let mut reconnects = bus.reconnects();
+    reconnects.mark_unchanged();
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     loop {
-        if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
-            return;
+        tokio::select! {
+            n = rx.recv_many(&mut jobs, MAX_BATCH) => if n == 0 { return },
+            Ok(()) = reconnects.changed() => {
+                let again: Vec<LiveEvent> = recent.fresh().cloned().collect();
+                tracing::info!(n = again.len(), "bus reconnected: publishing recent events again");
+                publish_all(&bus, &region, &again).await;
+                continue;
+            }
         }
         let now = time::now_millis();
         let mut replies = Vec::with_capacity(jobs.len());
@@ -101,6 +181,7 @@ async fn run(
                         metadata: sub.metadata,
                     },
                     idempotency_key: sub.idempotency_key,
+                    visible_by_ms: Some(now + STAMP_MAX_AGE_MS),
                 }
             })
             .collect();
@@ -114,16 +195,7 @@ async fn run(
             match &res {
                 Ok(Inserted::Created(c)) => {
                     METRICS.comments_created.inc();
-                    if last_published.len() >= MAX_TRACKED_POSTS
-                        && !last_published.contains_key(&c.post_id)
-                    {
-                        last_published.clear();
-                    }
-                    let prev = last_published.insert(c.post_id.clone(), c.id.clone());
-                    created.push(LiveEvent::Comment(LiveComment {
-                        comment: c.clone(),
-                        prev,
-                    }));
+                    created.push(live_event(c, &writer, &mut last_published));
                 }
                 Ok(Inserted::Existing(_)) => METRICS.comments_idempotent_replays.inc(),
                 Err(e) => {
@@ -133,18 +205,87 @@ async fn run(
             }
             let _ = reply.send(res);
         }
-        let mut failed = false;
-        for ev in &created {
-            if failed || !bus.is_connected() {
-                METRICS.bus_publish_errors.inc();
-                failed = true;
-                continue;
-            }
-            if let Err(e) = bus.publish(&region, ev).await {
-                METRICS.bus_publish_errors.inc();
-                tracing::warn!(error = %e, "publish failed; viewers will repair from the store");
-                failed = true;
-            }
+        publish_all(&bus, &region, &created).await;
+        for ev in created {
+            recent.push(ev);
         }
+    }
+}
+
+/// The live event of a comment this writer created: chained to its previous one of the post,
+/// or `adopted` when another writer's id is on it (finished for an Idempotency-Key).
+fn live_event(c: &Comment, writer: &str, last: &mut HashMap<String, String>) -> LiveEvent {
+    if id::writer_of(&c.id) != writer {
+        return LiveEvent::Comment(LiveComment {
+            comment: c.clone(),
+            prev: None,
+            adopted: true,
+        });
+    }
+    if last.len() >= MAX_TRACKED_POSTS && !last.contains_key(&c.post_id) {
+        last.clear();
+    }
+    let prev = last.insert(c.post_id.clone(), c.id.clone());
+    LiveEvent::Comment(LiveComment {
+        comment: c.clone(),
+        prev,
+        adopted: false,
+    })
+}
+
+async fn publish_all(bus: &Arc<dyn Bus>, region: &str, events: &[LiveEvent]) {
+    let mut failed = false;
+    for ev in events {
+        if failed || !bus.is_connected() {
+            METRICS.bus_publish_errors.inc();
+            failed = true;
+            continue;
+        }
+        if let Err(e) = bus.publish(region, ev).await {
+            METRICS.bus_publish_errors.inc();
+            tracing::warn!(error = %e, "publish failed; published again after the reconnect");
+            failed = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comment(id: String, post: &str) -> Comment {
+        Comment {
+            id,
+            post_id: post.into(),
+            user_id: "u".into(),
+            text: "t".into(),
+            timestamp: String::new(),
+            region: "eu".into(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn own_comments_chain_per_post_and_adopted_ones_stay_outside() {
+        let mut mine = IdGenerator::new(1);
+        let mut other = IdGenerator::new(2);
+        let w = mine.writer();
+        let mut last = HashMap::new();
+        let a = comment(mine.next(10, 0).to_string(), "p");
+        let b = comment(mine.next(11, 0).to_string(), "q");
+        let c = comment(mine.next(12, 0).to_string(), "p");
+        let adopted = comment(other.next(12, 0).to_string(), "p");
+        let prev_of = |ev: LiveEvent| match ev {
+            LiveEvent::Comment(lc) => (lc.prev, lc.adopted),
+            LiveEvent::Delete(_) => unreachable!(),
+        };
+        assert_eq!(prev_of(live_event(&a, &w, &mut last)), (None, false));
+        assert_eq!(prev_of(live_event(&b, &w, &mut last)), (None, false));
+        assert_eq!(prev_of(live_event(&adopted, &w, &mut last)), (None, true));
+        assert_eq!(
+            prev_of(live_event(&c, &w, &mut last)),
+            (Some(a.id.clone()), false),
+            "the adopted comment is not in this writer's chain"
+        );
     }
 }

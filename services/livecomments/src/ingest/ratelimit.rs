@@ -1,10 +1,47 @@
-//! Per-user token bucket: `limit` comments per `window`, refilled continuously. The map is
-//! bounded: idle users (bucket full again) are forgotten when it fills up.
+//! The per-user rate limit (`limit` comments per `window`), held where every writer of the
+//! region sees it (CONTRACT §7):
+//! - on the embedded store there is exactly one writer (redb locks its file), so a token
+//!   bucket in its memory is the whole truth;
+//! - on CQL any number of ingest nodes share the region's keyspace, so the limit lives there
+//!   (`CqlStore::take_rate`, a sliding window of accepted requests): spreading requests over
+//!   nodes gains nothing. It costs two CQL round trips per POST; a bucket per node would cost
+//!   none and let a user post `nodes × limit` per window.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+use crate::store::StoreResult;
+use crate::store::cql::CqlStore;
+
+/// Where the region's per-user limit is kept.
+pub enum UserLimit {
+    /// One writer process: in memory.
+    Local(RateLimiter),
+    /// Every ingest node of the region: in the CQL store.
+    Shared {
+        store: Arc<CqlStore>,
+        limit: u32,
+        window: Duration,
+    },
+}
+
+impl UserLimit {
+    /// Takes one request for `user`: `Ok(Err(wait))` when over the limit, `Err` when the
+    /// shared store cannot be asked (the POST answers 503, as it could not be stored either).
+    pub async fn take(&self, user: &str) -> StoreResult<Result<(), Duration>> {
+        match self {
+            UserLimit::Local(rl) => Ok(rl.check(user)),
+            UserLimit::Shared {
+                store,
+                limit,
+                window,
+            } => store.take_rate(user, *limit, *window).await,
+        }
+    }
+}
 
 const MAX_TRACKED_USERS: usize = 200_000;
 

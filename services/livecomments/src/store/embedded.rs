@@ -114,6 +114,7 @@ fn created_ms(v: &[u8]) -> i64 {
 
 fn write_batch(db: &Database, batch: Vec<NewComment>) -> StoreResult<Vec<Inserted>> {
     let now = now_millis();
+    let deadline = batch.iter().filter_map(|i| i.visible_by_ms).min();
     let txn = db.begin_write().map_err(unavailable)?;
     let mut out = Vec::with_capacity(batch.len());
     {
@@ -148,6 +149,14 @@ fn write_batch(db: &Database, batch: Vec<NewComment>) -> StoreResult<Vec<Inserte
                 .map_err(unavailable)?;
             out.push(Inserted::Created(c));
         }
+    }
+    let in_time = deadline.is_none_or(|t| now_millis() <= t);
+    // A process frozen since the stamp must not make old ids appear now: give up instead
+    // (the transaction is dropped, nothing is stored).
+    if !in_time {
+        return Err(unavailable(
+            "batch not committed in time after it was stamped",
+        ));
     }
     // Durability::Immediate (redb's default): fsync'd before commit returns.
     txn.commit().map_err(unavailable)?;

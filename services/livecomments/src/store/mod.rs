@@ -18,6 +18,21 @@ pub struct NewComment {
     pub comment: Comment,
     /// `Idempotency-Key` of the request, if any; scoped to (user, post) and kept 24 h.
     pub idempotency_key: Option<String>,
+    /// Unix ms after which the comment must not become visible any more (the write fails
+    /// instead, and nothing is stored). The ingest pipeline sets it a few seconds after the
+    /// stamp: fanouts take a comment id this old as settled (`position::SETTLE_MS`), so a
+    /// node frozen between stamping and writing must not make it appear later. `None`: no
+    /// bound (tools, tests of the engine itself). With a bound, an Idempotency-Key retry that
+    /// finds a claim never confirmed follows the same rule (see the CQL engine).
+    pub visible_by_ms: Option<i64>,
+}
+
+impl NewComment {
+    /// False when `visible_by_ms` has passed: writing now would be too late.
+    pub fn still_in_time(&self) -> bool {
+        self.visible_by_ms
+            .is_none_or(|t| livecomments_shared::time::now_millis() <= t)
+    }
 }
 
 /// What an insert did.

@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0002_idempotency",
         include_str!("../../../../../cql/0002_idempotency.cql"),
     ),
+    (
+        3,
+        "0003_user_rate",
+        include_str!("../../../../../cql/0003_user_rate.cql"),
+    ),
 ];
 
 /// The schema version this binary needs.
@@ -210,7 +215,7 @@ mod tests {
             .iter()
             .flat_map(|(_, _, c)| statements(c, "ks1"))
             .collect();
-        assert_eq!(all.len(), 4);
+        assert_eq!(all.len(), 5);
         for s in &all {
             assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");
             assert!(!s.contains("{keyspace}") && !s.contains("--"), "{s}");

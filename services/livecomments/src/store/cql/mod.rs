@@ -295,6 +295,28 @@ struct Statements {
     buckets_desc: PreparedStatement,
     buckets_asc: PreparedStatement,
     ping: PreparedStatement,
+    rate_recent: PreparedStatement,
+    rate_take: PreparedStatement,
+    restamp_key: PreparedStatement,
+}
+
+/// The window in which the first attempt of an Idempotency-Key may still write (the pipeline
+/// gives each comment 3 s from its stamp, `NewComment::visible_by_ms`).
+const STAMP_MAX_AGE_MS: i64 = 3_000;
+/// A retry that finds an Idempotency-Key claimed and never confirmed writes the claimed
+/// comment under its own, fresh id once the first attempt is certainly past writing (its
+/// 3 s, plus 3 s for a write in flight); before that, under the claimed id while that id is
+/// young enough, else 503 (retry).
+const RESTAMP_AFTER_MS: i64 = 6_000;
+
+fn in_time(item: &NewComment) -> StoreResult<()> {
+    if item.still_in_time() {
+        return Ok(());
+    }
+    Err(unavailable(format!(
+        "comment {} not written in time after it was stamped; not writing it late",
+        item.comment.id
+    )))
 }
 
 const COMMENT_COLUMNS: &str = "id, user_id, text, created_at, region, metadata";
@@ -478,6 +500,24 @@ impl CqlStore {
             )
             .await?,
             ping: prep("SELECT release_version FROM system.local".to_string(), true).await?,
+            rate_recent: prep(
+                format!("SELECT at FROM {ks}.user_rate WHERE user_id = ? AND at > ? LIMIT ?"),
+                true,
+            )
+            .await?,
+            rate_take: prep(
+                format!("INSERT INTO {ks}.user_rate (user_id, at, nonce) VALUES (?, ?, ?) USING TTL ?"),
+                true,
+            )
+            .await?,
+            restamp_key: prep(
+                format!(
+                    "UPDATE {ks}.idempotency USING TTL {IDEMPOTENCY_TTL_SECS} SET id = ?, created_at = ? \
+                     WHERE user_id = ? AND post_id = ? AND idem_key = ? IF id = ? AND stored = false"
+                ),
+                false,
+            )
+            .await?,
         };
         let ttl_secs = opts.ttl_secs();
         Ok(CqlStore {
@@ -659,8 +699,14 @@ impl CqlStore {
         })
     }
 
-    /// Step 4: the record exists but its comment was never confirmed.
-    async fn finish_pending(&self, prev: Comment, key: &str) -> StoreResult<Inserted> {
+    /// Step 4: the record exists but its comment was never confirmed. `fresh`: this retry's
+    /// own item (its id is stamped now, by this node).
+    async fn finish_pending(
+        &self,
+        prev: Comment,
+        key: &str,
+        fresh: &NewComment,
+    ) -> StoreResult<Inserted> {
         let deadline = Instant::now() + Duration::from_millis(500);
         let mut ttl = IDEMPOTENCY_TTL_SECS;
         loop {
@@ -683,10 +729,98 @@ impl CqlStore {
                 break;
             }
         }
-        self.ensure_indexed(&[&prev]).await?;
-        self.write_comment(&prev).await?;
-        self.mark_stored(&prev, key, ttl).await?;
-        Ok(Inserted::Created(prev))
+        let age = time::now_millis() - id::millis_of(&prev.id).unwrap_or(0);
+        let comment = if fresh.visible_by_ms.is_none() || age <= STAMP_MAX_AGE_MS {
+            // The first attempt may still write the same row: an overwrite, one comment.
+            prev
+        } else if age <= RESTAMP_AFTER_MS {
+            return Err(unavailable(
+                "the first attempt with this Idempotency-Key may still finish; retry shortly",
+            ));
+        } else {
+            // The first attempt can no longer write (it gives up 3 s after stamping): the
+            // claim moves to a fresh id, so the comment appears with an id of now, as every
+            // fanout expects of a comment that appears now.
+            let fresh = &fresh.comment;
+            let res = self
+                .session
+                .execute_unpaged(
+                    &self.st.restamp_key,
+                    (
+                        &fresh.id,
+                        CqlTimestamp(created_ms(fresh)),
+                        &prev.user_id,
+                        &prev.post_id,
+                        key,
+                        &prev.id,
+                    ),
+                )
+                .await
+                .map_err(unavailable)?;
+            let (applied, _) = lwt_outcome(res)?;
+            if !applied {
+                return Err(unavailable(
+                    "another retry with this Idempotency-Key is finishing it; retry",
+                ));
+            }
+            Comment {
+                id: fresh.id.clone(),
+                timestamp: fresh.timestamp.clone(),
+                region: fresh.region.clone(),
+                ..prev
+            }
+        };
+        if !fresh.still_in_time() {
+            return Err(unavailable("retry not written in time; retry again"));
+        }
+        self.ensure_indexed(&[&comment]).await?;
+        self.write_comment(&comment).await?;
+        self.mark_stored(&comment, key, ttl).await?;
+        Ok(Inserted::Created(comment))
+    }
+
+    /// The per-user rate limit across every ingest node of the region: a sliding window of
+    /// `limit` accepted requests per `window`. Takes one for `user`, or says how long until
+    /// the oldest in the window expires. Two round trips (count, then record).
+    pub async fn take_rate(
+        &self,
+        user: &str,
+        limit: u32,
+        window: Duration,
+    ) -> StoreResult<Result<(), Duration>> {
+        let now = time::now_millis();
+        let window_ms = i64::try_from(window.as_millis())
+            .unwrap_or(i64::MAX / 2)
+            .max(1);
+        let limit = limit.max(1);
+        let res = self
+            .session
+            .execute_unpaged(
+                &self.st.rate_recent,
+                (user, CqlTimestamp(now - window_ms), limit as i32),
+            )
+            .await
+            .map_err(unavailable)?;
+        let rows = res.into_rows_result().map_err(unavailable)?;
+        let ats: Vec<i64> = rows
+            .rows::<(CqlTimestamp,)>()
+            .map_err(unavailable)?
+            .filter_map(|r| r.ok().map(|(t,)| t.0))
+            .collect();
+        if ats.len() >= limit as usize {
+            let oldest = ats.iter().copied().min().unwrap_or(now);
+            let wait = (oldest + window_ms - now).max(1);
+            return Ok(Err(Duration::from_millis(wait as u64)));
+        }
+        let ttl = i32::try_from(window_ms / 1000 + 1).unwrap_or(i32::MAX);
+        self.session
+            .execute_unpaged(
+                &self.st.rate_take,
+                (user, CqlTimestamp(now), rand::random::<i64>(), ttl),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(Ok(()))
     }
 
     async fn query_bucket(
@@ -985,6 +1119,9 @@ impl Store for CqlStore {
                     .iter()
                     .map(|&i| async move {
                         let item = &batch[i];
+                        if let Err(e) = in_time(item) {
+                            return (i, Err(e));
+                        }
                         let mut r = self.write_comment(&item.comment).await;
                         if r.is_ok() && claimed[i] {
                             let key = item.idempotency_key.as_deref().unwrap_or("");
@@ -1007,7 +1144,8 @@ impl Store for CqlStore {
             .into_iter()
             .map(|(i, prev)| {
                 let key = batch[i].idempotency_key.clone().unwrap_or_default();
-                async move { (i, self.finish_pending(prev, &key).await) }
+                let fresh = &batch[i];
+                async move { (i, self.finish_pending(prev, &key, fresh).await) }
             })
             .collect();
         let finished = bounded(finished).await;
