@@ -90,11 +90,13 @@ impl Ctx {
     }
 
     pub fn publisher(&self, posts: usize, conns: usize, users: usize) -> Result<Publisher> {
+        // Several publish bases (ingest nodes of one region): post p goes to base p mod n.
+        let bases: Vec<&str> = self.pub_base.split(',').map(str::trim).collect();
         let urls = (0..posts)
             .map(|p| {
                 Url::parse(&fill(
                     &self.pub_template,
-                    &self.pub_base,
+                    bases[p % bases.len()],
                     &self.post_name(p),
                 ))
             })

@@ -67,7 +67,8 @@ pub struct Common {
         default_value = "http://127.0.0.1:8080"
     )]
     pub urls: Vec<String>,
-    /// Base URL comments are posted to (default: the first --url).
+    /// Base URL comments are posted to (default: the first --url); several, comma separated
+    /// (the ingest nodes of one region), spread the posts over them.
     #[arg(long)]
     pub pub_url: Option<String>,
     /// Subscribe URL template with {base} and {post}. Default: lc
