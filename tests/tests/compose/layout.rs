@@ -1,4 +1,4 @@
-//! The replicated layout of a region (CONTRACT.md §7): its ingest nodes, the proxy's routes to
+//! The replicated layout of a region (CONTRACT §7): its ingest nodes, the proxy's routes to
 //! every node of a role, and its ScyllaDB cluster. Each check returns what it finds wrong
 //! (nothing: in step), so that main.rs can assert the real files and also show, on altered
 //! copies of them, that every rule catches the drift it is there for.
@@ -13,7 +13,7 @@ use crate::nginx::*;
 pub(crate) type Findings = Vec<String>;
 
 /// A value a livecomments service runs with: its flag, else its `LIVECOMMENTS_*` variable
-/// (every flag has one, named after it: CONTRACT.md §4), else `default` (the binary's, from
+/// (every flag has one, named after it: CONTRACT §4), else `default` (the binary's, from
 /// `--help`).
 pub(crate) fn setting(svc: &Value, flag_name: &str, default: Option<&str>) -> Option<String> {
     let env = format!(
