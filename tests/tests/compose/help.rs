@@ -5,11 +5,12 @@ use std::process::Command;
 
 use livecomments_tests::bin;
 
-/// What `livecomments <role> --help` accepts: every `--flag`, whether it takes a value, and the
-/// flag of every `[env: NAME]`.
+/// What `livecomments <role> --help` accepts: every `--flag`, whether it takes a value, the
+/// flag of every `[env: NAME]`, and every `[default: VALUE]` by flag.
 pub(crate) struct Help {
     pub(crate) takes_value: BTreeMap<String, bool>,
     pub(crate) env_flag: BTreeMap<String, String>,
+    pub(crate) default: BTreeMap<String, String>,
 }
 
 pub(crate) fn help(role: &str) -> Help {
@@ -26,6 +27,7 @@ pub(crate) fn help(role: &str) -> Help {
     let mut h = Help {
         takes_value: BTreeMap::new(),
         env_flag: BTreeMap::new(),
+        default: BTreeMap::new(),
     };
     let mut current: Option<String> = None;
     for line in text.lines() {
@@ -52,6 +54,11 @@ pub(crate) fn help(role: &str) -> Help {
                 .collect();
             let f = current.clone().expect("[env: ...] before any flag");
             h.env_flag.insert(name, f);
+        }
+        if let Some(i) = line.find("[default: ") {
+            let value = line[i + 10..].split(']').next().unwrap_or("").to_string();
+            let f = current.clone().expect("[default: ...] before any flag");
+            h.default.insert(f, value);
         }
     }
     assert!(

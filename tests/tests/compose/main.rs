@@ -8,10 +8,14 @@
 
 //!
 //! The parsers live in modules of their own: `compose_file` (YAML), `help` (`--help`),
-//! `nats_conf` and `nginx`; this file holds the checks.
+//! `nats_conf` and `nginx`; this file holds the checks, but for those of the replicated layout
+//! of a region (ingest nodes, proxy upstreams, ScyllaDB cluster), which are in `layout` as
+//! functions that return their findings, so that `the_layout_checks_catch_drift` can show each
+//! one failing on an altered copy of the files.
 
 mod compose_file;
 mod help;
+mod layout;
 mod nats_conf;
 mod nginx;
 
@@ -21,6 +25,7 @@ use std::process::Command;
 
 use compose_file::*;
 use help::*;
+use layout::*;
 use livecomments_tests::{ClosedPort, Server, bin};
 use nats_conf::*;
 use nginx::*;
@@ -360,31 +365,7 @@ fn each_regions_proxy_routes_the_four_api_paths_to_the_right_role() {
             continue;
         }
         proxies += 1;
-        let env = environment(svc);
-        // The nginx image renders /etc/nginx/templates/*.template with the environment.
-        let vols: Vec<String> = svc["volumes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
-        let target = vols
-            .iter()
-            .filter_map(|v| v.split(':').nth(1))
-            .find(|t| t.starts_with("/etc/nginx/"))
-            .unwrap_or_else(|| panic!("{name}: mounts no nginx config"));
-        let path = mounted(svc, target).unwrap();
-        let mut text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{name}: {}: {e}", path.display()));
-        if target.ends_with(".template") {
-            for (k, v) in &env {
-                text = text.replace(&format!("${{{k}}}"), v);
-            }
-            assert!(
-                !text.contains("${"),
-                "{name}: a template variable is not set"
-            );
-        }
+        let text = rendered(name, svc);
         let top = nginx_conf(&text);
         let upstreams: BTreeMap<String, Vec<String>> = top
             .iter()
@@ -529,4 +510,413 @@ fn every_long_running_service_has_a_healthcheck_and_stateful_ones_named_volumes(
             );
         }
     }
+}
+
+fn assert_none(what: &str, found: Findings) {
+    assert!(found.is_empty(), "{what}:\n  {}", found.join("\n  "));
+}
+
+/// The binary's default of `flag` for `role`, from its `--help`.
+fn binary_default(role: &str, flag: &str) -> Option<String> {
+    help(role).default.get(flag).cloned()
+}
+
+#[test]
+fn every_region_runs_two_or_more_ingest_nodes_of_one_definition() {
+    assert_none("ingest nodes", check_ingest_nodes(&compose()));
+}
+
+#[test]
+fn each_proxy_sends_every_path_to_every_node_of_its_role_and_writes_around_a_dead_one() {
+    let c = compose();
+    let mut proxies = 0;
+    for (name, svc) in services(&c) {
+        if image(svc).starts_with("nginx") {
+            proxies += 1;
+            assert_none(name, check_proxy(&c, name, &rendered(name, svc)));
+        }
+    }
+    assert!(proxies >= 2, "a proxy per region");
+}
+
+#[test]
+fn each_regions_store_is_a_cluster_that_keeps_working_with_one_node_down() {
+    let c = compose();
+    assert_none("ScyllaDB", check_store(&c, &binary_default));
+    // The defaults the check relied on are the binary's.
+    assert_eq!(
+        binary_default("ingest", "--cql-consistency").as_deref(),
+        Some("local_quorum")
+    );
+    assert!(binary_default("migrate", "--cql-replication").is_some());
+}
+
+/// Every rule of `layout` on altered copies of compose.yaml and of a rendered proxy config:
+/// each alteration is one a change could make, and the check must name it.
+#[test]
+fn the_layout_checks_catch_drift() {
+    fn expect(what: &str, found: Findings, needle: &str) {
+        assert!(
+            found.iter().any(|f| f.contains(needle)),
+            "{what}: expected a finding with {needle:?}, got:\n  {}",
+            found.join("\n  ")
+        );
+    }
+    fn cmd<'a>(c: &'a mut Value, svc: &str) -> &'a mut Vec<Value> {
+        c["services"][svc]["command"]
+            .as_array_mut()
+            .unwrap_or_else(|| panic!("{svc}: command"))
+    }
+    fn set_flag(c: &mut Value, svc: &str, name: &str, value: &str) {
+        let a = cmd(c, svc);
+        match a.iter().position(|v| v == name) {
+            Some(i) => a[i + 1] = json!(value),
+            None => a.extend([json!(name), json!(value)]),
+        }
+    }
+    fn del_flag(c: &mut Value, svc: &str, name: &str) {
+        let a = cmd(c, svc);
+        let i = a
+            .iter()
+            .position(|v| v == name)
+            .unwrap_or_else(|| panic!("{svc}: no {name}"));
+        a.drain(i..i + 2);
+    }
+    fn svcs_mut(c: &mut Value) -> &mut serde_json::Map<String, Value> {
+        c["services"].as_object_mut().unwrap()
+    }
+    let base = compose();
+    let eu_nodes = ["scylla-eu-1", "scylla-eu-2", "scylla-eu-3"];
+    let all_nodes = [
+        "scylla-eu-1",
+        "scylla-eu-2",
+        "scylla-eu-3",
+        "scylla-us-1",
+        "scylla-us-2",
+        "scylla-us-3",
+    ];
+    for n in all_nodes {
+        assert!(services(&base).contains_key(n), "compose.yaml has no {n}");
+    }
+    let ingest = |f: &dyn Fn(&mut Value)| {
+        let mut c = base.clone();
+        f(&mut c);
+        check_ingest_nodes(&c)
+    };
+    let store = |f: &dyn Fn(&mut Value)| {
+        let mut c = base.clone();
+        f(&mut c);
+        check_store(&c, &binary_default)
+    };
+
+    // Ingest nodes.
+    expect(
+        "one ingest node",
+        ingest(&|c| {
+            svcs_mut(c).remove("ingest-eu-2");
+        }),
+        "region eu: 1 ingest node(s)",
+    );
+    expect(
+        "a per-node flag",
+        ingest(&|c| set_flag(c, "ingest-eu-2", "--rate-limit", "5")),
+        "ingest-eu-2's `command` differs",
+    );
+    expect(
+        "a per-node variable",
+        ingest(&|c| {
+            c["services"]["ingest-eu-2"]["environment"]["LIVECOMMENTS_RATE_LIMIT"] = json!("5")
+        }),
+        "ingest-eu-2's `environment` differs",
+    );
+    expect(
+        "replicas instead of named nodes",
+        ingest(&|c| c["services"]["ingest-us-1"]["deploy"] = json!({"replicas": 2})),
+        "ingest-us-1: replicated with deploy.replicas",
+    );
+
+    // The proxy of region eu.
+    let conf = rendered("proxy-eu", &services(&base)["proxy-eu"]);
+    assert_none("proxy-eu", check_proxy(&base, "proxy-eu", &conf));
+    let edit = |from: &str, to: &str| {
+        assert!(conf.contains(from), "proxy-eu's config has no {from:?}");
+        check_proxy(&base, "proxy-eu", &conf.replace(from, to))
+    };
+    expect(
+        "an ingest node missing from the upstream",
+        edit("server ingest-eu-2:8080 resolve;", ""),
+        "/comment goes to {\"ingest-eu-1\"}",
+    );
+    expect(
+        "a fanout missing from the upstream",
+        edit("server fanout-eu-2:8080 resolve;", ""),
+        "/comments/stream goes to",
+    );
+    let mut three = base.clone();
+    let node = services(&base)["ingest-eu-1"].clone();
+    svcs_mut(&mut three).insert("ingest-eu-3".into(), node);
+    expect(
+        "a third ingest node the upstream does not list",
+        check_proxy(&three, "proxy-eu", &conf),
+        "\"ingest-eu-3\"}",
+    );
+    expect(
+        "POSTs resent",
+        edit(
+            "proxy_next_upstream error timeout;",
+            "proxy_next_upstream error timeout non_idempotent;",
+        ),
+        "must not be resent",
+    );
+    expect(
+        "no failover on connection errors",
+        edit(
+            "proxy_next_upstream error timeout;",
+            "proxy_next_upstream timeout;",
+        ),
+        "lacks `error`",
+    );
+    expect(
+        "no failover at all",
+        edit(
+            "proxy_next_upstream error timeout;",
+            "proxy_next_upstream off;",
+        ),
+        "lacks `error`",
+    );
+    expect(
+        "a long connect timeout",
+        edit("proxy_connect_timeout 1s;", "proxy_connect_timeout 30s;"),
+        "proxy_connect_timeout 30s",
+    );
+    expect(
+        "nginx's default connect timeout",
+        edit("proxy_connect_timeout 1s;", ""),
+        "proxy_connect_timeout 60s",
+    );
+    expect(
+        "a backup node",
+        edit(
+            "server ingest-eu-2:8080 resolve;",
+            "server ingest-eu-2:8080 resolve backup;",
+        ),
+        "`backup` on ingest-eu-2:8080",
+    );
+    expect(
+        "names resolved only at start",
+        edit(
+            "server ingest-eu-2:8080 resolve;",
+            "server ingest-eu-2:8080;",
+        ),
+        "ingest-eu-2:8080 without `resolve`",
+    );
+    expect(
+        "resolve without a zone",
+        edit("zone ingest 64k;", ""),
+        "upstream ingest: `resolve` needs a `zone`",
+    );
+    let resolver = conf
+        .lines()
+        .find(|l| l.starts_with("resolver "))
+        .expect("proxy-eu: a resolver line");
+    expect(
+        "resolve without a resolver",
+        edit(resolver, ""),
+        "without a `resolver`",
+    );
+    expect(
+        "a resolver that does not know the services",
+        edit(resolver, "resolver 8.8.8.8;"),
+        "only Docker's embedded DNS",
+    );
+    for old in ["nginx:1.27.2-alpine", "nginx:1.26-alpine", "nginx:latest"] {
+        let mut c = base.clone();
+        c["services"]["proxy-eu"]["image"] = json!(old);
+        expect(
+            old,
+            check_proxy(&c, "proxy-eu", &conf),
+            "needs nginx 1.27.3",
+        );
+    }
+
+    // The ScyllaDB clusters.
+    expect(
+        "replication factor 1",
+        store(&|c| set_flag(c, "migrate-eu", "--cql-replication", "SimpleStrategy:1")),
+        "with one node down LWTs",
+    );
+    expect(
+        "replication factor 2",
+        store(&|c| set_flag(c, "migrate-eu", "--cql-replication", "SimpleStrategy:2")),
+        "with one node down LWTs",
+    );
+    expect(
+        "no replication flag: the binary's default (SimpleStrategy:1)",
+        store(&|c| del_flag(c, "migrate-us", "--cql-replication")),
+        "migrate-us: replication factor 1",
+    );
+    expect(
+        "more replicas than nodes",
+        store(&|c| set_flag(c, "migrate-eu", "--cql-replication", "SimpleStrategy:5")),
+        "replication factor 5 over 3 nodes",
+    );
+    expect(
+        "replicas in a datacenter the nodes are not in",
+        store(&|c| {
+            set_flag(
+                c,
+                "migrate-eu",
+                "--cql-replication",
+                "NetworkTopologyStrategy:eu=3",
+            )
+        }),
+        "places no replica in datacenter1",
+    );
+    assert_none(
+        "NetworkTopologyStrategy in the nodes' datacenter",
+        store(&|c| {
+            set_flag(
+                c,
+                "migrate-eu",
+                "--cql-replication",
+                "NetworkTopologyStrategy:datacenter1=3",
+            )
+        }),
+    );
+    expect(
+        "a consistency one node down stops",
+        store(&|c| set_flag(c, "ingest-eu-1", "--cql-consistency", "all")),
+        "ingest-eu-1: --cql-consistency all waits for 3 of 3",
+    );
+    expect(
+        "the same, from the environment",
+        store(&|c| {
+            c["services"]["reader-us"]["environment"]["LIVECOMMENTS_CQL_CONSISTENCY"] =
+                json!("three")
+        }),
+        "reader-us: --cql-consistency three waits for 3 of 3",
+    );
+    expect(
+        "a contact point missing",
+        store(&|c| {
+            set_flag(
+                c,
+                "reader-eu",
+                "--cql-nodes",
+                "scylla-eu-1:9042,scylla-eu-2:9042",
+            )
+        }),
+        "reader-eu: --cql-nodes lists",
+    );
+    expect(
+        "another region's node as contact point",
+        store(&|c| {
+            set_flag(
+                c,
+                "ingest-us-2",
+                "--cql-nodes",
+                "scylla-us-1:9042,scylla-us-2:9042,scylla-eu-3:9042",
+            )
+        }),
+        "ingest-us-2: --cql-nodes scylla-us-1:9042,scylla-us-2:9042,scylla-eu-3:9042 spans 2 clusters",
+    );
+    let two_nodes = store(&|c| {
+        svcs_mut(c).remove("scylla-eu-3");
+        for s in ["migrate-eu", "ingest-eu-1", "ingest-eu-2", "reader-eu"] {
+            set_flag(c, s, "--cql-nodes", "scylla-eu-1:9042,scylla-eu-2:9042");
+        }
+    });
+    expect("two nodes", two_nodes.clone(), "2 node(s)");
+    expect("two nodes", two_nodes, "replication factor 3 over 2 nodes");
+    expect(
+        "one node unlike the others",
+        store(&|c| set_flag(c, "scylla-eu-2", "--memory", "1G")),
+        "scylla-eu-2's command differs",
+    );
+    expect(
+        "a seed outside the cluster",
+        store(&|c| {
+            for n in eu_nodes {
+                set_flag(c, n, "--seeds", "scylla-us-1");
+            }
+        }),
+        "seed scylla-us-1 is not a node of cluster livecomments-eu",
+    );
+    expect(
+        "a node that joins before the seed is up",
+        store(&|c| {
+            c["services"]["scylla-eu-3"]
+                .as_object_mut()
+                .unwrap()
+                .remove("depends_on");
+        }),
+        "scylla-eu-3: starts before seed(s)",
+    );
+    expect(
+        "a seed that waits for another node",
+        store(&|c| {
+            c["services"]["scylla-eu-1"]["depends_on"] =
+                json!({"scylla-eu-2": {"condition": "service_healthy"}})
+        }),
+        "scylla-eu-1: a seed waits for",
+    );
+    expect(
+        "two nodes on one volume",
+        store(&|c| {
+            c["services"]["scylla-eu-3"]["volumes"] = json!(["scylla-eu-1:/var/lib/scylla"])
+        }),
+        "share the data volume scylla-eu-1",
+    );
+    expect(
+        "one cluster name for both regions",
+        store(&|c| {
+            for n in ["scylla-us-1", "scylla-us-2", "scylla-us-3"] {
+                set_flag(c, n, "--cluster-name", "livecomments-eu");
+            }
+        }),
+        "share cluster livecomments-eu",
+    );
+    expect(
+        "no cluster name",
+        store(&|c| {
+            for n in all_nodes {
+                del_flag(c, n, "--cluster-name");
+            }
+        }),
+        "no --cluster-name",
+    );
+    expect(
+        "no memory limit",
+        store(&|c| {
+            for n in eu_nodes {
+                del_flag(c, n, "--memory");
+            }
+        }),
+        "scylla-eu-1: no --memory",
+    );
+    expect(
+        "more memory than README.md says",
+        store(&|c| {
+            for n in all_nodes {
+                set_flag(c, n, "--memory", "1G");
+            }
+        }),
+        "take 6144 MiB together",
+    );
+    expect(
+        "small memory outside developer mode",
+        store(&|c| {
+            for n in eu_nodes {
+                set_flag(c, n, "--developer-mode", "0");
+            }
+        }),
+        "refuses to start unless --developer-mode 1",
+    );
+    expect(
+        "no keyspace migration",
+        store(&|c| {
+            svcs_mut(c).remove("migrate-eu");
+        }),
+        "region eu: no migrate creates its keyspace",
+    );
 }

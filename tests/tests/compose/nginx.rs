@@ -113,3 +113,32 @@ pub(crate) fn seconds(v: &str) -> u64 {
         other => panic!("duration unit {other}"),
     }
 }
+
+/// The config an nginx service of compose.yaml runs: the file it mounts under /etc/nginx/,
+/// rendered as the image renders /etc/nginx/templates/*.template (each `${VAR}` of the
+/// service's environment replaced; nginx's own `$host` etc. stay).
+pub(crate) fn rendered(name: &str, svc: &serde_json::Value) -> String {
+    use crate::compose_file::{environment, mounted};
+    let target = svc["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .filter_map(|v| v.split(':').nth(1))
+        .find(|t| t.starts_with("/etc/nginx/"))
+        .unwrap_or_else(|| panic!("{name}: mounts no nginx config"))
+        .to_string();
+    let path = mounted(svc, &target).unwrap();
+    let mut text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{name}: {}: {e}", path.display()));
+    if target.ends_with(".template") {
+        for (k, v) in &environment(svc) {
+            text = text.replace(&format!("${{{k}}}"), v);
+        }
+        assert!(
+            !text.contains("${"),
+            "{name}: a template variable is not set"
+        );
+    }
+    text
+}
