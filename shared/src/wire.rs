@@ -44,10 +44,23 @@ pub struct DeleteRequest {
     pub moderator: bool,
 }
 
-/// Reply to a [`DeleteRequest`]: `deleted`, `not_found`, `forbidden` or `error`.
+/// Reply to a [`DeleteRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteReply {
-    pub outcome: String,
+    pub outcome: DeleteOutcome,
+}
+
+/// What a deletion did; on the wire `"deleted"`, `"not_found"`, `"forbidden"`, `"error"`
+/// (any other string reads as `error`, so a newer peer cannot make an older one fail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteOutcome {
+    Deleted,
+    NotFound,
+    Forbidden,
+    /// A store or a region could not be reached; nothing is known to have been deleted.
+    #[serde(other)]
+    Error,
 }
 
 /// Queue group of the readers answering since-queries, so each query is answered once.
@@ -217,6 +230,26 @@ mod tests {
             region: "eu".into(),
         });
         assert_eq!(decode::<LiveEvent>(&encode(&del).unwrap()).unwrap(), del);
+    }
+
+    #[test]
+    fn delete_outcomes_by_name_and_unknown_ones_as_error() {
+        for (o, name) in [
+            (DeleteOutcome::Deleted, "deleted"),
+            (DeleteOutcome::NotFound, "not_found"),
+            (DeleteOutcome::Forbidden, "forbidden"),
+            (DeleteOutcome::Error, "error"),
+        ] {
+            let bytes = encode(&DeleteReply { outcome: o }).unwrap();
+            let v: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!(v["outcome"], name);
+            assert_eq!(decode::<DeleteReply>(&bytes).unwrap().outcome, o);
+        }
+        let future = rmp_serde::to_vec_named(&serde_json::json!({"outcome": "archived"})).unwrap();
+        assert_eq!(
+            decode::<DeleteReply>(&future).unwrap().outcome,
+            DeleteOutcome::Error
+        );
     }
 
     #[test]

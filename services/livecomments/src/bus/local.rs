@@ -86,6 +86,8 @@ impl Bus for LocalBus {
         Ok(())
     }
 
+    fn heard_writer(&self, _region: &str, _writer: &str) {}
+
     fn lost_writers(&self) -> broadcast::Receiver<LostWriter> {
         match &self.lost {
             Some(tx) => tx.subscribe(),

@@ -56,4 +56,9 @@ pub trait Bus: Send + Sync + 'static {
     /// Writers that fell silent, as they are noticed (`wire::WRITER_LOST_MS` after their last
     /// announcement). In-process buses never report one.
     fn lost_writers(&self) -> tokio::sync::broadcast::Receiver<LostWriter>;
+
+    /// A hub saw a live comment of a writer new to it: the writer counts as heard from now
+    /// on, so one that dies before this fanout heard a single announcement of it is still
+    /// given up (and swept for) `WRITER_LOST_MS` later. In-process buses ignore it.
+    fn heard_writer(&self, region: &str, writer: &str);
 }

@@ -29,8 +29,9 @@ pub struct NatsBus {
     connected: Arc<AtomicBool>,
     reconnects: tokio::sync::watch::Receiver<u64>,
     lost: broadcast::Sender<LostWriter>,
-    /// The writer monitor starts with the first caller of `lost_writers` (fanouts only).
-    monitor: OnceLock<()>,
+    /// The writer monitor starts with the first caller of `lost_writers` (fanouts only);
+    /// writers heard of through their comments reach it here.
+    monitor: OnceLock<tokio::sync::mpsc::Sender<(String, String)>>,
 }
 
 impl NatsBus {
@@ -101,8 +102,25 @@ impl NatsBus {
         })
     }
 
-    /// Follows `comments.writers.*` and reports each writer silent for `WRITER_LOST_MS`.
-    async fn watch_writers(client: async_nats::Client, lost: broadcast::Sender<LostWriter>) {
+    fn monitor(&self) -> &tokio::sync::mpsc::Sender<(String, String)> {
+        self.monitor.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            tokio::spawn(Self::watch_writers(
+                self.client.clone(),
+                self.lost.clone(),
+                rx,
+            ));
+            tx
+        })
+    }
+
+    /// Follows `comments.writers.*` (and the writers hubs heard of through their comments)
+    /// and reports each writer silent for `WRITER_LOST_MS`.
+    async fn watch_writers(
+        client: async_nats::Client,
+        lost: broadcast::Sender<LostWriter>,
+        mut heard: tokio::sync::mpsc::Receiver<(String, String)>,
+    ) {
         let mut sub = loop {
             match client.subscribe(wire::WRITERS_SUBJECT_ALL).await {
                 Ok(s) => break s,
@@ -117,6 +135,11 @@ impl NatsBus {
         let silent = Duration::from_millis(wire::WRITER_LOST_MS);
         loop {
             tokio::select! {
+                Some(key) = heard.recv() => {
+                    if seen.len() < MAX_TRACKED_WRITERS {
+                        seen.entry(key).or_insert_with(Instant::now);
+                    }
+                }
                 msg = sub.next() => {
                     let Some(msg) = msg else { return };
                     let Ok(beat) = wire::decode::<WriterBeat>(&msg.payload) else {
@@ -228,10 +251,15 @@ impl Bus for NatsBus {
 
     fn lost_writers(&self) -> broadcast::Receiver<LostWriter> {
         let rx = self.lost.subscribe();
-        self.monitor.get_or_init(|| {
-            tokio::spawn(Self::watch_writers(self.client.clone(), self.lost.clone()));
-        });
+        self.monitor();
         rx
+    }
+
+    fn heard_writer(&self, region: &str, writer: &str) {
+        // Bounded: when the monitor is behind, the writer's own announcements still count.
+        let _ = self
+            .monitor()
+            .try_send((region.to_string(), writer.to_string()));
     }
 }
 

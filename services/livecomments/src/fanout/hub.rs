@@ -337,10 +337,16 @@ impl Hub {
             METRICS.bus_decode_errors.inc();
             return;
         }
-        let verdict = {
+        let (verdict, new_writer) = {
             let st = self.state.lock();
-            sequence(&st.pos, &lc, st.pending.contains(&c.region), now)
+            (
+                sequence(&st.pos, &lc, st.pending.contains(&c.region), now),
+                st.pos.writer_id(&c.region, id::writer_of(&c.id)).is_none(),
+            )
         };
+        if new_writer {
+            self.fanout.bus.heard_writer(&c.region, id::writer_of(&c.id));
+        }
         match verdict {
             Verdict::Duplicate => {}
             Verdict::Deliver => {

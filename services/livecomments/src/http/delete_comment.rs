@@ -52,6 +52,6 @@ pub async fn handle(
             ErrorCode::Forbidden,
             "only the author or a moderator may delete this comment",
         )),
-        Outcome::Unavailable => Err(ApiError::unavailable("the comment store")),
+        Outcome::Error => Err(ApiError::unavailable("the comment store")),
     }
 }

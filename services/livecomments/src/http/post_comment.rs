@@ -33,7 +33,7 @@ pub async fn handle(
         }
     };
     st.rate
-        .take(&caller.user_id)
+        .check(&caller.user_id)
         .await
         .map_err(|_| ApiError::unavailable("the rate-limit store"))?
         .map_err(|wait| ApiError {
@@ -44,16 +44,24 @@ pub async fn handle(
         .pipeline
         .as_ref()
         .ok_or_else(|| ApiError::unavailable("ingest"))?;
-    let inserted = pipeline
-        .submit(Submission {
+    // The request counts against the limit before the answer, whichever node the user's
+    // next request reaches; recorded while the comment is written.
+    let (inserted, recorded) = tokio::join!(
+        pipeline.submit(Submission {
             post_id,
-            user_id: caller.user_id,
+            user_id: caller.user_id.clone(),
             text,
             metadata,
             idempotency_key,
-        })
-        .await
-        .map_err(|_| ApiError::unavailable("the comment store"))?;
+        }),
+        st.rate.record(&caller.user_id)
+    );
+    let inserted = inserted.map_err(|_| ApiError::unavailable("the comment store"))?;
+    if let Err(e) = recorded {
+        // The comment is durable and will be published: answering 503 now would invite a
+        // second copy from a client retrying without a key. The limit misses one request.
+        tracing::warn!(error = %e, "could not record the request in the rate-limit window");
+    }
     // A retry with a known Idempotency-Key gets the same answer as the first time.
     Ok((StatusCode::CREATED, axum::Json(inserted.comment())).into_response())
 }

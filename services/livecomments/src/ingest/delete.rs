@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::join_all;
 use livecomments_shared::wire::{self, DeleteReply, DeleteRequest, Deletion, LiveEvent};
+
 use livecomments_shared::{id, validate};
 use tokio::sync::Semaphore;
 
@@ -19,25 +20,8 @@ use crate::store::Store;
 const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
 const MAX_IN_FLIGHT: usize = 64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Deleted,
-    NotFound,
-    Forbidden,
-    /// A store or a region could not be reached; nothing is known to have been deleted.
-    Unavailable,
-}
-
-impl Outcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Deleted => "deleted",
-            Outcome::NotFound => "not_found",
-            Outcome::Forbidden => "forbidden",
-            Outcome::Unavailable => "error",
-        }
-    }
-}
+/// What a deletion did (the same type answers forwarded deletions on NATS).
+pub use livecomments_shared::wire::DeleteOutcome as Outcome;
 
 /// Deletes from this region's store when the comment is here.
 pub async fn delete_local(
@@ -49,7 +33,7 @@ pub async fn delete_local(
     let comment = match store.get(&req.post_id, &req.id).await {
         Ok(Some(c)) => c,
         Ok(None) => return Outcome::NotFound,
-        Err(_) => return Outcome::Unavailable,
+        Err(_) => return Outcome::Error,
     };
     if comment.user_id != req.user_id && !req.moderator {
         return Outcome::Forbidden;
@@ -57,7 +41,7 @@ pub async fn delete_local(
     match store.delete(&req.post_id, &req.id).await {
         Ok(true) => {}
         Ok(false) => return Outcome::NotFound,
-        Err(_) => return Outcome::Unavailable,
+        Err(_) => return Outcome::Error,
     }
     METRICS.comments_deleted.inc();
     let ev = LiveEvent::Delete(Deletion {
@@ -78,7 +62,7 @@ pub async fn delete_remote(
     req: &DeleteRequest,
 ) -> Outcome {
     let Ok(payload) = wire::encode(req) else {
-        return Outcome::Unavailable;
+        return Outcome::Error;
     };
     let answers = join_all(regions.iter().map(|r| {
         let payload = payload.clone();
@@ -89,21 +73,14 @@ pub async fn delete_remote(
             )
             .await;
             match reply {
-                Ok(Ok(msg)) => match wire::decode::<DeleteReply>(&msg.payload) {
-                    Ok(r) => match r.outcome.as_str() {
-                        "deleted" => Outcome::Deleted,
-                        "not_found" => Outcome::NotFound,
-                        "forbidden" => Outcome::Forbidden,
-                        _ => Outcome::Unavailable,
-                    },
-                    Err(_) => Outcome::Unavailable,
-                },
-                _ => Outcome::Unavailable,
+                Ok(Ok(msg)) => wire::decode::<DeleteReply>(&msg.payload)
+                    .map_or(Outcome::Error, |r| r.outcome),
+                _ => Outcome::Error,
             }
         }
     }))
     .await;
-    for wanted in [Outcome::Deleted, Outcome::Forbidden, Outcome::Unavailable] {
+    for wanted in [Outcome::Deleted, Outcome::Forbidden, Outcome::Error] {
         if answers.contains(&wanted) {
             return wanted;
         }
@@ -146,9 +123,7 @@ pub async fn serve(
                 }
                 _ => Outcome::NotFound,
             };
-            if let Ok(bytes) = wire::encode(&DeleteReply {
-                outcome: outcome.as_str().into(),
-            }) {
+            if let Ok(bytes) = wire::encode(&DeleteReply { outcome }) {
                 let _ = client.publish(reply_to, bytes.into()).await;
             }
             drop(permit);

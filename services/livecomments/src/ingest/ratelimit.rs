@@ -29,16 +29,27 @@ pub enum UserLimit {
 }
 
 impl UserLimit {
-    /// Takes one request for `user`: `Ok(Err(wait))` when over the limit, `Err` when the
+    /// Whether `user` may post now: `Ok(Err(wait))` when over the limit, `Err` when the
     /// shared store cannot be asked (the POST answers 503, as it could not be stored either).
-    pub async fn take(&self, user: &str) -> StoreResult<Result<(), Duration>> {
+    /// In memory this takes the token at once; in the store the caller records the accepted
+    /// request with [`UserLimit::record`], concurrently with the comment's write (one CQL
+    /// round trip less per POST than recording first) and before it answers.
+    pub async fn check(&self, user: &str) -> StoreResult<Result<(), Duration>> {
         match self {
             UserLimit::Local(rl) => Ok(rl.check(user)),
             UserLimit::Shared {
                 store,
                 limit,
                 window,
-            } => store.take_rate(user, *limit, *window).await,
+            } => store.check_rate(user, *limit, *window).await,
+        }
+    }
+
+    /// Records an accepted request (nothing to do in memory: `check` took the token).
+    pub async fn record(&self, user: &str) -> StoreResult<()> {
+        match self {
+            UserLimit::Local(_) => Ok(()),
+            UserLimit::Shared { store, window, .. } => store.record_rate(user, *window).await,
         }
     }
 }

@@ -309,6 +309,12 @@ const STAMP_MAX_AGE_MS: i64 = 3_000;
 /// young enough, else 503 (retry).
 const RESTAMP_AFTER_MS: i64 = 6_000;
 
+fn window_millis(window: Duration) -> i64 {
+    i64::try_from(window.as_millis())
+        .unwrap_or(i64::MAX / 2)
+        .max(1)
+}
+
 fn in_time(item: &NewComment) -> StoreResult<()> {
     if item.still_in_time() {
         return Ok(());
@@ -780,19 +786,18 @@ impl CqlStore {
     }
 
     /// The per-user rate limit across every ingest node of the region: a sliding window of
-    /// `limit` accepted requests per `window`. Takes one for `user`, or says how long until
-    /// the oldest in the window expires. Two round trips (count, then record).
-    pub async fn take_rate(
+    /// `limit` accepted requests per `window`. Says whether `user` may post now, or how long
+    /// until the oldest request in the window expires. The caller records an accepted request
+    /// with [`CqlStore::record_rate`] before it answers, so the user's next request sees it.
+    pub async fn check_rate(
         &self,
         user: &str,
         limit: u32,
         window: Duration,
     ) -> StoreResult<Result<(), Duration>> {
         let now = time::now_millis();
-        let window_ms = i64::try_from(window.as_millis())
-            .unwrap_or(i64::MAX / 2)
-            .max(1);
-        let limit = limit.max(1);
+        let window_ms = window_millis(window);
+        let limit = limit.clamp(1, i32::MAX as u32);
         let res = self
             .session
             .execute_unpaged(
@@ -812,15 +817,26 @@ impl CqlStore {
             let wait = (oldest + window_ms - now).max(1);
             return Ok(Err(Duration::from_millis(wait as u64)));
         }
+        Ok(Ok(()))
+    }
+
+    /// Records one accepted request of `user` in the rate-limit window.
+    pub async fn record_rate(&self, user: &str, window: Duration) -> StoreResult<()> {
+        let window_ms = window_millis(window);
         let ttl = i32::try_from(window_ms / 1000 + 1).unwrap_or(i32::MAX);
         self.session
             .execute_unpaged(
                 &self.st.rate_take,
-                (user, CqlTimestamp(now), rand::random::<i64>(), ttl),
+                (
+                    user,
+                    CqlTimestamp(time::now_millis()),
+                    rand::random::<i64>(),
+                    ttl,
+                ),
             )
             .await
             .map_err(unavailable)?;
-        Ok(Ok(()))
+        Ok(())
     }
 
     async fn query_bucket(
