@@ -4,7 +4,7 @@
 //! it records is what the checker needs: every acknowledged (key, id) and every answer.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -45,10 +45,107 @@ impl Posted {
     }
 }
 
-/// Posts `n` comments as `user` on `post_id`, starting at node `first` and moving to the
-/// next node after every comment (and after every failure). `timeout` bounds one attempt.
-/// A node that failed is skipped for the next 5 s, as a load balancer's passive health check
-/// does (nginx `max_fails=1 fail_timeout=5s`).
+/// One HTTP attempt of a [`Balancer`]: when, on which node, and the answer (None: no answer —
+/// refused, reset or timed out).
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    pub start: Instant,
+    pub end: Instant,
+    pub node: usize,
+    pub status: Option<u16>,
+}
+
+/// The client side of a load balancer over several ingest nodes: round robin, and a node that
+/// failed is skipped for the next 5 s, as a load balancer's passive health check does (nginx
+/// `max_fails=1 fail_timeout=5s`).
+pub struct Balancer {
+    nodes: Vec<String>,
+    client: reqwest::Client,
+    at: usize,
+    down_until: Vec<Instant>,
+}
+
+impl Balancer {
+    /// `timeout` bounds one attempt; the first request goes to node `first`.
+    pub fn new(nodes: &[String], first: usize, timeout: Duration) -> Balancer {
+        Balancer {
+            nodes: nodes.to_vec(),
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                .pool_max_idle_per_host(2)
+                .build()
+                .expect("http client"),
+            at: first,
+            down_until: vec![Instant::now(); nodes.len()],
+        }
+    }
+
+    /// Posts `text` with Idempotency-Key `key`, sending it again with the same key to the next
+    /// node on a refused or broken connection, a timeout or a 503, at most `attempts` times
+    /// (once every node failed once, 200 ms apart). Returns the id of the 201, and calls
+    /// `seen` with every attempt.
+    pub async fn post(
+        &mut self,
+        tok: &str,
+        post_id: &str,
+        key: &str,
+        text: &str,
+        attempts: usize,
+        mut seen: impl FnMut(Attempt),
+    ) -> Option<String> {
+        let n = self.nodes.len();
+        for attempt in 0..attempts {
+            let now = Instant::now();
+            // The next node not marked down (all down: the next one anyway).
+            let pick = (0..n)
+                .map(|k| (self.at + k) % n)
+                .find(|&j| self.down_until[j] <= now)
+                .unwrap_or(self.at % n);
+            self.at = pick + 1;
+            let base = &self.nodes[pick];
+            let start = Instant::now();
+            let r = self
+                .client
+                .post(format!("{base}/comment?post_id={post_id}"))
+                .bearer_auth(tok)
+                .header("Idempotency-Key", key)
+                .json(&serde_json::json!({ "text": text }))
+                .send()
+                .await;
+            let status = r.as_ref().ok().map(|r| r.status().as_u16());
+            let id = match r {
+                Ok(r) if r.status().as_u16() == 201 => {
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    v["id"].as_str().map(str::to_string)
+                }
+                Ok(r) if r.status().as_u16() == 429 => {
+                    panic!("rate limited; raise the test's --rate-limit")
+                }
+                _ => None,
+            };
+            seen(Attempt {
+                start,
+                end: Instant::now(),
+                node: pick,
+                // A 201 whose body was cut off is no answer.
+                status: status.filter(|s| *s != 201 || id.is_some()),
+            });
+            if id.is_some() {
+                return id;
+            }
+            self.down_until[pick] = Instant::now() + Duration::from_secs(5);
+            if attempt + 1 >= n {
+                // Every node failed once: give the deployment a moment (a node restarting,
+                // a retry waiting out the first attempt of its key).
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        None
+    }
+}
+
+/// Posts `n` comments as `user` on `post_id` through a [`Balancer`] starting at node `first`
+/// (each comment with its own key, at most `4 × nodes` attempts). `timeout` bounds one attempt.
 pub async fn post_spread(
     nodes: &[String],
     first: usize,
@@ -57,61 +154,31 @@ pub async fn post_spread(
     n: usize,
     timeout: Duration,
 ) -> Posted {
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .pool_max_idle_per_host(2)
-        .build()
-        .unwrap();
+    let mut lb = Balancer::new(nodes, first, timeout);
     let tok = token(user);
     let mut out = Posted::default();
-    let mut at = first;
-    let mut down_until = vec![std::time::Instant::now(); nodes.len()];
     for i in 0..n {
         let key = format!("{user}-{i}");
-        let mut done = false;
-        for attempt in 0..(4 * nodes.len()) {
-            let now = std::time::Instant::now();
-            // The next node not marked down (all down: the next one anyway).
-            let pick = (0..nodes.len())
-                .map(|k| (at + k) % nodes.len())
-                .find(|&j| down_until[j] <= now)
-                .unwrap_or(at % nodes.len());
-            at = pick + 1;
-            let base = &nodes[pick];
-            let r = client
-                .post(format!("{base}/comment?post_id={post_id}"))
-                .bearer_auth(&tok)
-                .header("Idempotency-Key", &key)
-                .json(&serde_json::json!({"text": format!("{user} #{i}")}))
-                .send()
-                .await;
-            match r {
-                Ok(r) if r.status().as_u16() == 201 => {
-                    let v: Value = r.json().await.unwrap_or(Value::Null);
-                    if let Some(id) = v["id"].as_str() {
-                        out.acked
-                            .entry(key.clone())
-                            .or_default()
-                            .push(id.to_string());
-                        done = true;
-                        break;
-                    }
-                }
-                Ok(r) if r.status().as_u16() == 429 => {
-                    panic!("rate limited; raise the test's --rate-limit")
-                }
-                _ => {}
+        let mut tries = 0;
+        let id = lb
+            .post(
+                &tok,
+                post_id,
+                &key,
+                &format!("{user} #{i}"),
+                4 * nodes.len(),
+                |_| tries += 1,
+            )
+            .await;
+        match id {
+            Some(id) => {
+                out.retried += tries - 1;
+                out.acked.entry(key).or_default().push(id);
             }
-            out.retried += 1;
-            down_until[pick] = std::time::Instant::now() + Duration::from_secs(5);
-            if attempt >= nodes.len() {
-                // Every node failed once: give the deployment a moment (a node restarting,
-                // a retry waiting out the first attempt of its key).
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            None => {
+                out.retried += tries;
+                out.gave_up.push(key);
             }
-        }
-        if !done {
-            out.gave_up.push(key);
         }
     }
     out

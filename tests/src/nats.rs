@@ -19,6 +19,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct NatsPorts {
     pub client: Option<u16>,
     pub gateway: Option<u16>,
+    /// The cluster (route) port, when the config has a `cluster` block.
+    pub route: Option<u16>,
 }
 
 impl NatsPorts {
@@ -76,9 +78,12 @@ impl Nats {
     }
 
     async fn spawn(&mut self) -> Result<(), StartError> {
+        let mut clustered = false;
         let args: Vec<String> = match &self.config {
             Some((path, render)) => {
-                std::fs::write(path, render(&self.ports)).expect("write the nats-server config");
+                let text = render(&self.ports);
+                clustered = text.contains("cluster {");
+                std::fs::write(path, text).expect("write the nats-server config");
                 vec!["-c".into(), path.display().to_string()]
             }
             None => {
@@ -98,21 +103,25 @@ impl Nats {
         let what = format!("nats-server {args:?}");
         let deadline = Instant::now() + START_TIMEOUT;
         // The gateway is listening before the server says it is ready; the client port too.
+        // The route port (a `cluster` block) comes just after.
         let found = await_log(&what, &mut child, &self.log, deadline, |log| {
-            log.contains("Server is ready").then(|| {
+            let routes = !clustered || nats_listening(log, "route").is_some();
+            (log.contains("Server is ready") && routes).then(|| {
                 (
                     nats_listening(log, "client"),
                     nats_listening(log, "gateways"),
+                    nats_listening(log, "route"),
                 )
             })
         })
         .await;
         self.child = Some(child);
-        let (client, gateway) = found?;
+        let (client, gateway, route) = found?;
         let client = client.ok_or_else(|| StartError::new(&what, None, &self.log))?;
         self.ports = NatsPorts {
             client: Some(client),
             gateway,
+            route,
         };
         self.port = client;
         self.gateway_port = gateway;
@@ -142,6 +151,16 @@ impl Nats {
                 Err(e) => panic!("nats-server restart on port {}: {e}", self.port),
             }
         }
+    }
+
+    /// The process id (0 while it is not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The ports it listens on.
+    pub fn ports(&self) -> NatsPorts {
+        self.ports
     }
 
     /// The log (stdout and stderr) of the current process start.

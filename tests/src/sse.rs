@@ -105,12 +105,33 @@ impl Sse {
     }
 
     pub async fn connect_url(url: &str, last_event_id: Option<&str>) -> Sse {
-        let c = reqwest::Client::builder().build().unwrap();
+        Self::try_connect_url(url, last_event_id, None)
+            .await
+            .unwrap_or_else(|e| panic!("stream connect: {e}"))
+    }
+
+    /// Like [`Self::connect_url`], but a server that is down (or does not answer with the
+    /// response head within `timeout`) is an error, as for a browser that then tries again.
+    pub async fn try_connect_url(
+        url: &str,
+        last_event_id: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<Sse, String> {
+        let c = reqwest::Client::builder()
+            .build()
+            .map_err(|e| e.to_string())?;
         let mut req = c.get(url).header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
-        let resp = req.send().await.expect("stream connect");
+        let send = req.send();
+        let resp = match timeout {
+            Some(t) => tokio::time::timeout(t, send)
+                .await
+                .map_err(|_| format!("no response within {t:?}"))?,
+            None => send.await,
+        }
+        .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -130,13 +151,13 @@ impl Sse {
                 data: String::new(),
             });
         });
-        Sse {
+        Ok(Sse {
             rx,
             status,
             headers,
             task,
             last_id: last_event_id.map(str::to_string),
-        }
+        })
     }
 
     /// The next event of any kind, or None after `timeout`.
