@@ -1044,7 +1044,10 @@ async fn garbage_delete_requests_delete_nothing() {
             .unwrap_or_else(|| panic!("{what}: no reply"));
         let r: wire::DeleteReply = wire::decode(&reply).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert!(
-            matches!(r.outcome, wire::DeleteOutcome::NotFound | wire::DeleteOutcome::Forbidden),
+            matches!(
+                r.outcome,
+                wire::DeleteOutcome::NotFound | wire::DeleteOutcome::Forbidden
+            ),
             "{what}: {r:?}"
         );
     }

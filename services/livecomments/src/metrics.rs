@@ -52,6 +52,7 @@ pub struct Metrics {
     pub bus_decode_errors: Counter,
     pub bus_dropped: Counter,
     pub writers_lost: Counter,
+    pub withdraw_failures: Counter,
     pub hub_repairs: Counter,
     pub sse_streams: Gauge,
     pub sse_posts: Gauge,
@@ -75,6 +76,7 @@ pub static METRICS: Metrics = Metrics {
     bus_decode_errors: Counter::new(),
     bus_dropped: Counter::new(),
     writers_lost: Counter::new(),
+    withdraw_failures: Counter::new(),
     hub_repairs: Counter::new(),
     sse_streams: Gauge::new(),
     sse_posts: Gauge::new(),
@@ -149,6 +151,11 @@ impl Metrics {
             "writers_lost_total",
             "Ingest writers that fell silent (died or froze) as this fanout noticed them.",
             self.writers_lost.get(),
+        );
+        counter(
+            "withdraw_failures_total",
+            "Comments answered 503 that could not be withdrawn from the store (may appear in history unstreamed).",
+            self.withdraw_failures.get(),
         );
         counter(
             "hub_repairs_total",

@@ -345,7 +345,9 @@ impl Hub {
             )
         };
         if new_writer {
-            self.fanout.bus.heard_writer(&c.region, id::writer_of(&c.id));
+            self.fanout
+                .bus
+                .heard_writer(&c.region, id::writer_of(&c.id));
         }
         match verdict {
             Verdict::Duplicate => {}

@@ -73,8 +73,9 @@ pub async fn delete_remote(
             )
             .await;
             match reply {
-                Ok(Ok(msg)) => wire::decode::<DeleteReply>(&msg.payload)
-                    .map_or(Outcome::Error, |r| r.outcome),
+                Ok(Ok(msg)) => {
+                    wire::decode::<DeleteReply>(&msg.payload).map_or(Outcome::Error, |r| r.outcome)
+                }
                 _ => Outcome::Error,
             }
         }

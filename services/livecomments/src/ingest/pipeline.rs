@@ -49,6 +49,8 @@ const REPUBLISH_MS: u64 = 5_000;
 /// which is what lets a fanout hand out from history what is older than that
 /// (`fanout::hub`, `RIPE_MS`) and settle positions at 10 s (`position::SETTLE_MS`).
 const STAMP_MAX_AGE_MS: i64 = 3_000;
+/// Batches of failed comments being withdrawn at once (each a task retrying for a minute).
+const WITHDRAWING_MAX: usize = 1024;
 const REPUBLISH_MAX: usize = 16_384;
 
 pub struct Submission {
@@ -185,13 +187,18 @@ async fn run(
                 }
             })
             .collect();
+        let keys: Vec<(String, String)> = batch
+            .iter()
+            .map(|n| (n.comment.post_id.clone(), n.comment.id.clone()))
+            .collect();
         let results = store.insert_batch(batch).await;
         METRICS.store_batches.inc();
         // Answer first (the comments are durable), then publish in id order. When the bus
         // is down, the first failed publish skips the rest of the batch instead of waiting
         // on each: viewers repair from the store either way.
         let mut created = Vec::new();
-        for (res, reply) in results.into_iter().zip(replies) {
+        let mut failed = Vec::new();
+        for ((res, reply), key) in results.into_iter().zip(replies).zip(keys) {
             match &res {
                 Ok(Inserted::Created(c)) => {
                     METRICS.comments_created.inc();
@@ -201,15 +208,60 @@ async fn run(
                 Err(e) => {
                     METRICS.store_errors.inc();
                     tracing::warn!(error = %e, "store write failed");
+                    // An unsettled outcome stays: a retry with the key may answer with it.
+                    if !matches!(e, StoreError::Unsettled(_)) {
+                        failed.push(key);
+                    }
                 }
             }
             let _ = reply.send(res);
+        }
+        if !failed.is_empty() {
+            withdraw(store.clone(), failed);
         }
         publish_all(&bus, &region, &created).await;
         for ev in created {
             recent.push(ev);
         }
     }
+}
+
+/// Comments answered 503 may still appear: a write reported failed can reach replicas
+/// anyway, and the driver may send it again. Never published, they would be in history but
+/// behind this writer's stream in every fanout, so they are withdrawn (a delete shadowing
+/// every copy: rows carry their stamp's time). Retried for a minute in the background; at
+/// most `WITHDRAWING_MAX` batches at once (then counted and left: the store is down for long).
+fn withdraw(store: Arc<dyn Store>, failed: Vec<(String, String)>) {
+    static WITHDRAWING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    use std::sync::atomic::Ordering::Relaxed;
+    if WITHDRAWING.fetch_add(1, Relaxed) >= WITHDRAWING_MAX {
+        WITHDRAWING.fetch_sub(1, Relaxed);
+        METRICS.withdraw_failures.add(failed.len() as u64);
+        tracing::error!(
+            n = failed.len(),
+            "too many withdrawals pending; these may appear in history unstreamed"
+        );
+        return;
+    }
+    tokio::spawn(async move {
+        let mut wait = Duration::from_millis(100);
+        for attempt in 0.. {
+            match store.withdraw(&failed).await {
+                Ok(()) => break,
+                Err(e) if attempt < 12 => {
+                    tracing::warn!(error = %e, attempt, "withdrawing failed comments; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(8));
+                }
+                Err(e) => {
+                    METRICS.withdraw_failures.add(failed.len() as u64);
+                    tracing::error!(error = %e, n = failed.len(), "could not withdraw failed comments");
+                    break;
+                }
+            }
+        }
+        WITHDRAWING.fetch_sub(1, Relaxed);
+    });
 }
 
 /// The live event of a comment this writer created: chained to its previous one of the post,

@@ -57,6 +57,8 @@ impl From<StoreError> for SharedError {
         match e {
             StoreError::Unavailable(m) => SharedError::Unavailable(m.into()),
             StoreError::Schema(m) => SharedError::Schema(m.into()),
+            // Reads never produce it; kept apart all the same.
+            StoreError::Unsettled(m) => SharedError::Unavailable(m.into()),
         }
     }
 }
@@ -240,6 +242,10 @@ impl<S: Store> Store for Coalesced<S> {
 
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
+    }
+
+    async fn withdraw(&self, failed: &[(String, String)]) -> StoreResult<()> {
+        self.inner.withdraw(failed).await
     }
 }
 

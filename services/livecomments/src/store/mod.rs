@@ -61,6 +61,11 @@ pub enum StoreError {
     /// The store's schema is older than this binary needs.
     #[error("schema: {0}")]
     Schema(String),
+    /// The write may or may not have taken effect (a lightweight transaction timed out and
+    /// could not be read back): the comment must not be withdrawn, a retry with the same
+    /// Idempotency-Key settles it.
+    #[error("store outcome unknown: {0}")]
+    Unsettled(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -100,4 +105,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Makes sure comments (post id, id) whose insert failed never become visible later (a write reported
+    /// failed may still reach replicas, or be retried by the driver, after the failure).
+    /// Engines whose failed commit stores nothing (the embedded one: one transaction) have
+    /// nothing to do.
+    async fn withdraw(&self, _failed: &[(String, String)]) -> StoreResult<()> {
+        Ok(())
+    }
 }

@@ -285,6 +285,8 @@ struct Statements {
     insert_span: PreparedStatement,
     claim_key: PreparedStatement,
     mark_stored: PreparedStatement,
+    mark_stored_if: PreparedStatement,
+    read_key_id: PreparedStatement,
     read_key: PreparedStatement,
     newest: PreparedStatement,
     after: PreparedStatement,
@@ -299,15 +301,6 @@ struct Statements {
     rate_take: PreparedStatement,
     restamp_key: PreparedStatement,
 }
-
-/// The window in which the first attempt of an Idempotency-Key may still write (the pipeline
-/// gives each comment 3 s from its stamp, `NewComment::visible_by_ms`).
-const STAMP_MAX_AGE_MS: i64 = 3_000;
-/// A retry that finds an Idempotency-Key claimed and never confirmed writes the claimed
-/// comment under its own, fresh id once the first attempt is certainly past writing (its
-/// 3 s, plus 3 s for a write in flight); before that, under the claimed id while that id is
-/// young enough, else 503 (retry).
-const RESTAMP_AFTER_MS: i64 = 6_000;
 
 fn window_millis(window: Duration) -> i64 {
     i64::try_from(window.as_millis())
@@ -415,7 +408,7 @@ impl CqlStore {
             insert_comment: prep(
                 format!(
                     "INSERT INTO {ks}.comments (post_id, bucket, id, user_id, text, created_at, region, metadata) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
                 ),
                 true,
             )
@@ -443,6 +436,25 @@ impl CqlStore {
                 true,
             )
             .await?,
+            mark_stored_if: prep(
+                format!(
+                    "UPDATE {ks}.idempotency USING TTL ? SET stored = true \
+                     WHERE user_id = ? AND post_id = ? AND idem_key = ? IF id = ?"
+                ),
+                false,
+            )
+            .await?,
+            read_key_id: {
+                let mut p = prep(
+                    format!(
+                        "SELECT id, stored FROM {ks}.idempotency WHERE user_id = ? AND post_id = ? AND idem_key = ?"
+                    ),
+                    true,
+                )
+                .await?;
+                p.set_consistency(Consistency::LocalSerial);
+                p
+            },
             read_key: {
                 let mut p = prep(
                     format!(
@@ -629,11 +641,68 @@ impl CqlStore {
                     &c.region,
                     &c.metadata,
                     self.ttl_secs,
+                    // The write carries its stamp's time, not the coordinator's: a delete
+                    // issued later (a withdrawal, a user's DELETE) shadows every copy of it,
+                    // also one that reaches a replica after the delete (a driver retry,
+                    // hinted handoff).
+                    created_ms(c).saturating_mul(1000),
                 ),
             )
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    /// With the ingest's policy (`visible_by_ms`): `stored = true` only while the record
+    /// still names this comment; a retry that took the key over (a fresh id) wins, and this
+    /// attempt then fails and is withdrawn.
+    ///
+    /// A timed-out LWT may still apply: then the record is read back (linearizably), and
+    /// when that fails too the outcome is `Unsettled` (never withdrawn: a retry with the key
+    /// may find it stored and answer with it).
+    async fn mark_stored_if_ours(&self, c: &Comment, key: &str, ttl: i32) -> StoreResult<()> {
+        let taken =
+            || unavailable("a retry took this Idempotency-Key over; this attempt is withdrawn");
+        for _ in 0..2 {
+            let res = self
+                .session
+                .execute_unpaged(
+                    &self.st.mark_stored_if,
+                    (ttl.max(1), &c.user_id, &c.post_id, key, &c.id),
+                )
+                .await;
+            match res.map_err(unavailable).and_then(lwt_outcome) {
+                Ok((true, _)) => return Ok(()),
+                Ok((false, _)) => return Err(taken()),
+                Err(e) => {
+                    tracing::warn!(error = %e, id = %c.id, "marking a key stored: outcome unknown; reading it back");
+                    match self.read_key_owner(c, key).await {
+                        Ok(Some((id, true))) if id == c.id => return Ok(()),
+                        Ok(Some((id, _))) if id != c.id => return Err(taken()),
+                        Ok(_) => continue, // ours and not stored: the mark did not apply
+                        Err(e) => return Err(StoreError::Unsettled(e.to_string())),
+                    }
+                }
+            }
+        }
+        Err(StoreError::Unsettled(format!(
+            "could not mark the key of {} stored",
+            c.id
+        )))
+    }
+
+    /// The record's comment id and `stored` flag (LOCAL_SERIAL).
+    async fn read_key_owner(&self, c: &Comment, key: &str) -> StoreResult<Option<(String, bool)>> {
+        let res = self
+            .session
+            .execute_unpaged(&self.st.read_key_id, (&c.user_id, &c.post_id, key))
+            .await
+            .map_err(unavailable)?;
+        let rows = res.into_rows_result().map_err(unavailable)?;
+        Ok(rows
+            .maybe_first_row::<(Option<String>, Option<bool>)>()
+            .map_err(unavailable)?
+            .and_then(|(id, stored)| Some((id?, stored.unwrap_or(false)))))
     }
 
     async fn mark_stored(&self, c: &Comment, key: &str, ttl: i32) -> StoreResult<()> {
@@ -727,7 +796,16 @@ impl CqlStore {
                 .maybe_first_row::<(Option<bool>, Option<i32>)>()
                 .map_err(unavailable)?
             {
-                Some((Some(true), _)) => return Ok(Inserted::Existing(prev)),
+                Some((Some(true), _)) => {
+                    // Stored — but maybe under another id: a concurrent retry may have moved
+                    // the claim to its own fresh id. Answer with what the record names now.
+                    return match self.claim(&fresh.comment, key).await? {
+                        Claim::Stored(c) => Ok(Inserted::Existing(c)),
+                        _ => Err(unavailable(
+                            "the Idempotency-Key changed hands while waiting; retry",
+                        )),
+                    };
+                }
                 Some((_, remaining)) => ttl = remaining.unwrap_or(ttl),
                 None => break, // expired meanwhile: finish anyway, the write is an overwrite
             }
@@ -735,53 +813,52 @@ impl CqlStore {
                 break;
             }
         }
-        let age = time::now_millis() - id::millis_of(&prev.id).unwrap_or(0);
-        let comment = if fresh.visible_by_ms.is_none() || age <= STAMP_MAX_AGE_MS {
-            // The first attempt may still write the same row: an overwrite, one comment.
-            prev
-        } else if age <= RESTAMP_AFTER_MS {
+        if fresh.visible_by_ms.is_none() {
+            // No ingest policy (tools, engine tests): finish the record's comment as it is.
+            self.ensure_indexed(&[&prev]).await?;
+            self.write_comment(&prev).await?;
+            self.mark_stored(&prev, key, ttl).await?;
+            return Ok(Inserted::Created(prev));
+        }
+        // The first attempt failed or is stuck. Its id may already be behind its writer's
+        // stream (fanouts track each writer's ids in order, and that writer went on), so the
+        // comment must not appear under it now: the claim moves to this retry's fresh id,
+        // and the old id is withdrawn (a delete that shadows any copy still on its way).
+        let res = self
+            .session
+            .execute_unpaged(
+                &self.st.restamp_key,
+                (
+                    &fresh.comment.id,
+                    CqlTimestamp(created_ms(&fresh.comment)),
+                    &prev.user_id,
+                    &prev.post_id,
+                    key,
+                    &prev.id,
+                ),
+            )
+            .await
+            .map_err(unavailable)?;
+        let (applied, _) = lwt_outcome(res)?;
+        if !applied {
             return Err(unavailable(
-                "the first attempt with this Idempotency-Key may still finish; retry shortly",
+                "another attempt with this Idempotency-Key is finishing it; retry",
             ));
-        } else {
-            // The first attempt can no longer write (it gives up 3 s after stamping): the
-            // claim moves to a fresh id, so the comment appears with an id of now, as every
-            // fanout expects of a comment that appears now.
-            let fresh = &fresh.comment;
-            let res = self
-                .session
-                .execute_unpaged(
-                    &self.st.restamp_key,
-                    (
-                        &fresh.id,
-                        CqlTimestamp(created_ms(fresh)),
-                        &prev.user_id,
-                        &prev.post_id,
-                        key,
-                        &prev.id,
-                    ),
-                )
-                .await
-                .map_err(unavailable)?;
-            let (applied, _) = lwt_outcome(res)?;
-            if !applied {
-                return Err(unavailable(
-                    "another retry with this Idempotency-Key is finishing it; retry",
-                ));
-            }
-            Comment {
-                id: fresh.id.clone(),
-                timestamp: fresh.timestamp.clone(),
-                region: fresh.region.clone(),
-                ..prev
-            }
+        }
+        let comment = Comment {
+            id: fresh.comment.id.clone(),
+            timestamp: fresh.comment.timestamp.clone(),
+            region: fresh.comment.region.clone(),
+            ..prev.clone()
         };
+        self.withdraw(&[(prev.post_id.clone(), prev.id.clone())])
+            .await?;
         if !fresh.still_in_time() {
             return Err(unavailable("retry not written in time; retry again"));
         }
         self.ensure_indexed(&[&comment]).await?;
         self.write_comment(&comment).await?;
-        self.mark_stored(&comment, key, ttl).await?;
+        self.mark_stored_if_ours(&comment, key, ttl).await?;
         Ok(Inserted::Created(comment))
     }
 
@@ -1141,9 +1218,12 @@ impl Store for CqlStore {
                         let mut r = self.write_comment(&item.comment).await;
                         if r.is_ok() && claimed[i] {
                             let key = item.idempotency_key.as_deref().unwrap_or("");
-                            r = self
-                                .mark_stored(&item.comment, key, IDEMPOTENCY_TTL_SECS - 1)
-                                .await;
+                            let ttl = IDEMPOTENCY_TTL_SECS - 1;
+                            r = if item.visible_by_ms.is_some() {
+                                self.mark_stored_if_ours(&item.comment, key, ttl).await
+                            } else {
+                                self.mark_stored(&item.comment, key, ttl).await
+                            };
                         }
                         (i, r)
                     })
@@ -1248,6 +1328,19 @@ impl Store for CqlStore {
             .execute_unpaged(&self.st.ping, ())
             .await
             .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn withdraw(&self, failed: &[(String, String)]) -> StoreResult<()> {
+        for (post_id, id) in failed {
+            let Some(bucket) = bucket_of_id(id) else {
+                continue;
+            };
+            self.session
+                .execute_unpaged(&self.st.delete, (post_id, bucket, id))
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(())
     }
 }
