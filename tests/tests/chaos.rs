@@ -124,12 +124,28 @@ impl Region {
         let busy = self.busy.lock().expect("busy");
         let mut out = Vec::new();
         for role in [Role::Ingest, Role::Fanout, Role::Nats, Role::Cassandra] {
-            if busy.iter().any(|(r, _)| *r == role) {
+            if !role_enabled(role) || busy.iter().any(|(r, _)| *r == role) {
                 continue;
             }
             out.extend((0..self.count(role)).map(|i| (role, i)));
         }
         out
+    }
+}
+
+/// `LIVECOMMENTS_CHAOS_ROLES` (comma separated: ingest, fanout, nats, cassandra; default all)
+/// limits what the nemesis hits. CI's 60 s run leaves Cassandra nodes alone: their faults run in
+/// the 10-minute run, where they still expose the races listed in docs/RELIABILITY.md.
+fn role_enabled(role: Role) -> bool {
+    let name = match role {
+        Role::Ingest => "ingest",
+        Role::Fanout => "fanout",
+        Role::Nats => "nats",
+        Role::Cassandra => "cassandra",
+    };
+    match std::env::var("LIVECOMMENTS_CHAOS_ROLES") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').any(|r| r.trim() == name),
+        _ => true,
     }
 }
 
