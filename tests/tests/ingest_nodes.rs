@@ -55,6 +55,24 @@ impl Region {
         self.ingest.iter().map(|s| s.base.clone()).collect()
     }
 
+    /// `users` users (`<prefix><n>`) posting `n` comments each at once, each spreading its
+    /// comments over every ingest node; await the handles and merge with [`join_writers`].
+    fn spawn_writers(
+        &self,
+        prefix: &str,
+        users: usize,
+        post: &'static str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<tokio::task::JoinHandle<Posted>> {
+        (0..users)
+            .map(|w| {
+                let (bases, user) = (self.bases(), format!("{prefix}{w}"));
+                tokio::spawn(async move { post_spread(&bases, w, &user, post, n, timeout).await })
+            })
+            .collect()
+    }
+
     /// Every stored comment of the post, checked unique.
     async fn stored(&self, post: &str) -> Vec<String> {
         let stored = ids(&self.reader.all_comments(post).await);
@@ -98,33 +116,14 @@ async fn three_nodes_one_exact_stream_and_exact_resume() {
     assert!(resumer.started(T).await);
 
     // Eight users post at once, each spreading its comments over the three nodes.
-    let bases = r.bases();
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let bases = bases.clone();
-            tokio::spawn(async move {
-                post_spread(
-                    &bases,
-                    w,
-                    &format!("u{w}"),
-                    post,
-                    150,
-                    Duration::from_secs(10),
-                )
-                .await
-            })
-        })
-        .collect();
+    let writers = r.spawn_writers("u", 8, post, 150, Duration::from_secs(10));
     // The resumer takes part of the stream, drops, and comes back after the load.
     let first_part = drain(&mut resumer, 300).await;
     assert_eq!(first_part.len(), 300);
     let resume_from = resumer.last_id.clone().expect("an id to resume from");
     drop(resumer);
 
-    let mut posted = Posted::default();
-    for w in writers {
-        posted.merge(w.await.unwrap());
-    }
+    let posted = join_writers(writers).await;
     assert!(
         posted.gave_up.is_empty(),
         "every node up: {:?}",
@@ -233,23 +232,7 @@ async fn losing_a_node_under_load_loses_nothing_acknowledged() {
     let post = "node-loss";
     let mut throughout = Sse::connect(&r.fanout.base, post, None).await;
     assert!(throughout.started(T).await);
-    let bases = r.bases();
-    let writers: Vec<_> = (0..6)
-        .map(|w| {
-            let bases = bases.clone();
-            tokio::spawn(async move {
-                post_spread(
-                    &bases,
-                    w,
-                    &format!("k{w}"),
-                    post,
-                    250,
-                    Duration::from_secs(2),
-                )
-                .await
-            })
-        })
-        .collect();
+    let writers = r.spawn_writers("k", 6, post, 250, Duration::from_secs(2));
     // Under load: node 0 is killed, node 1 frozen past the writer-loss timeout and thawed.
     let early = drain(&mut throughout, 200).await;
     assert_eq!(early.len(), 200);
@@ -268,10 +251,7 @@ async fn losing_a_node_under_load_loses_nothing_acknowledged() {
     signal(frozen, "CONT");
     assert!(noticed.is_some(), "the fanout noticed the lost writers");
 
-    let mut posted = Posted::default();
-    for w in writers {
-        posted.merge(w.await.unwrap());
-    }
+    let posted = join_writers(writers).await;
     assert!(posted.retried > 0, "the load hit the lost nodes");
     assert!(
         posted.gave_up.is_empty(),
@@ -306,4 +286,13 @@ fn signal(pid: u32, sig: &str) {
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "kill -{sig} {pid}");
+}
+
+/// Every writer's record, merged.
+async fn join_writers(writers: Vec<tokio::task::JoinHandle<Posted>>) -> Posted {
+    let mut posted = Posted::default();
+    for w in writers {
+        posted.merge(w.await.unwrap());
+    }
+    posted
 }
