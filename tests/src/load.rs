@@ -82,7 +82,7 @@ impl Balancer {
 
     /// Posts `text` with Idempotency-Key `key`, sending it again with the same key to the next
     /// node on a refused or broken connection, a timeout or a 503, at most `attempts` times
-    /// (once every node failed once, 200 ms apart). Returns the id of the 201, and calls
+    /// (once every node failed once, 200 ms apart; after a 503's `Retry-After`, to any node). Returns the id of the 201, and calls
     /// `seen` with every attempt.
     pub async fn post(
         &mut self,
@@ -113,6 +113,15 @@ impl Balancer {
                 .send()
                 .await;
             let status = r.as_ref().ok().map(|r| r.status().as_u16());
+            // A 503 with Retry-After: the node is fine, an earlier attempt of this key is
+            // still being written; come back then (as a client honouring the header does).
+            let retry_after = r
+                .as_ref()
+                .ok()
+                .filter(|r| r.status().as_u16() == 503)
+                .and_then(|r| r.headers().get("retry-after"))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
             let id = match r {
                 Ok(r) if r.status().as_u16() == 201 => {
                     let v: Value = r.json().await.unwrap_or(Value::Null);
@@ -132,6 +141,10 @@ impl Balancer {
             });
             if id.is_some() {
                 return id;
+            }
+            if let Some(secs) = retry_after {
+                tokio::time::sleep(Duration::from_secs(secs.min(10))).await;
+                continue;
             }
             self.down_until[pick] = Instant::now() + Duration::from_secs(5);
             if attempt + 1 >= n {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use livecomments::store::coalesce::Coalesced;
 use livecomments::store::cql::{self as cqlstore, CqlOptions, CqlStore};
 use livecomments::store::embedded::EmbeddedStore;
-use livecomments::store::{Inserted, NewComment, Store};
+use livecomments::store::{Inserted, NewComment, Store, StoreError, Withdrawal};
 use livecomments_shared::{Comment, time::format_millis};
 use ulid::Ulid;
 
@@ -733,4 +733,180 @@ async fn cql_a_key_claimed_by_a_dead_attempt_is_completed_by_the_retry() {
         .session()
         .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[])
         .await;
+}
+
+/// What a POST through ingest carries: stamped `ago_ms` before now.
+fn stamped_ago(ago_ms: i64, post: &str, user: &str, n: u128, text: &str) -> Comment {
+    comment_at(
+        post,
+        user,
+        livecomments_shared::time::now_millis() - ago_ms,
+        n,
+        text,
+    )
+}
+
+fn posted(post: &str, user: &str, n: u128, text: &str) -> Comment {
+    stamped_ago(0, post, user, n, text)
+}
+
+fn with_policy(c: &Comment, key: &str) -> NewComment {
+    NewComment {
+        comment: c.clone(),
+        idempotency_key: Some(key.to_string()),
+        visible_by_ms: Some(livecomments_shared::time::now_millis() + 3_000),
+    }
+}
+
+/// A claim that names `c` unconfirmed, as a first attempt leaves it when its node freezes or
+/// dies between the claim and the mark; with the comment's row too when `row`.
+async fn unconfirmed_attempt(store: &CqlStore, ks: &str, c: &Comment, key: &str, row: bool) {
+    let ms = livecomments_shared::id::millis_of(&c.id).expect("a ULID");
+    store
+        .session()
+        .query_unpaged(
+            format!(
+                "INSERT INTO {ks}.idempotency (user_id, post_id, idem_key, id, text, created_at, region, metadata, stored) \
+                 VALUES ('{}', '{}', '{key}', '{}', '{}', {ms}, 'eu', {{}}, false) USING TTL 86400",
+                c.user_id, c.post_id, c.id, c.text
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    if row {
+        insert_ok(store, vec![new(c, None)]).await;
+    }
+}
+
+async fn fresh_cql_store() -> Option<(CqlStore, String)> {
+    let opts = cql_options().await?;
+    cqlstore::migrate(&opts).await.unwrap();
+    let store = CqlStore::connect(&opts).await.unwrap();
+    Some((store, opts.keyspace.clone()))
+}
+
+async fn drop_keyspace(store: &CqlStore, ks: &str) {
+    let _ = store
+        .session()
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[])
+        .await;
+}
+
+/// Through ingest, a retry that finds its key's first attempt unconfirmed and younger than
+/// the time its row may still appear answers "in progress" with how long to wait, and
+/// changes nothing: deciding now could withdraw a comment already streamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_a_retry_waits_out_an_unconfirmed_first_attempt() {
+    let Some((store, ks)) = fresh_cql_store().await else {
+        return;
+    };
+    let first = stamped_ago(1_000, "p9", "alice", 1, "first attempt");
+    unconfirmed_attempt(&store, &ks, &first, "k", true).await;
+    let retry = posted("p9", "alice", 2, "second attempt");
+    let out = store.insert_batch(vec![with_policy(&retry, "k")]).await;
+    match &out[..] {
+        [Err(StoreError::KeyInProgress(wait))] => assert!(
+            *wait > Duration::from_secs(4) && *wait <= Duration::from_secs(6),
+            "waits until 7 s after the first stamp, 1 s ago: {wait:?}"
+        ),
+        other => panic!("expected KeyInProgress, got {other:?}"),
+    }
+    assert_eq!(
+        ids(&store.newest("p9", None, 10).await.unwrap()),
+        vec![first.id.clone()]
+    );
+    drop_keyspace(&store, &ks).await;
+}
+
+/// Once the first attempt can no longer change: its row exists, so it was written in time
+/// and is in its writer's stream: the retry adopts it (answers with it, stores nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_a_retry_adopts_the_written_row_of_a_settled_first_attempt() {
+    let Some((store, ks)) = fresh_cql_store().await else {
+        return;
+    };
+    let first = stamped_ago(8_000, "p10", "alice", 1, "first attempt");
+    unconfirmed_attempt(&store, &ks, &first, "k", true).await;
+    let retry = posted("p10", "alice", 2, "second attempt");
+    let out = insert_ok(&store, vec![with_policy(&retry, "k")]).await;
+    assert_eq!(out, vec![Inserted::Existing(first.clone())]);
+    let again = posted("p10", "alice", 3, "third attempt");
+    let out = insert_ok(&store, vec![with_policy(&again, "k")]).await;
+    assert_eq!(
+        out,
+        vec![Inserted::Existing(first.clone())],
+        "the key is settled"
+    );
+    assert_eq!(store.newest("p10", None, 10).await.unwrap(), vec![first]);
+    drop_keyspace(&store, &ks).await;
+}
+
+/// Once the first attempt can no longer change and its row is absent: the retry moves the
+/// key to its own fresh id (the first attempt's place in its writer's stream is passed) and
+/// the old id can never appear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_a_retry_restamps_a_settled_first_attempt_that_wrote_nothing() {
+    let Some((store, ks)) = fresh_cql_store().await else {
+        return;
+    };
+    let first = stamped_ago(8_000, "p11", "alice", 1, "first attempt");
+    unconfirmed_attempt(&store, &ks, &first, "k", false).await;
+    let retry = posted("p11", "alice", 2, "second attempt");
+    let out = insert_ok(&store, vec![with_policy(&retry, "k")]).await;
+    let [Inserted::Created(c)] = &out[..] else {
+        panic!("expected Created, got {out:?}");
+    };
+    assert_eq!(
+        (c.id.as_str(), c.text.as_str()),
+        (retry.id.as_str(), "first attempt")
+    );
+    // The first attempt's write arriving late (a frozen node thawing) stays invisible.
+    insert_ok(&store, vec![new(&first, None)]).await;
+    assert_eq!(
+        store.newest("p11", None, 10).await.unwrap(),
+        vec![c.clone()]
+    );
+    let again = posted("p11", "alice", 3, "third attempt");
+    let out = insert_ok(&store, vec![with_policy(&again, "k")]).await;
+    assert_eq!(out, vec![Inserted::Existing(c.clone())]);
+    drop_keyspace(&store, &ks).await;
+}
+
+/// Withdrawing a failed comment with a key: released and deleted while the key still names it
+/// unconfirmed (a retry then claims afresh); kept when a retry adopted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_withdrawal_releases_the_key_unless_a_retry_adopted_the_comment() {
+    let Some((store, ks)) = fresh_cql_store().await else {
+        return;
+    };
+    let failed = posted("p12", "alice", 1, "failed");
+    unconfirmed_attempt(&store, &ks, &failed, "k1", true).await;
+    store
+        .withdraw(&[Withdrawal::of(&with_policy(&failed, "k1"))])
+        .await
+        .unwrap();
+    assert!(store.newest("p12", None, 10).await.unwrap().is_empty());
+    let retry = posted("p12", "alice", 2, "retry");
+    let out = insert_ok(&store, vec![with_policy(&retry, "k1")]).await;
+    assert_eq!(
+        out,
+        vec![Inserted::Created(retry.clone())],
+        "the key was free"
+    );
+
+    let adopted = stamped_ago(8_000, "p12", "alice", 3, "adopted");
+    unconfirmed_attempt(&store, &ks, &adopted, "k2", true).await;
+    let by_retry = posted("p12", "alice", 4, "adopting retry");
+    let out = insert_ok(&store, vec![with_policy(&by_retry, "k2")]).await;
+    assert_eq!(out, vec![Inserted::Existing(adopted.clone())]);
+    store
+        .withdraw(&[Withdrawal::of(&with_policy(&adopted, "k2"))])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&store.newest("p12", None, 10).await.unwrap()),
+        vec![retry.id.clone(), adopted.id.clone()]
+    );
+    drop_keyspace(&store, &ks).await;
 }

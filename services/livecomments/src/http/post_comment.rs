@@ -10,6 +10,7 @@ use livecomments_shared::{CommentInput, ErrorCode, validate};
 use super::query::Query;
 use super::{ApiError, ApiResult, MAX_BODY};
 use crate::ingest::pipeline::Submission;
+use crate::store::StoreError;
 
 pub async fn handle(
     State(st): State<super::State>,
@@ -56,7 +57,17 @@ pub async fn handle(
         }),
         st.rate.record(&caller.user_id)
     );
-    let inserted = inserted.map_err(|_| ApiError::unavailable("the comment store"))?;
+    let inserted = inserted.map_err(|e| match e {
+        StoreError::KeyInProgress(wait) => ApiError {
+            retry_after: Some(wait),
+            ..ApiError::new(
+                ErrorCode::Unavailable,
+                "an earlier request with this Idempotency-Key is still being written; \
+                 retry after Retry-After with the same key",
+            )
+        },
+        _ => ApiError::unavailable("the comment store"),
+    })?;
     if let Err(e) = recorded {
         // The comment is durable and will be published: answering 503 now would invite a
         // second copy from a client retrying without a key. The limit misses one request.

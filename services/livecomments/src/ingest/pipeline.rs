@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::Bus;
 use crate::metrics::METRICS;
-use crate::store::{Inserted, NewComment, Store, StoreError, StoreResult};
+use crate::store::{Inserted, NewComment, Store, StoreError, StoreResult, Withdrawal};
 
 const MAX_BATCH: usize = 512;
 /// Requests waiting for the writer; beyond this POST answers 503 rather than queue unbounded.
@@ -187,10 +187,7 @@ async fn run(
                 }
             })
             .collect();
-        let keys: Vec<(String, String)> = batch
-            .iter()
-            .map(|n| (n.comment.post_id.clone(), n.comment.id.clone()))
-            .collect();
+        let withdrawals: Vec<Withdrawal> = batch.iter().map(Withdrawal::of).collect();
         let results = store.insert_batch(batch).await;
         METRICS.store_batches.inc();
         // Answer first (the comments are durable), then publish in id order. When the bus
@@ -198,7 +195,7 @@ async fn run(
         // on each: viewers repair from the store either way.
         let mut created = Vec::new();
         let mut failed = Vec::new();
-        for ((res, reply), key) in results.into_iter().zip(replies).zip(keys) {
+        for ((res, reply), withdrawal) in results.into_iter().zip(replies).zip(withdrawals) {
             match &res {
                 Ok(Inserted::Created(c)) => {
                     METRICS.comments_created.inc();
@@ -208,9 +205,9 @@ async fn run(
                 Err(e) => {
                     METRICS.store_errors.inc();
                     tracing::warn!(error = %e, "store write failed");
-                    // An unsettled outcome stays: a retry with the key may answer with it.
-                    if !matches!(e, StoreError::Unsettled(_)) {
-                        failed.push(key);
+                    // A retry waiting out an earlier attempt wrote nothing.
+                    if !matches!(e, StoreError::KeyInProgress(_)) {
+                        failed.push(withdrawal);
                     }
                 }
             }
@@ -231,7 +228,7 @@ async fn run(
 /// behind this writer's stream in every fanout, so they are withdrawn (a delete shadowing
 /// every copy: rows carry their stamp's time). Retried for a minute in the background; at
 /// most `WITHDRAWING_MAX` batches at once (then counted and left: the store is down for long).
-fn withdraw(store: Arc<dyn Store>, failed: Vec<(String, String)>) {
+fn withdraw(store: Arc<dyn Store>, failed: Vec<Withdrawal>) {
     static WITHDRAWING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     use std::sync::atomic::Ordering::Relaxed;
     if WITHDRAWING.fetch_add(1, Relaxed) >= WITHDRAWING_MAX {

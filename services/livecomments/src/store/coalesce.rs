@@ -21,7 +21,7 @@ use futures::future::{BoxFuture, Shared};
 use livecomments_shared::Comment;
 use parking_lot::Mutex;
 
-use super::{Inserted, NewComment, Store, StoreError, StoreResult};
+use super::{Inserted, NewComment, Store, StoreError, StoreResult, Withdrawal};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Kind {
@@ -37,33 +37,7 @@ struct ReadKey {
     limit: usize,
 }
 
-#[derive(Debug, Clone)]
-enum SharedError {
-    Unavailable(Arc<str>),
-    Schema(Arc<str>),
-}
-
-impl From<SharedError> for StoreError {
-    fn from(e: SharedError) -> Self {
-        match e {
-            SharedError::Unavailable(m) => StoreError::Unavailable(m.to_string()),
-            SharedError::Schema(m) => StoreError::Schema(m.to_string()),
-        }
-    }
-}
-
-impl From<StoreError> for SharedError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(m) => SharedError::Unavailable(m.into()),
-            StoreError::Schema(m) => SharedError::Schema(m.into()),
-            // Reads never produce it; kept apart all the same.
-            StoreError::Unsettled(m) => SharedError::Unavailable(m.into()),
-        }
-    }
-}
-
-type SharedRead = Shared<BoxFuture<'static, Result<Arc<Vec<Comment>>, SharedError>>>;
+type SharedRead = Shared<BoxFuture<'static, Result<Arc<Vec<Comment>>, StoreError>>>;
 
 /// The newest query of a key: joinable until it starts.
 struct Entry {
@@ -153,14 +127,14 @@ impl<S: Store> Coalesced<S> {
                         if map.get(&k).is_some_and(|e| e.generation == generation) {
                             map.remove(&k);
                         }
-                        r.map(Arc::new).map_err(SharedError::from)
+                        r.map(Arc::new)
                     });
                     let fut: BoxFuture<'static, _> = task
                         .map(|joined| match joined {
                             Ok(r) => r,
-                            Err(e) => Err(SharedError::Unavailable(
-                                format!("read task failed: {e}").into(),
-                            )),
+                            Err(e) => {
+                                Err(StoreError::Unavailable(format!("read task failed: {e}")))
+                            }
                         })
                         .boxed();
                     let read = fut.shared();
@@ -177,10 +151,7 @@ impl<S: Store> Coalesced<S> {
             }
         };
         match shared {
-            Some(s) => s
-                .await
-                .map(|v| v.as_ref().clone())
-                .map_err(StoreError::from),
+            Some(s) => s.await.map(|v| v.as_ref().clone()),
             None => {
                 self.queries.fetch_add(1, Ordering::Relaxed);
                 run(&*self.inner, &key).await
@@ -244,7 +215,7 @@ impl<S: Store> Store for Coalesced<S> {
         self.inner.ping().await
     }
 
-    async fn withdraw(&self, failed: &[(String, String)]) -> StoreResult<()> {
+    async fn withdraw(&self, failed: &[Withdrawal]) -> StoreResult<()> {
         self.inner.withdraw(failed).await
     }
 }

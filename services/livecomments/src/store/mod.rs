@@ -35,6 +35,26 @@ impl NewComment {
     }
 }
 
+/// A comment answered 503 that must never appear (see [`Store::withdraw`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withdrawal {
+    pub post_id: String,
+    pub id: String,
+    pub user_id: String,
+    pub idempotency_key: Option<String>,
+}
+
+impl Withdrawal {
+    pub fn of(c: &NewComment) -> Withdrawal {
+        Withdrawal {
+            post_id: c.comment.post_id.clone(),
+            id: c.comment.id.clone(),
+            user_id: c.comment.user_id.clone(),
+            idempotency_key: c.idempotency_key.clone(),
+        }
+    }
+}
+
 /// What an insert did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
@@ -53,7 +73,9 @@ impl Inserted {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Cloneable (strings and a duration), so a read shared by many callers hands each the same
+/// error (`coalesce`).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The engine cannot be reached or failed to write; nothing was stored.
     #[error("store unavailable: {0}")]
@@ -61,11 +83,10 @@ pub enum StoreError {
     /// The store's schema is older than this binary needs.
     #[error("schema: {0}")]
     Schema(String),
-    /// The write may or may not have taken effect (a lightweight transaction timed out and
-    /// could not be read back): the comment must not be withdrawn, a retry with the same
-    /// Idempotency-Key settles it.
-    #[error("store outcome unknown: {0}")]
-    Unsettled(String),
+    /// An earlier attempt with the same Idempotency-Key is still being written and can change
+    /// for this much longer; nothing was done. Answered 503 with `Retry-After`.
+    #[error("an earlier attempt with this Idempotency-Key is still being written")]
+    KeyInProgress(std::time::Duration),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -106,11 +127,13 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Makes sure comments (post id, id) whose insert failed never become visible later (a write reported
+    /// Makes sure comments whose insert failed never become visible later (a write reported
     /// failed may still reach replicas, or be retried by the driver, after the failure).
-    /// Engines whose failed commit stores nothing (the embedded one: one transaction) have
-    /// nothing to do.
-    async fn withdraw(&self, _failed: &[(String, String)]) -> StoreResult<()> {
+    /// A comment with an Idempotency-Key is withdrawn only if its key still names it
+    /// unconfirmed (the key is then released): a retry through another node may have adopted
+    /// the comment meanwhile, and then it stays. Engines whose failed commit stores nothing
+    /// (the embedded one: one transaction) have nothing to do.
+    async fn withdraw(&self, _failed: &[Withdrawal]) -> StoreResult<()> {
         Ok(())
     }
 }

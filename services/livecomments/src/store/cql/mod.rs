@@ -21,11 +21,12 @@
 //! 2. Applied: write the comment (index rows, then the row), then `stored = true`; only then is
 //!    the item answered `Created`.
 //! 3. Not applied, `stored = true`: answer `Existing` with the comment of the record.
-//! 4. Not applied, `stored = false`: the first attempt failed or is still in flight. Wait up to
-//!    0.5 s for it to finish; if it does not, write the record's comment ourselves (same id:
-//!    an overwrite, never a second comment), set `stored`, and answer `Created`, because
-//!    nothing was acknowledged or published before. The only cost of a slow first attempt that
-//!    finishes after that is a second live event with the same id, which viewers de-duplicate.
+//! 4. Not applied, `stored = false`: the first attempt failed, is still in flight, or its node
+//!    died. Without the ingest's policy (`visible_by_ms`; tools) the retry waits up to 0.5 s,
+//!    then finishes the record's comment under its id. With it (every POST), see
+//!    [`CqlStore::finish_pending`]: the retry waits until the first attempt's row can no
+//!    longer change, then adopts that row when it exists, or moves the key to its own fresh
+//!    id and shadows the old one when it does not. docs/WRITE-PATH.md has the reasoning.
 
 mod migrate;
 
@@ -48,7 +49,7 @@ use scylla::value::{CqlTimestamp, CqlValue, Row};
 
 pub use migrate::{MIGRATIONS, SCHEMA_VERSION, migrate};
 
-use super::{Inserted, NewComment, Store, StoreError, StoreResult};
+use super::{Inserted, NewComment, Store, StoreError, StoreResult, Withdrawal};
 
 /// Width of a `comments` partition in time.
 pub const BUCKET_MS: i64 = 1_000;
@@ -64,6 +65,14 @@ const MAX_WAVE: usize = 32;
 const INDEX_PAGE: i32 = 256;
 /// Buckets remembered as already indexed; the cache is cleared when it grows past this.
 const INDEX_CACHE_MAX: usize = 100_000;
+/// A first attempt's comment lands within this long of its stamp or never: ingest starts the
+/// write at most 3 s after the stamp (`visible_by_ms`), Cassandra's coordinator gives up on a
+/// write after its 2 s `write_request_timeout`; 2 s more for clocks of two nodes that disagree.
+/// A retry that finds the key unconfirmed decides the first attempt's fate only after it.
+const KEY_SETTLED_MS: i64 = 7_000;
+/// A write that succeeded this long after its stamp is certainly seen by a retry deciding at
+/// [`KEY_SETTLED_MS`] (2 s of clock skew short of it).
+const WRITTEN_IN_TIME_MS: i64 = 5_000;
 
 pub fn bucket_of_millis(ms: i64) -> i64 {
     ms.div_euclid(BUCKET_MS)
@@ -300,6 +309,27 @@ struct Statements {
     rate_recent: PreparedStatement,
     rate_take: PreparedStatement,
     restamp_key: PreparedStatement,
+    release_key: PreparedStatement,
+}
+
+/// What a conditional "stored = true while the key names this comment" did.
+enum Mark {
+    Stored,
+    /// The key names another comment now (a retry moved it) or is gone.
+    Taken,
+    /// The LWT timed out and could not be read back.
+    Unknown(String),
+}
+
+/// What releasing the key of a comment whose write failed found.
+#[derive(Debug, PartialEq, Eq)]
+enum KeyFate {
+    /// The key named the comment unconfirmed and is now free: the comment must go.
+    Released,
+    /// A retry adopted the comment (the key names it, stored): it stays.
+    Adopted,
+    /// The key is gone or names another comment: the comment must go.
+    Elsewhere,
 }
 
 fn window_millis(window: Duration) -> i64 {
@@ -536,6 +566,14 @@ impl CqlStore {
                 false,
             )
             .await?,
+            release_key: prep(
+                format!(
+                    "DELETE FROM {ks}.idempotency WHERE user_id = ? AND post_id = ? AND idem_key = ? \
+                     IF id = ? AND stored = false"
+                ),
+                false,
+            )
+            .await?,
         };
         let ttl_secs = opts.ttl_secs();
         Ok(CqlStore {
@@ -654,15 +692,10 @@ impl CqlStore {
     }
 
     /// With the ingest's policy (`visible_by_ms`): `stored = true` only while the record
-    /// still names this comment; a retry that took the key over (a fresh id) wins, and this
-    /// attempt then fails and is withdrawn.
-    ///
-    /// A timed-out LWT may still apply: then the record is read back (linearizably), and
-    /// when that fails too the outcome is `Unsettled` (never withdrawn: a retry with the key
-    /// may find it stored and answer with it).
-    async fn mark_stored_if_ours(&self, c: &Comment, key: &str, ttl: i32) -> StoreResult<()> {
-        let taken =
-            || unavailable("a retry took this Idempotency-Key over; this attempt is withdrawn");
+    /// still names this comment; a retry that moved the key to its own fresh id wins. A
+    /// timed-out LWT may still apply: then the record is read back (linearizably).
+    async fn mark_stored_if_ours(&self, c: &Comment, key: &str, ttl: i32) -> Mark {
+        let mut last = String::new();
         for _ in 0..2 {
             let res = self
                 .session
@@ -672,23 +705,81 @@ impl CqlStore {
                 )
                 .await;
             match res.map_err(unavailable).and_then(lwt_outcome) {
-                Ok((true, _)) => return Ok(()),
-                Ok((false, _)) => return Err(taken()),
+                Ok((true, _)) => return Mark::Stored,
+                Ok((false, _)) => return Mark::Taken,
                 Err(e) => {
                     tracing::warn!(error = %e, id = %c.id, "marking a key stored: outcome unknown; reading it back");
                     match self.read_key_owner(c, key).await {
-                        Ok(Some((id, true))) if id == c.id => return Ok(()),
-                        Ok(Some((id, _))) if id != c.id => return Err(taken()),
-                        Ok(_) => continue, // ours and not stored: the mark did not apply
-                        Err(e) => return Err(StoreError::Unsettled(e.to_string())),
+                        Ok(Some((id, true))) if id == c.id => return Mark::Stored,
+                        Ok(Some((id, false))) if id == c.id => continue, // the mark did not apply
+                        Ok(_) => return Mark::Taken,
+                        Err(e) => last = e.to_string(),
                     }
                 }
             }
         }
-        Err(StoreError::Unsettled(format!(
-            "could not mark the key of {} stored",
-            c.id
-        )))
+        Mark::Unknown(last)
+    }
+
+    /// The outcome of an attempt that wrote its comment `c` (at `written_ms`) and then tried to
+    /// mark its key. When the mark's outcome is unknown, the comment still counts as created
+    /// if it was written early enough for every retry to find the row and adopt it
+    /// ([`KEY_SETTLED_MS`]); the key cannot then move to another comment.
+    fn settle(c: &Comment, mark: Mark, written_ms: i64) -> StoreResult<()> {
+        match mark {
+            Mark::Stored => Ok(()),
+            Mark::Taken => Err(unavailable(
+                "a retry took this Idempotency-Key over; this attempt is withdrawn",
+            )),
+            Mark::Unknown(e) if written_ms <= created_ms(c) + WRITTEN_IN_TIME_MS => {
+                tracing::warn!(error = %e, id = %c.id, "key mark unknown; the comment was written in time, so any retry adopts it");
+                Ok(())
+            }
+            Mark::Unknown(e) => Err(unavailable(format!(
+                "could not mark the key of {} stored: {e}",
+                c.id
+            ))),
+        }
+    }
+
+    /// After a failed write of `c` (claimed with `key`): free the key if it still names `c`
+    /// unconfirmed, so the comment can be withdrawn and a retry claims afresh; or find that a
+    /// retry adopted `c` meanwhile (it found the row), and then `c` stays.
+    async fn release_key(&self, c: &Withdrawal, key: &str) -> StoreResult<KeyFate> {
+        let res = self
+            .session
+            .execute_unpaged(&self.st.release_key, (&c.user_id, &c.post_id, key, &c.id))
+            .await;
+        let fate = |id: Option<&str>, stored: bool| match id {
+            Some(id) if id == c.id && stored => KeyFate::Adopted,
+            _ => KeyFate::Elsewhere,
+        };
+        match res.map_err(unavailable).and_then(lwt_outcome) {
+            Ok((true, _)) => Ok(KeyFate::Released),
+            Ok((false, row)) => Ok(fate(
+                row.get("id").and_then(|v| v.as_text()).map(String::as_str),
+                matches!(row.get("stored"), Some(CqlValue::Boolean(true))),
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, id = %c.id, "releasing a key: outcome unknown; reading it back");
+                let read = self
+                    .session
+                    .execute_unpaged(&self.st.read_key_id, (&c.user_id, &c.post_id, key))
+                    .await
+                    .map_err(unavailable)?
+                    .into_rows_result()
+                    .map_err(unavailable)?
+                    .maybe_first_row::<(Option<String>, Option<bool>)>()
+                    .map_err(unavailable)?;
+                match read {
+                    None => Ok(KeyFate::Released),
+                    Some((id, Some(false) | None)) if id.as_deref() == Some(c.id.as_str()) => {
+                        Err(unavailable("the key's release did not apply"))
+                    }
+                    Some((id, stored)) => Ok(fate(id.as_deref(), stored == Some(true))),
+                }
+            }
+        }
     }
 
     /// The record's comment id and `stored` flag (LOCAL_SERIAL).
@@ -782,48 +873,38 @@ impl CqlStore {
         key: &str,
         fresh: &NewComment,
     ) -> StoreResult<Inserted> {
-        let deadline = Instant::now() + Duration::from_millis(500);
-        let mut ttl = IDEMPOTENCY_TTL_SECS;
-        loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let res = self
-                .session
-                .execute_unpaged(&self.st.read_key, (&prev.user_id, &prev.post_id, key))
-                .await
-                .map_err(unavailable)?;
-            let rows = res.into_rows_result().map_err(unavailable)?;
-            match rows
-                .maybe_first_row::<(Option<bool>, Option<i32>)>()
-                .map_err(unavailable)?
-            {
-                Some((Some(true), _)) => {
-                    // Stored — but maybe under another id: a concurrent retry may have moved
-                    // the claim to its own fresh id. Answer with what the record names now.
-                    return match self.claim(&fresh.comment, key).await? {
-                        Claim::Stored(c) => Ok(Inserted::Existing(c)),
-                        _ => Err(unavailable(
-                            "the Idempotency-Key changed hands while waiting; retry",
-                        )),
-                    };
-                }
-                Some((_, remaining)) => ttl = remaining.unwrap_or(ttl),
-                None => break, // expired meanwhile: finish anyway, the write is an overwrite
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-        }
         if fresh.visible_by_ms.is_none() {
-            // No ingest policy (tools, engine tests): finish the record's comment as it is.
-            self.ensure_indexed(&[&prev]).await?;
-            self.write_comment(&prev).await?;
-            self.mark_stored(&prev, key, ttl).await?;
-            return Ok(Inserted::Created(prev));
+            return self.finish_pending_without_policy(prev, key).await;
         }
-        // The first attempt failed or is stuck. Its id may already be behind its writer's
-        // stream (fanouts track each writer's ids in order, and that writer went on), so the
-        // comment must not appear under it now: the claim moves to this retry's fresh id,
-        // and the old id is withdrawn (a delete that shadows any copy still on its way).
+        // The first attempt's row may still appear (its node may be frozen mid-write) until
+        // KEY_SETTLED_MS after its stamp. Deciding earlier either withdraws a comment a fanout
+        // may already have streamed (its writer's stream reached it) or adopts a row that is
+        // not there yet. The client comes back after Retry-After; nothing changed.
+        let settled_at = created_ms(&prev).saturating_add(KEY_SETTLED_MS);
+        let now = time::now_millis();
+        if now < settled_at {
+            return Err(StoreError::KeyInProgress(Duration::from_millis(
+                (settled_at - now) as u64,
+            )));
+        }
+        let ttl = IDEMPOTENCY_TTL_SECS - 1;
+        // Read at the store's quorum: a row any quorum write left is found (and, read-repaired,
+        // stays); a row not found now can only arrive later under the tombstone below.
+        if let Some(row) = self.get(&prev.post_id, &prev.id).await? {
+            // Written in time by the first attempt: it is in its writer's stream, streamed
+            // by that writer or (the writer gone) by every fanout's repair. Adopt it.
+            return match self.mark_stored_if_ours(&row, key, ttl).await {
+                Mark::Stored => Ok(Inserted::Existing(row)),
+                Mark::Taken => Err(unavailable(
+                    "the Idempotency-Key changed hands meanwhile; retry",
+                )),
+                Mark::Unknown(e) => Err(unavailable(e)),
+            };
+        }
+        // Never written (or not in time): the comment must not appear under the old id, whose
+        // place in its writer's stream every fanout has passed. The claim moves to this
+        // retry's fresh id, and the old id is withdrawn (a delete that shadows any copy still
+        // on its way: rows carry their stamp's time as write timestamp).
         let res = self
             .session
             .execute_unpaged(
@@ -851,15 +932,91 @@ impl CqlStore {
             region: fresh.comment.region.clone(),
             ..prev.clone()
         };
-        self.withdraw(&[(prev.post_id.clone(), prev.id.clone())])
-            .await?;
+        self.delete_rows(&[(&prev.post_id, &prev.id)]).await?;
         if !fresh.still_in_time() {
             return Err(unavailable("retry not written in time; retry again"));
         }
         self.ensure_indexed(&[&comment]).await?;
         self.write_comment(&comment).await?;
-        self.mark_stored_if_ours(&comment, key, ttl).await?;
+        let written_ms = time::now_millis();
+        let mark = self.mark_stored_if_ours(&comment, key, ttl).await;
+        Self::settle(&comment, mark, written_ms)?;
         Ok(Inserted::Created(comment))
+    }
+
+    /// Step 4 for tools and engine tests (no visibility bound): wait up to 0.5 s for the first
+    /// attempt, then finish the record's comment under its own id (an overwrite, never a
+    /// second comment).
+    async fn finish_pending_without_policy(
+        &self,
+        prev: Comment,
+        key: &str,
+    ) -> StoreResult<Inserted> {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut ttl = IDEMPOTENCY_TTL_SECS;
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let res = self
+                .session
+                .execute_unpaged(&self.st.read_key, (&prev.user_id, &prev.post_id, key))
+                .await
+                .map_err(unavailable)?;
+            let rows = res.into_rows_result().map_err(unavailable)?;
+            match rows
+                .maybe_first_row::<(Option<bool>, Option<i32>)>()
+                .map_err(unavailable)?
+            {
+                Some((Some(true), _)) => {
+                    return match self.claim(&prev, key).await? {
+                        Claim::Stored(c) => Ok(Inserted::Existing(c)),
+                        _ => Err(unavailable(
+                            "the Idempotency-Key changed hands while waiting; retry",
+                        )),
+                    };
+                }
+                Some((_, remaining)) => ttl = remaining.unwrap_or(ttl),
+                None => break, // expired meanwhile: finish anyway, the write is an overwrite
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        self.ensure_indexed(&[&prev]).await?;
+        self.write_comment(&prev).await?;
+        self.mark_stored(&prev, key, ttl).await?;
+        Ok(Inserted::Created(prev))
+    }
+
+    async fn delete_rows(&self, rows: &[(&str, &str)]) -> StoreResult<()> {
+        for (post_id, id) in rows {
+            let Some(bucket) = bucket_of_id(id) else {
+                continue;
+            };
+            self.session
+                .execute_unpaged(&self.st.delete, (post_id, bucket, id))
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// A claimed item of a batch (found in time): the comment, then its key marked. When
+    /// the write fails, the key is released at once, unless a retry on another node adopted
+    /// the row meanwhile: the comment is then stored, acknowledged there, and this writer
+    /// publishes it in its own stream as any other.
+    async fn write_claimed(&self, item: &NewComment, key: &str) -> StoreResult<()> {
+        let ttl = IDEMPOTENCY_TTL_SECS - 1;
+        match self.write_comment(&item.comment).await {
+            Ok(()) => {
+                let written_ms = time::now_millis();
+                let mark = self.mark_stored_if_ours(&item.comment, key, ttl).await;
+                Self::settle(&item.comment, mark, written_ms)
+            }
+            Err(e) => match self.release_key(&Withdrawal::of(item), key).await {
+                Ok(KeyFate::Adopted) => Ok(()),
+                _ => Err(e),
+            },
+        }
     }
 
     /// The per-user rate limit across every ingest node of the region: a sliding window of
@@ -1215,16 +1372,20 @@ impl Store for CqlStore {
                         if let Err(e) = in_time(item) {
                             return (i, Err(e));
                         }
-                        let mut r = self.write_comment(&item.comment).await;
-                        if r.is_ok() && claimed[i] {
-                            let key = item.idempotency_key.as_deref().unwrap_or("");
-                            let ttl = IDEMPOTENCY_TTL_SECS - 1;
-                            r = if item.visible_by_ms.is_some() {
-                                self.mark_stored_if_ours(&item.comment, key, ttl).await
-                            } else {
-                                self.mark_stored(&item.comment, key, ttl).await
-                            };
-                        }
+                        let key = item.idempotency_key.as_deref().filter(|_| claimed[i]);
+                        let r = match key {
+                            Some(key) if item.visible_by_ms.is_some() => {
+                                self.write_claimed(item, key).await
+                            }
+                            Some(key) => match self.write_comment(&item.comment).await {
+                                Ok(()) => {
+                                    let ttl = IDEMPOTENCY_TTL_SECS - 1;
+                                    self.mark_stored(&item.comment, key, ttl).await
+                                }
+                                Err(e) => Err(e),
+                            },
+                            None => self.write_comment(&item.comment).await,
+                        };
                         (i, r)
                     })
                     .collect();
@@ -1331,15 +1492,14 @@ impl Store for CqlStore {
         Ok(())
     }
 
-    async fn withdraw(&self, failed: &[(String, String)]) -> StoreResult<()> {
-        for (post_id, id) in failed {
-            let Some(bucket) = bucket_of_id(id) else {
-                continue;
-            };
-            self.session
-                .execute_unpaged(&self.st.delete, (post_id, bucket, id))
-                .await
-                .map_err(unavailable)?;
+    async fn withdraw(&self, failed: &[Withdrawal]) -> StoreResult<()> {
+        for w in failed {
+            if let Some(key) = &w.idempotency_key {
+                if self.release_key(w, key).await? == KeyFate::Adopted {
+                    continue;
+                }
+            }
+            self.delete_rows(&[(&w.post_id, &w.id)]).await?;
         }
         Ok(())
     }
