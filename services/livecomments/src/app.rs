@@ -72,7 +72,7 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         Some(url) => Some(NatsBus::connect(url).await?),
         None => None,
     };
-    let nats_client = nats.as_ref().map(|n| n.client().clone());
+    let rpc = nats.as_ref().map(NatsBus::rpc);
     let bus: Arc<dyn Bus> = match nats {
         Some(n) => Arc::new(n),
         None => Arc::new(LocalBus::new()),
@@ -86,10 +86,10 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
                 region: region.clone(),
                 store: store.clone().context("store")?,
             }));
-        } else if let Some(client) = &nats_client {
+        } else if let Some(rpc) = &rpc {
             sources.push(Arc::new(NatsSource {
                 region: region.clone(),
-                client: client.clone(),
+                rpc: rpc.clone(),
                 timeout: REMOTE_TIMEOUT,
             }));
         } else {
@@ -99,29 +99,28 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
     let history = Arc::new(History::new(sources));
 
     // Readers (and standalone with NATS) answer other regions' since-queries.
-    if let (Some(client), Some(store), true) = (
-        &nats_client,
+    if let (Some(rpc), Some(store), true) = (
+        &rpc,
         &store,
         matches!(role, Role::Standalone | Role::Reader),
     ) {
-        let (client, store, region) = (client.clone(), store.clone(), s.region.clone());
+        let (rpc, store, region) = (rpc.clone(), store.clone(), s.region.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::reader::responder::serve(client, region, store).await {
+            if let Err(e) = crate::reader::responder::serve(rpc, region, store).await {
                 tracing::error!(error = %e, "since-query responder stopped");
             }
         });
     }
 
     // Writers answer deletions forwarded by other regions.
-    if let (Some(client), Some(store), true) = (
-        &nats_client,
+    if let (Some(rpc), Some(store), true) = (
+        &rpc,
         &store,
         matches!(role, Role::Standalone | Role::Ingest),
     ) {
-        let (client, store, bus, region) =
-            (client.clone(), store.clone(), bus.clone(), s.region.clone());
+        let (rpc, store, bus, region) = (rpc.clone(), store.clone(), bus.clone(), s.region.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::ingest::delete::serve(client, region, store, bus).await {
+            if let Err(e) = crate::ingest::delete::serve(rpc, region, store, bus).await {
                 tracing::error!(error = %e, "deletion responder stopped");
             }
         });
@@ -180,7 +179,7 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         }),
         demo_page: role == Role::Standalone,
         regions: s.regions.clone(),
-        nats: nats_client.clone(),
+        rpc,
         trusted_proxies: s.limits.trusted_proxies.clone(),
     });
     let lean = state.fanout.is_some().then(|| state.clone());

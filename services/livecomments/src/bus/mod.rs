@@ -6,6 +6,7 @@
 
 pub mod local;
 pub mod nats;
+pub mod rpc;
 
 use std::pin::Pin;
 
@@ -15,6 +16,7 @@ use livecomments_shared::wire::{LiveEvent, WriterBeat};
 
 pub use local::LocalBus;
 pub use nats::NatsBus;
+pub use rpc::{Rpc, RpcError};
 
 /// Live events of one post from every region, decoded. Dropping it unsubscribes.
 pub type Subscription = Pin<Box<dyn Stream<Item = LiveEvent> + Send>>;

@@ -174,8 +174,9 @@ impl NatsBus {
         }
     }
 
-    pub fn client(&self) -> &async_nats::Client {
-        &self.client
+    /// Request/reply on the same connection.
+    pub fn rpc(&self) -> super::Rpc {
+        super::Rpc::new(self.client.clone())
     }
 }
 

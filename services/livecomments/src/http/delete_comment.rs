@@ -33,7 +33,7 @@ pub async fn handle(
     let mut outcome = delete::delete_local(store.as_ref(), st.bus.as_ref(), &st.region, &req).await;
     if outcome == Outcome::NotFound {
         // Not ours: the comment may live in another region's store.
-        if let Some(client) = &st.nats {
+        if let Some(rpc) = &st.rpc {
             let others: Vec<String> = st
                 .regions
                 .iter()
@@ -41,7 +41,7 @@ pub async fn handle(
                 .cloned()
                 .collect();
             if !others.is_empty() {
-                outcome = delete::delete_remote(client, &others, &req).await;
+                outcome = delete::delete_remote(rpc, &others, &req).await;
             }
         }
     }

@@ -45,7 +45,7 @@ pub struct AppState {
     pub demo_page: bool,
     /// Every region of the deployment, and NATS to reach the others (DELETE forwarding).
     pub regions: Vec<String>,
-    pub nats: Option<async_nats::Client>,
+    pub rpc: Option<crate::bus::Rpc>,
     /// Proxies whose `X-Forwarded-For` names the client (`http::client_ip`).
     pub trusted_proxies: Vec<client_ip::Cidr>,
 }

@@ -6,14 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::join_all;
 use livecomments_shared::wire::{self, DeleteReply, DeleteRequest, Deletion, LiveEvent};
 
 use livecomments_shared::{id, validate};
-use tokio::sync::Semaphore;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, Rpc};
 use crate::metrics::METRICS;
 use crate::store::Store;
 
@@ -56,29 +54,11 @@ pub async fn delete_local(
 }
 
 /// Asks every other region; the one holding the comment answers.
-pub async fn delete_remote(
-    client: &async_nats::Client,
-    regions: &[String],
-    req: &DeleteRequest,
-) -> Outcome {
-    let Ok(payload) = wire::encode(req) else {
-        return Outcome::Error;
-    };
-    let answers = join_all(regions.iter().map(|r| {
-        let payload = payload.clone();
-        async move {
-            let reply = tokio::time::timeout(
-                FORWARD_TIMEOUT,
-                client.request(wire::delete_subject(r), payload.into()),
-            )
-            .await;
-            match reply {
-                Ok(Ok(msg)) => {
-                    wire::decode::<DeleteReply>(&msg.payload).map_or(Outcome::Error, |r| r.outcome)
-                }
-                _ => Outcome::Error,
-            }
-        }
+pub async fn delete_remote(rpc: &Rpc, regions: &[String], req: &DeleteRequest) -> Outcome {
+    let answers = join_all(regions.iter().map(|r| async move {
+        rpc.request::<_, DeleteReply>(wire::delete_subject(r), req, FORWARD_TIMEOUT)
+            .await
+            .map_or(Outcome::Error, |reply| reply.outcome)
     }))
     .await;
     for wanted in [Outcome::Deleted, Outcome::Forbidden, Outcome::Error] {
@@ -91,44 +71,32 @@ pub async fn delete_remote(
 
 /// Answers other regions' forwarded deletions for this region.
 pub async fn serve(
-    client: async_nats::Client,
+    rpc: Rpc,
     region: String,
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
 ) -> anyhow::Result<()> {
-    let mut sub = client
-        .queue_subscribe(
-            wire::delete_subject(&region),
-            wire::DELETE_QUEUE_GROUP.to_string(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("subscribing to deletions: {e}"))?;
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(msg) = sub.next().await {
-        let Some(reply_to) = msg.reply.clone() else {
-            continue;
-        };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let (client, store, bus, region) =
-            (client.clone(), store.clone(), bus.clone(), region.clone());
-        tokio::spawn(async move {
-            let outcome = match wire::decode::<DeleteRequest>(&msg.payload) {
-                Ok(req)
-                    if validate::post_id(&req.post_id).is_ok()
-                        && id::is_valid(&req.id)
-                        && validate::user_id(&req.user_id) =>
-                {
-                    delete_local(store.as_ref(), bus.as_ref(), &region, &req).await
-                }
-                _ => Outcome::NotFound,
-            };
-            if let Ok(bytes) = wire::encode(&DeleteReply { outcome }) {
-                let _ = client.publish(reply_to, bytes.into()).await;
+    let subject = wire::delete_subject(&region);
+    rpc.serve(
+        subject,
+        wire::DELETE_QUEUE_GROUP,
+        MAX_IN_FLIGHT,
+        move |req: Option<DeleteRequest>| {
+            let (region, store, bus) = (region.clone(), store.clone(), bus.clone());
+            async move {
+                let outcome = match req {
+                    Some(req)
+                        if validate::post_id(&req.post_id).is_ok()
+                            && id::is_valid(&req.id)
+                            && validate::user_id(&req.user_id) =>
+                    {
+                        delete_local(store.as_ref(), bus.as_ref(), &region, &req).await
+                    }
+                    _ => Outcome::NotFound,
+                };
+                DeleteReply { outcome }
             }
-            drop(permit);
-        });
-    }
-    Ok(())
+        },
+    )
+    .await
 }

@@ -81,7 +81,7 @@ impl RegionSource for LocalSource {
 /// A region reached through its readers on `comments.since.<region>`.
 pub struct NatsSource {
     pub region: String,
-    pub client: async_nats::Client,
+    pub rpc: crate::bus::Rpc,
     pub timeout: Duration,
 }
 
@@ -98,17 +98,11 @@ impl RegionSource for NatsSource {
                 reason,
             }
         };
-        let payload = wire::encode(q).map_err(|e| fail(e.to_string()))?;
-        let msg = tokio::time::timeout(
-            self.timeout,
-            self.client
-                .request(wire::since_subject(&self.region), payload.into()),
-        )
-        .await
-        .map_err(|_| fail("timed out".into()))?
-        .map_err(|e| fail(e.to_string()))?;
-        let reply: SinceReply =
-            wire::decode(&msg.payload).map_err(|e| fail(format!("bad reply: {e}")))?;
+        let reply: SinceReply = self
+            .rpc
+            .request(wire::since_subject(&self.region), q, self.timeout)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         if let Some(err) = reply.error {
             return Err(fail(err));
         }

@@ -4,64 +4,46 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use livecomments_shared::{
     id, validate,
     wire::{self, SinceReply, SinceRequest},
 };
-use tokio::sync::Semaphore;
 
 use super::history::page_from_store;
+use crate::bus::Rpc;
 use crate::metrics::METRICS;
 use crate::store::Store;
 
 /// Concurrent since-queries per reader; more wait in the subscription's bounded buffer.
 const MAX_IN_FLIGHT: usize = 64;
 
-pub async fn serve(
-    client: async_nats::Client,
-    region: String,
-    store: Arc<dyn Store>,
-) -> anyhow::Result<()> {
-    let mut sub = client
-        .queue_subscribe(
-            wire::since_subject(&region),
-            wire::SINCE_QUEUE_GROUP.to_string(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("subscribing to since-queries: {e}"))?;
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    tracing::info!(%region, "answering since-queries");
-    while let Some(msg) = sub.next().await {
-        let Some(reply_to) = msg.reply.clone() else {
-            continue;
-        };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let (client, store, region) = (client.clone(), store.clone(), region.clone());
-        tokio::spawn(async move {
-            let reply = answer(&msg.payload, &region, store.as_ref()).await;
-            if let Ok(bytes) = wire::encode(&reply) {
-                let _ = client.publish(reply_to, bytes.into()).await;
+pub async fn serve(rpc: Rpc, region: String, store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let subject = wire::since_subject(&region);
+    rpc.serve(
+        subject,
+        wire::SINCE_QUEUE_GROUP,
+        MAX_IN_FLIGHT,
+        move |q: Option<SinceRequest>| {
+            let (region, store) = (region.clone(), store.clone());
+            async move {
+                let reply = answer(q, &region, store.as_ref()).await;
+                METRICS.since_queries_served.inc();
+                reply
             }
-            METRICS.since_queries_served.inc();
-            drop(permit);
-        });
-    }
-    Ok(())
+        },
+    )
+    .await
 }
 
-async fn answer(payload: &[u8], region: &str, store: &dyn Store) -> SinceReply {
+async fn answer(q: Option<SinceRequest>, region: &str, store: &dyn Store) -> SinceReply {
     let refuse = |e: String| SinceReply {
         region: region.to_string(),
         comments: vec![],
         more: false,
         error: Some(e),
     };
-    let q: SinceRequest = match wire::decode(payload) {
-        Ok(q) => q,
-        Err(_) => return refuse("malformed request".into()),
+    let Some(q) = q else {
+        return refuse("malformed request".into());
     };
     if validate::post_id(&q.post_id).is_err() {
         return refuse("invalid post_id".into());
