@@ -9,7 +9,7 @@ use crate::auth::Authenticator;
 use crate::bus::{Bus, LocalBus, NatsBus};
 use crate::config::{Role, Settings};
 use crate::fanout::{Fanout, FanoutConfig};
-use crate::http::{self, AppState};
+use crate::http::{self, Common, FanoutState, IngestState, ReaderState, RemoteDeletes, Rooms};
 use crate::ingest::{Pipeline, RateLimiter, UserLimit};
 use crate::reader::history::{LocalSource, NatsSource};
 use crate::reader::{History, RegionSource};
@@ -132,61 +132,82 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
             tracing::info!(user_id = "demo", token = %token, "no JWT key configured: generated a dev secret; GET /dev/token?user_id=<id> for more tokens");
         }
     }
-    let pipeline = match (&store, matches!(role, Role::Standalone | Role::Ingest)) {
-        (Some(store), true) => Some(Pipeline::start(
-            s.region.clone(),
-            store.clone(),
-            bus.clone(),
-        )),
-        _ => None,
-    };
-    let fanout = matches!(role, Role::Standalone | Role::Fanout).then(|| {
-        Fanout::new(
-            bus.clone(),
-            history.clone(),
-            FanoutConfig {
-                heartbeat: Duration::from_secs(s.limits.heartbeat_secs),
-                viewer_buffer: s.limits.viewer_buffer,
-                max_streams: s.limits.max_streams,
-                max_streams_per_ip: s.limits.max_streams_per_ip,
-                replay_max: 10_000,
-            },
-        )
-    });
-    let state = Arc::new(AppState {
+    let common = Arc::new(Common {
         region: s.region.clone(),
         auth,
         read_requires_token: s.auth.read_requires_token,
-        pipeline,
-        store: if matches!(role, Role::Standalone | Role::Ingest | Role::Reader) {
-            store.clone()
-        } else {
-            None
-        },
-        bus,
-        history: Some(history),
-        fanout: fanout.clone(),
-        rate: Arc::new(match cql {
-            Some(store) => UserLimit::Shared {
-                store,
-                limit: s.limits.rate_limit,
-                window: Duration::from_secs(s.limits.rate_window_secs),
-            },
-            None => UserLimit::Local(RateLimiter::new(
-                s.limits.rate_limit,
-                Duration::from_secs(s.limits.rate_window_secs),
-            )),
-        }),
-        demo_page: role == Role::Standalone,
-        regions: s.regions.clone(),
-        rpc,
+        bus: bus.clone(),
+        store: store.clone(),
         trusted_proxies: s.limits.trusted_proxies.clone(),
+        demo_page: role == Role::Standalone,
     });
-    let lean = state.fanout.is_some().then(|| state.clone());
-    let router = http::router(state, role);
+    let ingest = match (&store, role) {
+        (Some(store), Role::Standalone | Role::Ingest) => {
+            let others: Vec<String> = s
+                .regions
+                .iter()
+                .filter(|r| **r != s.region)
+                .cloned()
+                .collect();
+            Some(Arc::new(IngestState {
+                common: common.clone(),
+                pipeline: Pipeline::start(s.region.clone(), store.clone(), bus.clone()),
+                store: store.clone(),
+                rate: Arc::new(match cql {
+                    Some(store) => UserLimit::Shared {
+                        store,
+                        limit: s.limits.rate_limit,
+                        window: Duration::from_secs(s.limits.rate_window_secs),
+                    },
+                    None => UserLimit::Local(RateLimiter::new(
+                        s.limits.rate_limit,
+                        Duration::from_secs(s.limits.rate_window_secs),
+                    )),
+                }),
+                remote_deletes: rpc.clone().filter(|_| !others.is_empty()).map(|rpc| {
+                    RemoteDeletes {
+                        rpc,
+                        regions: others,
+                    }
+                }),
+            }))
+        }
+        _ => None,
+    };
+    let reader = matches!(role, Role::Standalone | Role::Reader).then(|| {
+        Arc::new(ReaderState {
+            common: common.clone(),
+            history: history.clone(),
+        })
+    });
+    let fanout = matches!(role, Role::Standalone | Role::Fanout).then(|| {
+        Arc::new(FanoutState {
+            common: common.clone(),
+            fanout: Fanout::new(
+                bus.clone(),
+                history.clone(),
+                FanoutConfig {
+                    heartbeat: Duration::from_secs(s.limits.heartbeat_secs),
+                    viewer_buffer: s.limits.viewer_buffer,
+                    max_streams: s.limits.max_streams,
+                    max_streams_per_ip: s.limits.max_streams_per_ip,
+                    replay_max: 10_000,
+                },
+            ),
+        })
+    });
+    let rooms = Rooms {
+        common,
+        ingest,
+        reader,
+        fanout,
+    };
+    let lean = rooms.fanout.clone();
+    let router = http::router(&rooms);
     let listener = bind(s.listen).with_context(|| format!("binding --listen {}", s.listen))?;
     let local = listener.local_addr()?;
     tracing::info!(role = ?role, listen = %local, region = %s.region, "serving");
+    let fanout = rooms.fanout.as_ref().map(|f| f.fanout.clone());
     let fanout_for_shutdown = fanout.clone();
     let shutdown = async move {
         shutdown_signal().await;

@@ -29,7 +29,7 @@ pub const MAX_HEADER_SIZE: usize = 32 * 1024;
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    lean: Option<crate::http::State>,
+    lean: Option<std::sync::Arc<crate::http::FanoutState>>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {

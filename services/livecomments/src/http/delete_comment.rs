@@ -10,40 +10,28 @@ use super::{ApiError, ApiResult};
 use crate::ingest::delete::{self, Outcome};
 
 pub async fn handle(
-    State(st): State<super::State>,
+    State(st): State<std::sync::Arc<super::IngestState>>,
     Path(comment_id): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
-    let caller = st.authenticate(&headers)?;
+    let caller = st.common.authenticate(&headers)?;
     let post_id = Query::parse(raw.as_deref())?.post_id()?;
     if !id::is_valid(&comment_id) {
         return Err(ApiError::new(ErrorCode::NotFound, "no such comment"));
     }
-    let store = st
-        .store
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("the comment store"))?;
     let req = DeleteRequest {
         post_id,
         id: comment_id,
         user_id: caller.user_id,
         moderator: caller.moderator,
     };
-    let mut outcome = delete::delete_local(store.as_ref(), st.bus.as_ref(), &st.region, &req).await;
-    if outcome == Outcome::NotFound {
+    let c = &st.common;
+    let mut outcome =
+        delete::delete_local(st.store.as_ref(), c.bus.as_ref(), &c.region, &req).await;
+    if let (Outcome::NotFound, Some(remote)) = (outcome, &st.remote_deletes) {
         // Not ours: the comment may live in another region's store.
-        if let Some(rpc) = &st.rpc {
-            let others: Vec<String> = st
-                .regions
-                .iter()
-                .filter(|r| **r != st.region)
-                .cloned()
-                .collect();
-            if !others.is_empty() {
-                outcome = delete::delete_remote(rpc, &others, &req).await;
-            }
-        }
+        outcome = delete::delete_remote(&remote.rpc, &remote.regions, &req).await;
     }
     match outcome {
         Outcome::Deleted => Ok(StatusCode::NO_CONTENT),

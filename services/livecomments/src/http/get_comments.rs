@@ -13,12 +13,12 @@ use super::{ApiError, ApiResult};
 pub const MAX_OFFSET: u64 = 10_000;
 
 pub async fn handle(
-    State(st): State<super::State>,
+    State(st): State<std::sync::Arc<super::ReaderState>>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let q = Query::parse(raw.as_deref())?;
-    st.authorize_read(&headers, q.get("access_token")?)?;
+    st.common.authorize_read(&headers, q.get("access_token")?)?;
     let post_id = q.post_id()?;
     let page_size = q.int("page_size", 20, 1..=100)?;
     let page_number = q.int("page_number", 1, 1..=u64::MAX)?;
@@ -70,10 +70,7 @@ pub async fn handle(
             ),
         ));
     }
-    let history = st
-        .history
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("the reader"))?;
+    let history = &st.history;
     let page_size = page_size as usize;
     let (page, next_cursor) = if forward {
         let from = after.or_else(|| since.map(id::max_at));

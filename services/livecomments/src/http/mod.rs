@@ -20,8 +20,7 @@ use axum::routing::{delete, get, post};
 use livecomments_shared::{ErrorCode, Rejection};
 
 use crate::auth::{Authenticator, Caller};
-use crate::bus::Bus;
-use crate::config::Role;
+use crate::bus::{Bus, Rpc};
 use crate::fanout::Fanout;
 use crate::ingest::{Pipeline, UserLimit};
 use crate::metrics::METRICS;
@@ -31,26 +30,55 @@ use crate::store::Store;
 /// Largest request body (CONTRACT §2: 413 above 16 KiB).
 pub const MAX_BODY: usize = 16 * 1024;
 
-/// What the handlers share. Parts a role does not run are `None` and their routes absent.
-pub struct AppState {
+/// What every route of every role shares.
+pub struct Common {
     pub region: String,
     pub auth: Option<Arc<Authenticator>>,
     pub read_requires_token: bool,
-    pub pipeline: Option<Pipeline>,
-    pub store: Option<Arc<dyn Store>>,
     pub bus: Arc<dyn Bus>,
-    pub history: Option<Arc<History>>,
-    pub fanout: Option<Arc<Fanout>>,
-    pub rate: Arc<UserLimit>,
-    pub demo_page: bool,
-    /// Every region of the deployment, and NATS to reach the others (DELETE forwarding).
-    pub regions: Vec<String>,
-    pub rpc: Option<crate::bus::Rpc>,
+    /// The store this process depends on (ingest, reader, standalone), checked by `/readyz`.
+    pub store: Option<Arc<dyn Store>>,
     /// Proxies whose `X-Forwarded-For` names the client (`http::client_ip`).
     pub trusted_proxies: Vec<client_ip::Cidr>,
+    pub demo_page: bool,
 }
 
-pub type State = Arc<AppState>;
+/// What the ingest role runs: `POST /comment`, `DELETE /comment/<id>`.
+pub struct IngestState {
+    pub common: Arc<Common>,
+    pub pipeline: Pipeline,
+    pub store: Arc<dyn Store>,
+    pub rate: Arc<UserLimit>,
+    /// Where a DELETE of a comment this region does not hold goes; `None` with one region.
+    pub remote_deletes: Option<RemoteDeletes>,
+}
+
+/// The other regions of the deployment, reached over NATS.
+pub struct RemoteDeletes {
+    pub rpc: Rpc,
+    /// Never empty, never this region.
+    pub regions: Vec<String>,
+}
+
+/// What the reader role runs: `GET /comments`.
+pub struct ReaderState {
+    pub common: Arc<Common>,
+    pub history: Arc<History>,
+}
+
+/// What the fanout role runs: `GET /comments/stream` (also on the lean path, `sse_conn`).
+pub struct FanoutState {
+    pub common: Arc<Common>,
+    pub fanout: Arc<Fanout>,
+}
+
+/// The rooms of one process: the roles it runs decide which exist, and so which routes.
+pub struct Rooms {
+    pub common: Arc<Common>,
+    pub ingest: Option<Arc<IngestState>>,
+    pub reader: Option<Arc<ReaderState>>,
+    pub fanout: Option<Arc<FanoutState>>,
+}
 
 /// A refused request, rendered as `{"error": {...}}` with the matching status and headers.
 #[derive(Debug)]
@@ -109,7 +137,7 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-impl AppState {
+impl Common {
     /// The caller from `Authorization: Bearer`, or 401.
     pub fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Caller> {
         let auth = self
@@ -142,34 +170,44 @@ impl AppState {
     }
 }
 
-pub fn router(state: State, role: Role) -> Router {
-    let ingest = matches!(role, Role::Standalone | Role::Ingest);
-    let reader = matches!(role, Role::Standalone | Role::Reader);
-    let fanout = matches!(role, Role::Standalone | Role::Fanout);
+pub fn router(rooms: &Rooms) -> Router {
+    let common = &rooms.common;
     let mut r = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi));
-    if ingest {
-        r = r
-            .route("/comment", post(post_comment::handle))
-            .route("/comment/{id}", delete(delete_comment::handle));
-    }
-    if reader {
-        r = r.route("/comments", get(get_comments::handle));
-    }
-    if fanout {
-        r = r.route("/comments/stream", get(stream::handle));
-    }
-    if state.demo_page {
+    if common.demo_page {
         r = r
             .route("/", get(ops::index))
             .route("/app.js", get(ops::app_js))
             .route("/style.css", get(ops::style_css));
     }
-    if state.auth.as_ref().is_some_and(|a| a.dev_tokens_enabled()) {
+    if common.auth.as_ref().is_some_and(|a| a.dev_tokens_enabled()) {
         r = r.route("/dev/token", get(ops::dev_token));
+    }
+    let mut r: Router = r.with_state(common.clone());
+    if let Some(ingest) = &rooms.ingest {
+        r = r.merge(
+            Router::new()
+                .route("/comment", post(post_comment::handle))
+                .route("/comment/{id}", delete(delete_comment::handle))
+                .with_state(ingest.clone()),
+        );
+    }
+    if let Some(reader) = &rooms.reader {
+        r = r.merge(
+            Router::new()
+                .route("/comments", get(get_comments::handle))
+                .with_state(reader.clone()),
+        );
+    }
+    if let Some(fanout) = &rooms.fanout {
+        r = r.merge(
+            Router::new()
+                .route("/comments/stream", get(stream::handle))
+                .with_state(fanout.clone()),
+        );
     }
     r.fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -178,5 +216,4 @@ pub fn router(state: State, role: Role) -> Router {
                 "method not allowed on this route",
             )
         })
-        .with_state(state)
 }

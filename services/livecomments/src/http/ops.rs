@@ -14,7 +14,7 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// 200 when the store (if this role has one) and the bus answer, else 503 naming what failed.
-pub async fn readyz(State(st): State<super::State>) -> Response {
+pub async fn readyz(State(st): State<std::sync::Arc<super::Common>>) -> Response {
     let store_ok = match &st.store {
         Some(s) => tokio::time::timeout(std::time::Duration::from_secs(2), s.ping())
             .await
@@ -62,7 +62,7 @@ pub async fn openapi() -> impl IntoResponse {
 
 /// `GET /dev/token?user_id=...` (standalone without a configured key only).
 pub async fn dev_token(
-    State(st): State<super::State>,
+    State(st): State<std::sync::Arc<super::Common>>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let q = Query::parse(raw.as_deref())?;

@@ -13,12 +13,12 @@ use crate::ingest::pipeline::Submission;
 use crate::store::StoreError;
 
 pub async fn handle(
-    State(st): State<super::State>,
+    State(st): State<std::sync::Arc<super::IngestState>>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let caller = st.authenticate(&headers)?;
+    let caller = st.common.authenticate(&headers)?;
     let post_id = Query::parse(raw.as_deref())?.post_id()?;
     let input: CommentInput = read_json(&headers, body).await?;
     let text = validate::text(&input.text)?;
@@ -41,14 +41,10 @@ pub async fn handle(
             retry_after: Some(wait),
             ..ApiError::new(ErrorCode::RateLimited, "too many comments; slow down")
         })?;
-    let pipeline = st
-        .pipeline
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("ingest"))?;
     // The request counts against the limit before the answer, whichever node the user's
     // next request reaches; recorded while the comment is written.
     let (inserted, recorded) = tokio::join!(
-        pipeline.submit(Submission {
+        st.pipeline.submit(Submission {
             post_id,
             user_id: caller.user_id.clone(),
             text,

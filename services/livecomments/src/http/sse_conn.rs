@@ -93,7 +93,12 @@ fn parse_head(head: &[u8]) -> Option<(Option<String>, HeaderMap)> {
 }
 
 /// Serves one stream request on its socket until the stream ends or the client goes away.
-pub async fn serve(mut stream: TcpStream, peer: SocketAddr, head: Vec<u8>, st: super::State) {
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    head: Vec<u8>,
+    st: Arc<super::FanoutState>,
+) {
     let Some((raw_query, headers)) = parse_head(&head) else {
         let _ = write_error(
             &mut stream,

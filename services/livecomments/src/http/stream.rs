@@ -17,7 +17,7 @@ use crate::fanout::Refusal;
 use crate::fanout::viewer::Viewer;
 
 pub async fn handle(
-    State(st): State<super::State>,
+    State(st): State<Arc<super::FanoutState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -38,19 +38,16 @@ pub async fn handle(
 /// this handler and by the lean connection path (`http::sse_conn`), which passes the socket
 /// for the hub to write to.
 pub async fn open(
-    st: &super::AppState,
+    st: &super::FanoutState,
     peer: SocketAddr,
     raw: Option<&str>,
     headers: &HeaderMap,
     socket: Option<Arc<TcpStream>>,
 ) -> ApiResult<Viewer> {
     let q = Query::parse(raw)?;
-    st.authorize_read(headers, q.get("access_token")?)?;
+    st.common.authorize_read(headers, q.get("access_token")?)?;
     let post_id = q.post_id()?;
-    let fanout = st
-        .fanout
-        .clone()
-        .ok_or_else(|| ApiError::unavailable("the fanout"))?;
+    let fanout = st.fanout.clone();
     let bad_token = || {
         ApiError::new(
             ErrorCode::InvalidCursor,
@@ -84,7 +81,7 @@ pub async fn open(
         }
         (None, None) => None,
     };
-    let ip = super::client_ip::client_ip(peer.ip(), headers, &st.trusted_proxies);
+    let ip = super::client_ip::client_ip(peer.ip(), headers, &st.common.trusted_proxies);
     let slot = fanout.admit(ip).map_err(|r| {
         let msg = match r {
             Refusal::TooManyStreams => {

@@ -251,6 +251,33 @@ pub(crate) async fn session(opts: &CqlOptions) -> anyhow::Result<Session> {
         .with_context(|| format!("connecting to CQL nodes {}", opts.nodes.join(",")))
 }
 
+/// The keyspace's applied migrations. A cluster that cannot answer yet (a node down or frozen
+/// while this process starts: a quorum read times out) is asked again for up to 30 s, so a
+/// restarted node does not exit over one slow read (the 10-minute chaos run lost an ingest
+/// restart to exactly that); only a missing table or keyspace means "not migrated".
+async fn schema_versions(session: &Session, ks: &str) -> anyhow::Result<Vec<i32>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let e = match migrate::applied_versions(session, ks).await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let text = format!("{e:#}");
+        if text.contains("unconfigured table") || text.contains("does not exist") {
+            return Err(e).with_context(|| {
+                format!("keyspace {ks} has no schema (run `livecomments migrate` with the same --cql-* flags)")
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(e).with_context(|| format!("reading the schema version of keyspace {ks}"));
+        }
+        tracing::warn!(error = %text, "reading the schema version; trying again");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// A driver error as a store error: the driver's message (it holds no credentials), bounded.
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     let mut s = format!("cql: {e}");
@@ -410,9 +437,7 @@ impl CqlStore {
         let opts = opts.clone().validated()?;
         let session = session(&opts).await?;
         let ks = opts.keyspace.clone();
-        let applied = migrate::applied_versions(&session, &ks).await.with_context(|| {
-            format!("keyspace {ks} has no schema (run `livecomments migrate` with the same --cql-* flags)")
-        })?;
+        let applied = schema_versions(&session, &ks).await?;
         let have = applied.last().copied().unwrap_or(0);
         if have < SCHEMA_VERSION {
             bail!(
