@@ -70,6 +70,10 @@ const INDEX_CACHE_MAX: usize = 100_000;
 /// write after its 2 s `write_request_timeout`; 2 s more for clocks of two nodes that disagree.
 /// A retry that finds the key unconfirmed decides the first attempt's fate only after it.
 const KEY_SETTLED_MS: i64 = 7_000;
+/// Client-side bound of one statement on the POST path (see `CqlStore::connect`).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The same for lightweight transactions and serial reads.
+const LWT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A write that succeeded this long after its stamp is certainly seen by a retry deciding at
 /// [`KEY_SETTLED_MS`] (2 s of clock skew short of it).
 const WRITTEN_IN_TIME_MS: i64 = 5_000;
@@ -600,6 +604,34 @@ impl CqlStore {
             )
             .await?,
         };
+        let mut st = st;
+        // The POST path gives up where Cassandra's coordinator does (`write_request_timeout`
+        // 2 s), not at the session's 10 s: a coordinator frozen mid-request (SIGSTOP, a long
+        // GC) otherwise held every batch with a write on it for 10 s (the 10-minute chaos run:
+        // all writes stopped 11.7 s after one Cassandra node froze), and a comment's write ends
+        // within 2 s of its start, as `KEY_SETTLED_MS` and the fanouts' 5 s ripeness assume.
+        for p in [
+            &mut st.insert_comment,
+            &mut st.insert_bucket,
+            &mut st.insert_span,
+            &mut st.mark_stored,
+            &mut st.rate_recent,
+            &mut st.rate_take,
+            &mut st.delete,
+        ] {
+            p.set_request_timeout(Some(WRITE_TIMEOUT));
+        }
+        // A Paxos round waits for up to three quorums (and for contention, 1 s by default).
+        for p in [
+            &mut st.claim_key,
+            &mut st.mark_stored_if,
+            &mut st.restamp_key,
+            &mut st.release_key,
+            &mut st.read_key_id,
+            &mut st.read_key,
+        ] {
+            p.set_request_timeout(Some(LWT_TIMEOUT));
+        }
         let ttl_secs = opts.ttl_secs();
         Ok(CqlStore {
             session: Arc::new(session),
