@@ -15,20 +15,17 @@
 //! Routing is the driver's default token-aware policy; consistency LOCAL_QUORUM unless
 //! configured otherwise; LWTs use LOCAL_SERIAL.
 //!
-//! Idempotency keys, step by step (an equally safe alternative to a transaction, which CQL
-//! does not have):
-//! 1. `INSERT INTO idempotency ... VALUES (..., stored = false) IF NOT EXISTS USING TTL 86400`.
-//! 2. Applied: write the comment (index rows, then the row), then `stored = true`; only then is
-//!    the item answered `Created`.
-//! 3. Not applied, `stored = true`: answer `Existing` with the comment of the record.
-//! 4. Not applied, `stored = false`: the first attempt failed, is still in flight, or its node
-//!    died. Without the ingest's policy (`visible_by_ms`; tools) the retry waits up to 0.5 s,
-//!    then finishes the record's comment under its id. With it (every POST), see
-//!    [`CqlStore::finish_pending`]: the retry waits until the first attempt's row can no
-//!    longer change, then adopts that row when it exists, or moves the key to its own fresh
-//!    id and shadows the old one when it does not. docs/WRITE-PATH.md has the reasoning.
+//! Modules, one concern each: `options` (how to reach the cluster), `migrate` (the schema
+//! in `cql/*.cql`), `idempotency` (the Idempotency-Key protocol: claim, write, mark; what a
+//! retry does with a claim never confirmed), `rate` (the per-user window shared by every
+//! ingest node), `walk` (reading a post in order across its bucket partitions). This file
+//! holds the store itself: statements, the batch write and the `Store` methods.
 
+mod idempotency;
 mod migrate;
+mod options;
+mod rate;
+mod walk;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -39,15 +36,18 @@ use async_trait::async_trait;
 use futures::{StreamExt, stream};
 use livecomments_shared::{Comment, id, time};
 use parking_lot::Mutex;
-use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
-use scylla::frame::types::{Consistency, SerialConsistency};
+use scylla::frame::types::Consistency;
 use scylla::response::query_result::QueryResult;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue, Row};
 
 pub use migrate::{MIGRATIONS, SCHEMA_VERSION, migrate};
+pub(crate) use options::session;
+pub use options::{CqlOptions, parse_consistency, replication_cql};
+
+use idempotency::{Claim, KeyFate};
+use walk::Dir;
 
 use super::{Inserted, NewComment, Store, StoreError, StoreResult, Withdrawal};
 
@@ -65,19 +65,10 @@ const MAX_WAVE: usize = 32;
 const INDEX_PAGE: i32 = 256;
 /// Buckets remembered as already indexed; the cache is cleared when it grows past this.
 const INDEX_CACHE_MAX: usize = 100_000;
-/// A first attempt's comment lands within this long of its stamp or never: ingest starts the
-/// write at most 3 s after the stamp (`visible_by_ms`), Cassandra's coordinator gives up on a
-/// write after its 2 s `write_request_timeout`; 2 s more for clocks of two nodes that disagree.
-/// A retry that finds the key unconfirmed decides the first attempt's fate only after it.
-const KEY_SETTLED_MS: i64 = 7_000;
 /// Client-side bound of one statement on the POST path (see `CqlStore::connect`).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The same for lightweight transactions and serial reads.
 const LWT_TIMEOUT: Duration = Duration::from_secs(3);
-/// A write that succeeded this long after its stamp is certainly seen by a retry deciding at
-/// [`KEY_SETTLED_MS`] (2 s of clock skew short of it).
-const WRITTEN_IN_TIME_MS: i64 = 5_000;
-
 pub fn bucket_of_millis(ms: i64) -> i64 {
     ms.div_euclid(BUCKET_MS)
 }
@@ -99,160 +90,6 @@ fn bucket_of_cursor(cursor: &str) -> Option<i64> {
     } else {
         None
     }
-}
-
-/// Connection and schema settings of the CQL store.
-#[derive(Debug, Clone)]
-pub struct CqlOptions {
-    /// Contact points `host:port`.
-    pub nodes: Vec<String>,
-    /// Keyspace (validated: `[A-Za-z][A-Za-z0-9_]{0,47}`, stored lowercase).
-    pub keyspace: String,
-    /// `local_quorum` (default), `quorum`, `local_one`, `one`, `each_quorum`, `all`, ...
-    pub consistency: String,
-    /// Comments expire after this many days (CQL TTL); `None`: kept forever.
-    pub retention_days: Option<u32>,
-    /// Keyspace replication used by `migrate`: `SimpleStrategy:1` or
-    /// `NetworkTopologyStrategy:dc1=3,dc2=3`.
-    pub replication: String,
-}
-
-impl CqlOptions {
-    /// Defaults for everything but the contact points and keyspace.
-    pub fn new(nodes: Vec<String>, keyspace: impl Into<String>) -> Self {
-        CqlOptions {
-            nodes,
-            keyspace: keyspace.into(),
-            consistency: "local_quorum".into(),
-            retention_days: None,
-            replication: "SimpleStrategy:1".into(),
-        }
-    }
-
-    pub fn from_args(a: &crate::config::CqlArgs) -> anyhow::Result<Self> {
-        let opts = CqlOptions {
-            nodes: a
-                .cql_nodes
-                .iter()
-                .map(|n| n.trim().to_string())
-                .filter(|n| !n.is_empty())
-                .collect(),
-            keyspace: a.cql_keyspace.clone(),
-            consistency: a.cql_consistency.clone(),
-            retention_days: a.cql_retention_days,
-            replication: a.cql_replication.clone(),
-        };
-        opts.validated()
-    }
-
-    /// Checks every field; lowercases the keyspace (unquoted CQL identifiers are
-    /// case-insensitive).
-    pub fn validated(mut self) -> anyhow::Result<Self> {
-        if self.nodes.is_empty() {
-            bail!("--cql-nodes: at least one host:port is needed");
-        }
-        let ks = &self.keyspace;
-        let ok = ks.len() <= 48
-            && ks.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-            && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
-            bail!("--cql-keyspace {ks:?}: must match [A-Za-z][A-Za-z0-9_]{{0,47}}");
-        }
-        self.keyspace = ks.to_ascii_lowercase();
-        parse_consistency(&self.consistency)?;
-        if self.retention_days == Some(0) || self.retention_days.is_some_and(|d| d > 3650) {
-            bail!("--cql-retention-days must be between 1 and 3650");
-        }
-        self.replication_cql()?;
-        Ok(self)
-    }
-
-    /// The replication map of `CREATE KEYSPACE`.
-    pub fn replication_cql(&self) -> anyhow::Result<String> {
-        replication_cql(&self.replication)
-    }
-
-    fn ttl_secs(&self) -> i32 {
-        self.retention_days.map(|d| d as i32 * 86_400).unwrap_or(0)
-    }
-}
-
-pub fn parse_consistency(s: &str) -> anyhow::Result<Consistency> {
-    Ok(
-        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
-            "any" => Consistency::Any,
-            "one" => Consistency::One,
-            "two" => Consistency::Two,
-            "three" => Consistency::Three,
-            "quorum" => Consistency::Quorum,
-            "all" => Consistency::All,
-            "local_quorum" => Consistency::LocalQuorum,
-            "each_quorum" => Consistency::EachQuorum,
-            "local_one" => Consistency::LocalOne,
-            other => bail!(
-                "--cql-consistency {other:?}: expected local_quorum, quorum, local_one, one, two, three, each_quorum, all or any"
-            ),
-        },
-    )
-}
-
-/// `SimpleStrategy:1` → `{'class': 'SimpleStrategy', 'replication_factor': 1}`;
-/// `NetworkTopologyStrategy:eu=3,us=3` → `{'class': 'NetworkTopologyStrategy', 'eu': 3, 'us': 3}`.
-pub fn replication_cql(s: &str) -> anyhow::Result<String> {
-    let usage =
-        "--cql-replication: expected SimpleStrategy:<rf> or NetworkTopologyStrategy:<dc>=<rf>,...";
-    let (class, rest) = s.trim().split_once(':').context(usage)?;
-    let rf = |v: &str| -> anyhow::Result<u32> {
-        v.trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=9).contains(n))
-            .context("replication factor must be 1..=9")
-    };
-    match class.trim().to_ascii_lowercase().as_str() {
-        "simplestrategy" | "simple" => Ok(format!(
-            "{{'class': 'SimpleStrategy', 'replication_factor': {}}}",
-            rf(rest)?
-        )),
-        "networktopologystrategy" | "nts" => {
-            let mut parts = Vec::new();
-            for item in rest.split(',') {
-                let (dc, n) = item.split_once('=').context(usage)?;
-                let dc = dc.trim();
-                let valid = !dc.is_empty()
-                    && dc.len() <= 64
-                    && dc
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-                if !valid {
-                    bail!("--cql-replication: bad datacenter name {dc:?}");
-                }
-                parts.push(format!("'{dc}': {}", rf(n)?));
-            }
-            Ok(format!(
-                "{{'class': 'NetworkTopologyStrategy', {}}}",
-                parts.join(", ")
-            ))
-        }
-        _ => bail!("{usage}"),
-    }
-}
-
-/// A driver session with the configured consistency, LOCAL_SERIAL for LWTs and the default
-/// (token-aware, datacenter-aware) load balancing.
-pub(crate) async fn session(opts: &CqlOptions) -> anyhow::Result<Session> {
-    let profile = ExecutionProfile::builder()
-        .consistency(parse_consistency(&opts.consistency)?)
-        .serial_consistency(Some(SerialConsistency::LocalSerial))
-        .request_timeout(Some(Duration::from_secs(10)))
-        .build();
-    SessionBuilder::new()
-        .known_nodes(&opts.nodes)
-        .default_execution_profile_handle(profile.into_handle())
-        .connection_timeout(Duration::from_secs(5))
-        .build()
-        .await
-        .with_context(|| format!("connecting to CQL nodes {}", opts.nodes.join(",")))
 }
 
 /// The keyspace's applied migrations. A cluster that cannot answer yet (a node down or frozen
@@ -343,32 +180,6 @@ struct Statements {
     release_key: PreparedStatement,
 }
 
-/// What a conditional "stored = true while the key names this comment" did.
-enum Mark {
-    Stored,
-    /// The key names another comment now (a retry moved it) or is gone.
-    Taken,
-    /// The LWT timed out and could not be read back.
-    Unknown(String),
-}
-
-/// What releasing the key of a comment whose write failed found.
-#[derive(Debug, PartialEq, Eq)]
-enum KeyFate {
-    /// The key named the comment unconfirmed and is now free: the comment must go.
-    Released,
-    /// A retry adopted the comment (the key names it, stored): it stays.
-    Adopted,
-    /// The key is gone or names another comment: the comment must go.
-    Elsewhere,
-}
-
-fn window_millis(window: Duration) -> i64 {
-    i64::try_from(window.as_millis())
-        .unwrap_or(i64::MAX / 2)
-        .max(1)
-}
-
 fn in_time(item: &NewComment) -> StoreResult<()> {
     if item.still_in_time() {
         return Ok(());
@@ -410,14 +221,6 @@ fn comment_from_row(post_id: &str, r: CommentRow) -> Option<Comment> {
 
 fn created_ms(c: &Comment) -> i64 {
     time::parse_rfc3339_millis(&c.timestamp).unwrap_or_else(|| c.timestamp_millis())
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    /// Newest first.
-    Desc,
-    /// Oldest first.
-    Asc,
 }
 
 pub struct CqlStore {
@@ -748,302 +551,6 @@ impl CqlStore {
         Ok(())
     }
 
-    /// With the ingest's policy (`visible_by_ms`): `stored = true` only while the record
-    /// still names this comment; a retry that moved the key to its own fresh id wins. A
-    /// timed-out LWT may still apply: then the record is read back (linearizably).
-    async fn mark_stored_if_ours(&self, c: &Comment, key: &str, ttl: i32) -> Mark {
-        let mut last = String::new();
-        for _ in 0..2 {
-            let res = self
-                .session
-                .execute_unpaged(
-                    &self.st.mark_stored_if,
-                    (ttl.max(1), &c.user_id, &c.post_id, key, &c.id),
-                )
-                .await;
-            match res.map_err(unavailable).and_then(lwt_outcome) {
-                Ok((true, _)) => return Mark::Stored,
-                Ok((false, _)) => return Mark::Taken,
-                Err(e) => {
-                    tracing::warn!(error = %e, id = %c.id, "marking a key stored: outcome unknown; reading it back");
-                    match self.read_key_owner(c, key).await {
-                        Ok(Some((id, true))) if id == c.id => return Mark::Stored,
-                        Ok(Some((id, false))) if id == c.id => continue, // the mark did not apply
-                        Ok(_) => return Mark::Taken,
-                        Err(e) => last = e.to_string(),
-                    }
-                }
-            }
-        }
-        Mark::Unknown(last)
-    }
-
-    /// The outcome of an attempt that wrote its comment `c` (at `written_ms`) and then tried to
-    /// mark its key. When the mark's outcome is unknown, the comment still counts as created
-    /// if it was written early enough for every retry to find the row and adopt it
-    /// ([`KEY_SETTLED_MS`]); the key cannot then move to another comment.
-    fn settle(c: &Comment, mark: Mark, written_ms: i64) -> StoreResult<()> {
-        match mark {
-            Mark::Stored => Ok(()),
-            Mark::Taken => Err(unavailable(
-                "a retry took this Idempotency-Key over; this attempt is withdrawn",
-            )),
-            Mark::Unknown(e) if written_ms <= created_ms(c) + WRITTEN_IN_TIME_MS => {
-                tracing::warn!(error = %e, id = %c.id, "key mark unknown; the comment was written in time, so any retry adopts it");
-                Ok(())
-            }
-            Mark::Unknown(e) => Err(unavailable(format!(
-                "could not mark the key of {} stored: {e}",
-                c.id
-            ))),
-        }
-    }
-
-    /// After a failed write of `c` (claimed with `key`): free the key if it still names `c`
-    /// unconfirmed, so the comment can be withdrawn and a retry claims afresh; or find that a
-    /// retry adopted `c` meanwhile (it found the row), and then `c` stays.
-    async fn release_key(&self, c: &Withdrawal, key: &str) -> StoreResult<KeyFate> {
-        let res = self
-            .session
-            .execute_unpaged(&self.st.release_key, (&c.user_id, &c.post_id, key, &c.id))
-            .await;
-        let fate = |id: Option<&str>, stored: bool| match id {
-            Some(id) if id == c.id && stored => KeyFate::Adopted,
-            _ => KeyFate::Elsewhere,
-        };
-        match res.map_err(unavailable).and_then(lwt_outcome) {
-            Ok((true, _)) => Ok(KeyFate::Released),
-            Ok((false, row)) => Ok(fate(
-                row.get("id").and_then(|v| v.as_text()).map(String::as_str),
-                matches!(row.get("stored"), Some(CqlValue::Boolean(true))),
-            )),
-            Err(e) => {
-                tracing::warn!(error = %e, id = %c.id, "releasing a key: outcome unknown; reading it back");
-                let read = self
-                    .session
-                    .execute_unpaged(&self.st.read_key_id, (&c.user_id, &c.post_id, key))
-                    .await
-                    .map_err(unavailable)?
-                    .into_rows_result()
-                    .map_err(unavailable)?
-                    .maybe_first_row::<(Option<String>, Option<bool>)>()
-                    .map_err(unavailable)?;
-                match read {
-                    None => Ok(KeyFate::Released),
-                    Some((id, Some(false) | None)) if id.as_deref() == Some(c.id.as_str()) => {
-                        Err(unavailable("the key's release did not apply"))
-                    }
-                    Some((id, stored)) => Ok(fate(id.as_deref(), stored == Some(true))),
-                }
-            }
-        }
-    }
-
-    /// The record's comment id and `stored` flag (LOCAL_SERIAL).
-    async fn read_key_owner(&self, c: &Comment, key: &str) -> StoreResult<Option<(String, bool)>> {
-        let res = self
-            .session
-            .execute_unpaged(&self.st.read_key_id, (&c.user_id, &c.post_id, key))
-            .await
-            .map_err(unavailable)?;
-        let rows = res.into_rows_result().map_err(unavailable)?;
-        Ok(rows
-            .maybe_first_row::<(Option<String>, Option<bool>)>()
-            .map_err(unavailable)?
-            .and_then(|(id, stored)| Some((id?, stored.unwrap_or(false)))))
-    }
-
-    async fn mark_stored(&self, c: &Comment, key: &str, ttl: i32) -> StoreResult<()> {
-        self.session
-            .execute_unpaged(
-                &self.st.mark_stored,
-                (ttl.max(1), &c.user_id, &c.post_id, key),
-            )
-            .await
-            .map_err(unavailable)?;
-        Ok(())
-    }
-
-    /// Step 1 of an idempotent insert: the LWT claim.
-    async fn claim(&self, c: &Comment, key: &str) -> StoreResult<Claim> {
-        let res = self
-            .session
-            .execute_unpaged(
-                &self.st.claim_key,
-                (
-                    &c.user_id,
-                    &c.post_id,
-                    key,
-                    &c.id,
-                    &c.text,
-                    CqlTimestamp(created_ms(c)),
-                    &c.region,
-                    &c.metadata,
-                ),
-            )
-            .await
-            .map_err(unavailable)?;
-        let (applied, mut row) = lwt_outcome(res)?;
-        if applied {
-            return Ok(Claim::Fresh);
-        }
-        let text = |row: &mut HashMap<String, CqlValue>, k: &str| {
-            row.remove(k).and_then(|v| v.into_string())
-        };
-        let Some(id) = text(&mut row, "id") else {
-            // A record without a comment (expiring this very second): treat it as absent.
-            return Ok(Claim::Fresh);
-        };
-        let ms = row
-            .get("created_at")
-            .and_then(|v| v.as_cql_timestamp())
-            .map(|t| t.0);
-        let metadata = match row.remove("metadata") {
-            Some(CqlValue::Map(pairs)) => pairs
-                .into_iter()
-                .filter_map(|(k, v)| Some((k.into_string()?, v.into_string()?)))
-                .collect(),
-            _ => BTreeMap::new(),
-        };
-        let prev = Comment {
-            timestamp: time::format_millis(ms.or_else(|| id::millis_of(&id)).unwrap_or(0)),
-            id,
-            post_id: c.post_id.clone(),
-            user_id: c.user_id.clone(),
-            text: text(&mut row, "text").unwrap_or_default(),
-            region: text(&mut row, "region").unwrap_or_default(),
-            metadata,
-        };
-        let stored = matches!(row.get("stored"), Some(CqlValue::Boolean(true)));
-        Ok(if stored {
-            Claim::Stored(prev)
-        } else {
-            Claim::Pending(prev)
-        })
-    }
-
-    /// Step 4: the record exists but its comment was never confirmed. `fresh`: this retry's
-    /// own item (its id is stamped now, by this node).
-    async fn finish_pending(
-        &self,
-        prev: Comment,
-        key: &str,
-        fresh: &NewComment,
-    ) -> StoreResult<Inserted> {
-        if fresh.visible_by_ms.is_none() {
-            return self.finish_pending_without_policy(prev, key).await;
-        }
-        // The first attempt's row may still appear (its node may be frozen mid-write) until
-        // KEY_SETTLED_MS after its stamp. Deciding earlier either withdraws a comment a fanout
-        // may already have streamed (its writer's stream reached it) or adopts a row that is
-        // not there yet. The client comes back after Retry-After; nothing changed.
-        let settled_at = created_ms(&prev).saturating_add(KEY_SETTLED_MS);
-        let now = time::now_millis();
-        if now < settled_at {
-            return Err(StoreError::KeyInProgress(Duration::from_millis(
-                (settled_at - now) as u64,
-            )));
-        }
-        let ttl = IDEMPOTENCY_TTL_SECS - 1;
-        // Read at the store's quorum: a row any quorum write left is found (and, read-repaired,
-        // stays); a row not found now can only arrive later under the tombstone below.
-        if let Some(row) = self.get(&prev.post_id, &prev.id).await? {
-            // Written in time by the first attempt: it is in its writer's stream, streamed
-            // by that writer or (the writer gone) by every fanout's repair. Adopt it.
-            return match self.mark_stored_if_ours(&row, key, ttl).await {
-                Mark::Stored => Ok(Inserted::Existing(row)),
-                Mark::Taken => Err(unavailable(
-                    "the Idempotency-Key changed hands meanwhile; retry",
-                )),
-                Mark::Unknown(e) => Err(unavailable(e)),
-            };
-        }
-        // Never written (or not in time): the comment must not appear under the old id, whose
-        // place in its writer's stream every fanout has passed. The claim moves to this
-        // retry's fresh id, and the old id is withdrawn (a delete that shadows any copy still
-        // on its way: rows carry their stamp's time as write timestamp).
-        let res = self
-            .session
-            .execute_unpaged(
-                &self.st.restamp_key,
-                (
-                    &fresh.comment.id,
-                    CqlTimestamp(created_ms(&fresh.comment)),
-                    &prev.user_id,
-                    &prev.post_id,
-                    key,
-                    &prev.id,
-                ),
-            )
-            .await
-            .map_err(unavailable)?;
-        let (applied, _) = lwt_outcome(res)?;
-        if !applied {
-            return Err(unavailable(
-                "another attempt with this Idempotency-Key is finishing it; retry",
-            ));
-        }
-        let comment = Comment {
-            id: fresh.comment.id.clone(),
-            timestamp: fresh.comment.timestamp.clone(),
-            region: fresh.comment.region.clone(),
-            ..prev.clone()
-        };
-        self.delete_rows(&[(&prev.post_id, &prev.id)]).await?;
-        if !fresh.still_in_time() {
-            return Err(unavailable("retry not written in time; retry again"));
-        }
-        self.ensure_indexed(&[&comment]).await?;
-        self.write_comment(&comment).await?;
-        let written_ms = time::now_millis();
-        let mark = self.mark_stored_if_ours(&comment, key, ttl).await;
-        Self::settle(&comment, mark, written_ms)?;
-        Ok(Inserted::Created(comment))
-    }
-
-    /// Step 4 for tools and engine tests (no visibility bound): wait up to 0.5 s for the first
-    /// attempt, then finish the record's comment under its own id (an overwrite, never a
-    /// second comment).
-    async fn finish_pending_without_policy(
-        &self,
-        prev: Comment,
-        key: &str,
-    ) -> StoreResult<Inserted> {
-        let deadline = Instant::now() + Duration::from_millis(500);
-        let mut ttl = IDEMPOTENCY_TTL_SECS;
-        loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let res = self
-                .session
-                .execute_unpaged(&self.st.read_key, (&prev.user_id, &prev.post_id, key))
-                .await
-                .map_err(unavailable)?;
-            let rows = res.into_rows_result().map_err(unavailable)?;
-            match rows
-                .maybe_first_row::<(Option<bool>, Option<i32>)>()
-                .map_err(unavailable)?
-            {
-                Some((Some(true), _)) => {
-                    return match self.claim(&prev, key).await? {
-                        Claim::Stored(c) => Ok(Inserted::Existing(c)),
-                        _ => Err(unavailable(
-                            "the Idempotency-Key changed hands while waiting; retry",
-                        )),
-                    };
-                }
-                Some((_, remaining)) => ttl = remaining.unwrap_or(ttl),
-                None => break, // expired meanwhile: finish anyway, the write is an overwrite
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-        }
-        self.ensure_indexed(&[&prev]).await?;
-        self.write_comment(&prev).await?;
-        self.mark_stored(&prev, key, ttl).await?;
-        Ok(Inserted::Created(prev))
-    }
-
     async fn delete_rows(&self, rows: &[(&str, &str)]) -> StoreResult<()> {
         for (post_id, id) in rows {
             let Some(bucket) = bucket_of_id(id) else {
@@ -1056,161 +563,6 @@ impl CqlStore {
         }
         Ok(())
     }
-
-    /// A claimed item of a batch (found in time): the comment, then its key marked. When
-    /// the write fails, the key is released at once, unless a retry on another node adopted
-    /// the row meanwhile: the comment is then stored, acknowledged there, and this writer
-    /// publishes it in its own stream as any other.
-    async fn write_claimed(&self, item: &NewComment, key: &str) -> StoreResult<()> {
-        let ttl = IDEMPOTENCY_TTL_SECS - 1;
-        match self.write_comment(&item.comment).await {
-            Ok(()) => {
-                let written_ms = time::now_millis();
-                let mark = self.mark_stored_if_ours(&item.comment, key, ttl).await;
-                Self::settle(&item.comment, mark, written_ms)
-            }
-            Err(e) => match self.release_key(&Withdrawal::of(item), key).await {
-                Ok(KeyFate::Adopted) => Ok(()),
-                _ => Err(e),
-            },
-        }
-    }
-
-    /// The per-user rate limit across every ingest node of the region: a sliding window of
-    /// `limit` accepted requests per `window`. Says whether `user` may post now, or how long
-    /// until the oldest request in the window expires. The caller records an accepted request
-    /// with [`CqlStore::record_rate`] before it answers, so the user's next request sees it.
-    pub async fn check_rate(
-        &self,
-        user: &str,
-        limit: u32,
-        window: Duration,
-    ) -> StoreResult<Result<(), Duration>> {
-        let now = time::now_millis();
-        let window_ms = window_millis(window);
-        let limit = limit.clamp(1, i32::MAX as u32);
-        let res = self
-            .session
-            .execute_unpaged(
-                &self.st.rate_recent,
-                (user, CqlTimestamp(now - window_ms), limit as i32),
-            )
-            .await
-            .map_err(unavailable)?;
-        let rows = res.into_rows_result().map_err(unavailable)?;
-        let ats: Vec<i64> = rows
-            .rows::<(CqlTimestamp,)>()
-            .map_err(unavailable)?
-            .filter_map(|r| r.ok().map(|(t,)| t.0))
-            .collect();
-        if ats.len() >= limit as usize {
-            let oldest = ats.iter().copied().min().unwrap_or(now);
-            let wait = (oldest + window_ms - now).max(1);
-            return Ok(Err(Duration::from_millis(wait as u64)));
-        }
-        Ok(Ok(()))
-    }
-
-    /// Records one accepted request of `user` in the rate-limit window.
-    pub async fn record_rate(&self, user: &str, window: Duration) -> StoreResult<()> {
-        let window_ms = window_millis(window);
-        let ttl = i32::try_from(window_ms / 1000 + 1).unwrap_or(i32::MAX);
-        self.session
-            .execute_unpaged(
-                &self.st.rate_take,
-                (
-                    user,
-                    CqlTimestamp(time::now_millis()),
-                    rand::random::<i64>(),
-                    ttl,
-                ),
-            )
-            .await
-            .map_err(unavailable)?;
-        Ok(())
-    }
-
-    async fn query_bucket(
-        &self,
-        dir: Dir,
-        post_id: &str,
-        bucket: i64,
-        bound: &str,
-        limit: usize,
-    ) -> StoreResult<Vec<Comment>> {
-        let st = match dir {
-            Dir::Desc => &self.st.newest,
-            Dir::Asc => &self.st.after,
-        };
-        let res = self
-            .session
-            .execute_unpaged(
-                st,
-                (post_id, bucket, bound, limit.min(i32::MAX as usize) as i32),
-            )
-            .await
-            .map_err(unavailable)?;
-        let rows = res.into_rows_result().map_err(unavailable)?;
-        let mut out = Vec::with_capacity(rows.rows_num());
-        for r in rows.rows::<CommentRow>().map_err(unavailable)? {
-            if let Some(c) = comment_from_row(post_id, r.map_err(unavailable)?) {
-                out.push(c);
-            }
-        }
-        Ok(out)
-    }
-
-    /// A page in `dir` order: walks the post's non-empty buckets through the index, reading
-    /// them in waves of 1, 2, 4, ... (at most [`MAX_WAVE`]) partitions in parallel until
-    /// `limit` comments are found or the buckets run out.
-    async fn walk(
-        &self,
-        dir: Dir,
-        post_id: &str,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<Comment>> {
-        let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
-        }
-        // Exclusive id bound, applied in every bucket.
-        let bound = match (dir, cursor) {
-            (_, Some(c)) => c.to_string(),
-            (Dir::Desc, None) => char::MAX.to_string(),
-            (Dir::Asc, None) => String::new(),
-        };
-        let start = cursor.and_then(bucket_of_cursor);
-        let mut buckets = BucketWalk::new(self, dir, post_id, start);
-        let mut wave = 1;
-        while out.len() < limit {
-            let mut batch = Vec::with_capacity(wave);
-            while batch.len() < wave {
-                match buckets.next().await? {
-                    Some(b) => batch.push(b),
-                    None => break,
-                }
-            }
-            if batch.is_empty() {
-                break;
-            }
-            let need = limit - out.len();
-            let pages: Vec<_> = batch
-                .into_iter()
-                .map(|b| self.query_bucket(dir, post_id, b, &bound, need))
-                .collect();
-            let pages = stream::iter(pages)
-                .buffered(MAX_WAVE)
-                .collect::<Vec<_>>()
-                .await;
-            for page in pages {
-                out.extend(page?);
-            }
-            out.truncate(limit);
-            wave = (wave * 2).min(MAX_WAVE);
-        }
-        Ok(out)
-    }
 }
 
 /// Runs futures with at most [`CONCURRENCY`] in flight; results in completion order.
@@ -1219,137 +571,6 @@ async fn bounded<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await
-}
-
-enum Claim {
-    /// The key was free; it is ours now.
-    Fresh,
-    /// The key's comment is durable: answer `Existing`.
-    Stored(Comment),
-    /// The key's first attempt has not (yet) confirmed its comment.
-    Pending(Comment),
-}
-
-/// Lazily lists a post's non-empty buckets in `dir` order from the two index tables, a page
-/// of [`INDEX_PAGE`] rows at a time.
-struct BucketWalk<'a> {
-    store: &'a CqlStore,
-    dir: Dir,
-    post_id: &'a str,
-    /// Inclusive bound of the next span query; `None` once the spans are exhausted.
-    next_span: Option<i64>,
-    spans: std::collections::VecDeque<i64>,
-    /// The span being read and the inclusive bound of its next bucket query.
-    current: Option<(i64, i64)>,
-    buckets: std::collections::VecDeque<i64>,
-    /// Bucket bound in the first span (the cursor's bucket).
-    start_bucket: Option<i64>,
-}
-
-impl<'a> BucketWalk<'a> {
-    fn new(store: &'a CqlStore, dir: Dir, post_id: &'a str, start_bucket: Option<i64>) -> Self {
-        let next_span = Some(match (dir, start_bucket) {
-            (_, Some(b)) => span_of_bucket(b),
-            (Dir::Desc, None) => i64::MAX,
-            (Dir::Asc, None) => i64::MIN,
-        });
-        BucketWalk {
-            store,
-            dir,
-            post_id,
-            next_span,
-            spans: Default::default(),
-            current: None,
-            buckets: Default::default(),
-            start_bucket,
-        }
-    }
-
-    fn extreme(&self) -> i64 {
-        match self.dir {
-            Dir::Desc => i64::MAX,
-            Dir::Asc => i64::MIN,
-        }
-    }
-
-    fn step_past(&self, v: i64) -> Option<i64> {
-        match self.dir {
-            Dir::Desc => v.checked_sub(1),
-            Dir::Asc => v.checked_add(1),
-        }
-    }
-
-    async fn index_page(
-        &self,
-        st: &PreparedStatement,
-        values: impl scylla::serialize::row::SerializeRow,
-    ) -> StoreResult<Vec<i64>> {
-        let res = self
-            .store
-            .session
-            .execute_unpaged(st, values)
-            .await
-            .map_err(unavailable)?;
-        let rows = res.into_rows_result().map_err(unavailable)?;
-        let mut out = Vec::with_capacity(rows.rows_num());
-        for r in rows.rows::<(i64,)>().map_err(unavailable)? {
-            out.push(r.map_err(unavailable)?.0);
-        }
-        Ok(out)
-    }
-
-    async fn next(&mut self) -> StoreResult<Option<i64>> {
-        loop {
-            if let Some(b) = self.buckets.pop_front() {
-                return Ok(Some(b));
-            }
-            if let Some((span, bound)) = self.current {
-                let st = match self.dir {
-                    Dir::Desc => &self.store.st.buckets_desc,
-                    Dir::Asc => &self.store.st.buckets_asc,
-                };
-                let page = self
-                    .index_page(st, (self.post_id, span, bound, INDEX_PAGE))
-                    .await?;
-                let full = page.len() == INDEX_PAGE as usize;
-                self.current = match (full, page.last().and_then(|&l| self.step_past(l))) {
-                    (true, Some(next)) => Some((span, next)),
-                    _ => None,
-                };
-                self.buckets.extend(page);
-                continue;
-            }
-            if self.spans.is_empty() {
-                let Some(bound) = self.next_span else {
-                    return Ok(None);
-                };
-                let st = match self.dir {
-                    Dir::Desc => &self.store.st.spans_desc,
-                    Dir::Asc => &self.store.st.spans_asc,
-                };
-                let page = self.index_page(st, (self.post_id, bound, 16i32)).await?;
-                self.next_span = match (
-                    page.len() == 16,
-                    page.last().and_then(|&l| self.step_past(l)),
-                ) {
-                    (true, Some(next)) => Some(next),
-                    _ => None,
-                };
-                if page.is_empty() {
-                    return Ok(None);
-                }
-                self.spans.extend(page);
-            }
-            let Some(span) = self.spans.pop_front() else {
-                return Ok(None);
-            };
-            let bound = match self.start_bucket {
-                Some(b) if span_of_bucket(b) == span => b,
-                _ => self.extreme(),
-            };
-            self.current = Some((span, bound));
-        }
-    }
 }
 
 #[async_trait]
