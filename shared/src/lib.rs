@@ -4,6 +4,7 @@
 //! Nothing in this crate does I/O, so every role (and every client in another language that
 //! reads `docs/NATS.md`) sees the same definitions, and all of it is unit-testable.
 
+pub mod cidr;
 pub mod comment;
 pub mod error;
 pub mod id;
@@ -12,6 +13,7 @@ pub mod time;
 pub mod validate;
 pub mod wire;
 
+pub use cidr::Cidr;
 pub use comment::{Comment, CommentInput};
 pub use error::{ErrorCode, Rejection};
 pub use position::Position;

@@ -15,7 +15,7 @@ use crate::reader::history::{LocalSource, NatsSource};
 use crate::reader::{History, RegionSource};
 use crate::store::Store;
 use crate::store::coalesce::Coalesced;
-use crate::store::cql::{CqlOptions, CqlStore};
+use crate::store::cql::CqlStore;
 use crate::store::embedded::EmbeddedStore;
 
 /// How long a remote region may take to answer a read before the page goes out partial.
@@ -47,7 +47,7 @@ async fn open_store(s: &Settings) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<
             None,
         ))
     } else {
-        let opts = CqlOptions::from_args(&s.cql)?;
+        let opts = s.cql.options()?;
         let store = Arc::new(CqlStore::connect(&opts).await?);
         Ok((
             Arc::new(Coalesced::with_capacity(store.clone(), COALESCE_INFLIGHT)),
@@ -58,7 +58,7 @@ async fn open_store(s: &Settings) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<
 
 pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
     if role == Role::Migrate {
-        return crate::store::cql::migrate(&CqlOptions::from_args(&s.cql)?).await;
+        return crate::store::cql::migrate(&s.cql.options()?).await;
     }
     let has_store = matches!(role, Role::Standalone | Role::Ingest | Role::Reader);
     let (store, cql) = if has_store {

@@ -130,6 +130,25 @@ pub struct CqlArgs {
     pub cql_replication: String,
 }
 
+impl CqlArgs {
+    /// The store's options from the flags, validated.
+    pub fn options(&self) -> anyhow::Result<crate::store::cql::CqlOptions> {
+        crate::store::cql::CqlOptions {
+            nodes: self
+                .cql_nodes
+                .iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
+            keyspace: self.cql_keyspace.clone(),
+            consistency: self.cql_consistency.clone(),
+            retention_days: self.cql_retention_days,
+            replication: self.cql_replication.clone(),
+        }
+        .validated()
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
     /// HS256 shared secret.
@@ -186,7 +205,7 @@ pub struct LimitArgs {
     /// Reverse proxies (addresses or blocks, comma-separated: `10.0.0.0/8,fd00::/8`) whose
     /// `X-Forwarded-For` names the client for the per-IP limit; from anyone else it is ignored.
     #[arg(long, env = "LIVECOMMENTS_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<crate::http::client_ip::Cidr>,
+    pub trusted_proxies: Vec<livecomments_shared::Cidr>,
 }
 
 impl Settings {

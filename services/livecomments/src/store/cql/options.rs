@@ -1,5 +1,6 @@
 //! How to reach the cluster: contact points, keyspace, consistency, replication, retention,
-//! and the driver session built from them. Parsed once from the CLI (`from_args`).
+//! and the driver session built from them. `config::CqlArgs::options` makes them from the CLI;
+//! the store knows nothing of clap.
 
 use std::time::Duration;
 
@@ -35,22 +36,6 @@ impl CqlOptions {
             retention_days: None,
             replication: "SimpleStrategy:1".into(),
         }
-    }
-
-    pub fn from_args(a: &crate::config::CqlArgs) -> anyhow::Result<Self> {
-        let opts = CqlOptions {
-            nodes: a
-                .cql_nodes
-                .iter()
-                .map(|n| n.trim().to_string())
-                .filter(|n| !n.is_empty())
-                .collect(),
-            keyspace: a.cql_keyspace.clone(),
-            consistency: a.cql_consistency.clone(),
-            retention_days: a.cql_retention_days,
-            replication: a.cql_replication.clone(),
-        };
-        opts.validated()
     }
 
     /// Checks every field; lowercases the keyspace (unquoted CQL identifiers are
