@@ -20,7 +20,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::frame::Frame;
+use super::sse::Frame;
 use crate::metrics::METRICS;
 
 pub struct Conn {

@@ -29,7 +29,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::Fanout;
 use super::conn::{Conn, End};
-use super::frame::Frame;
+use super::sse::Frame;
 use crate::bus::{LostWriter, Subscription};
 use crate::metrics::METRICS;
 

@@ -2,7 +2,7 @@
 //!
 //! - One bus subscription per post with viewers in this process ([`hub::Hub`]), taken when
 //!   the first viewer arrives and released when the last leaves.
-//! - Each event is serialised once ([`frame::Frame`]) and the hub writes the same bytes to
+//! - Each event is serialised once ([`sse::Frame`]) and the hub writes the same bytes to
 //!   every viewer's socket without waiting ([`conn::Conn`]); events that arrive together go
 //!   out in one write.
 //! - What a socket cannot take at once waits, bounded, in its connection; a viewer further
@@ -12,8 +12,8 @@
 //! - The fanout never opens a store: history comes from the reader ([`History`]).
 
 pub mod conn;
-pub mod frame;
 pub mod hub;
+pub mod sse;
 pub mod viewer;
 
 use std::collections::HashMap;

@@ -16,8 +16,8 @@ use livecomments_shared::{Comment, Position};
 use tokio::net::TcpStream;
 
 use super::conn::{Conn, End};
-use super::frame::{self, Frame};
 use super::hub::Hub;
+use super::sse::{self, Frame};
 use super::{Fanout, Slot};
 use crate::metrics::METRICS;
 
@@ -81,7 +81,7 @@ impl Viewer {
         // Jittered reconnect delay spreads a mass reconnect (deploy, fanout loss) over time.
         let retry_ms = 1000 + rand::random::<u64>() % 2000;
         let mut out = BytesMut::from(head);
-        out.extend_from_slice(format!("retry: {retry_ms}\n\n").as_bytes());
+        out.extend_from_slice(&sse::retry(retry_ms));
         if let Some(from) = self.resume.take() {
             let replay = self
                 .hub
@@ -91,9 +91,7 @@ impl Viewer {
                 .await;
             if replay.failed.len() == self.hub.fanout().history.regions().count() {
                 tracing::warn!(post_id = %self.hub.post_id(), "no history reachable; closing stream");
-                out.extend_from_slice(
-                    b"event: reconnect\ndata: {\"reason\":\"history_unavailable\"}\n\n",
-                );
+                out.extend_from_slice(&sse::reconnect_because("history_unavailable"));
                 let mut st = self.conn.lock();
                 st.queue = None;
                 Conn::push(&mut st, &out);
@@ -103,8 +101,7 @@ impl Viewer {
             }
             self.emit_replayed(&replay.comments, &mut out);
             if replay.truncated {
-                // More was missed than one replay carries: the client should reload.
-                out.extend_from_slice(b"event: truncated\ndata: {\"reason\":\"replay_limit\"}\n\n");
+                out.extend_from_slice(&sse::truncated());
             } else if replay.failed.is_empty() {
                 // Everything the hub covered at the join is now sent (the replay read
                 // after the join holds all of it): take the hub's floors, so the viewer's
@@ -116,10 +113,8 @@ impl Viewer {
         }
         {
             let mut st = self.conn.lock();
-            // An `id:` with no data sets the browser's Last-Event-ID without firing an event,
-            // so a stream that drops before its first comment still resumes from here.
             if !st.pos.is_empty() {
-                out.extend_from_slice(format!("id: {}\n\n", st.pos).as_bytes());
+                out.extend_from_slice(&sse::position_only(&st.pos));
             }
             Conn::push(&mut st, &out);
         }
@@ -140,7 +135,7 @@ impl Viewer {
                 continue;
             }
             Arc::make_mut(&mut st.pos).advance(&c.region, &c.id);
-            out.extend_from_slice(&frame::replayed(c, &st.pos));
+            out.extend_from_slice(&sse::replayed(c, &st.pos));
             METRICS.sse_replayed.inc();
         }
         drop(st);

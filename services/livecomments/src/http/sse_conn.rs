@@ -134,9 +134,8 @@ pub async fn serve(
 /// The viewer's own task: its replay, then only what the hub could not write at once (a full
 /// socket), and noticing that the client went away.
 async fn pump(socket: Arc<TcpStream>, mut viewer: Viewer) {
-    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
     // Boxed: the replay's state is large and needed once, the task lives for hours.
-    Box::pin(viewer.start(HEAD)).await;
+    Box::pin(viewer.start(crate::fanout::sse::LEAN_RESPONSE_HEAD)).await;
     let conn = viewer.conn().clone();
     loop {
         if Box::pin(flush(&conn, &socket)).await.is_err() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use livecomments_shared::{ErrorCode, Position, time};
 use tokio::net::TcpStream;
@@ -25,12 +25,9 @@ pub async fn handle(
     let viewer = open(&st, peer, raw.as_deref(), &headers, None).await?;
     let mut resp = Response::new(Body::from_stream(viewer.into_stream()));
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    for (name, value) in crate::fanout::sse::RESPONSE_HEADERS {
+        h.insert(name, HeaderValue::from_static(value));
+    }
     Ok(resp)
 }
 

@@ -1,4 +1,7 @@
-//! SSE frames, serialised once per event and shared by every viewer of the post.
+//! The Server-Sent Events wire format, all of it: the response head, the stream's opening and
+//! control events, and the frames of live events, serialised once per event and shared by
+//! every viewer of the post. Like Mercure's one file for its format: a change to what a
+//! browser receives is a change to this file only.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use livecomments_shared::{Comment, Position, wire::Deletion};
@@ -152,6 +155,40 @@ fn with_id_line(pos: &Position, body: &[u8]) -> (Bytes, usize) {
     let body_at = b.len();
     b.put_slice(body);
     (b.freeze(), body_at)
+}
+
+/// The response head of a stream answered on the lean path (`http::sse_conn`), which writes
+/// HTTP/1.1 itself; the routed path sets [`RESPONSE_HEADERS`] on its response.
+pub const LEAN_RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
+
+/// The headers of a stream response (CONTRACT §2); `X-Accel-Buffering` keeps nginx from
+/// buffering the stream.
+pub const RESPONSE_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+];
+
+/// The browser's reconnect delay, first on every stream.
+pub fn retry(ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {ms}\n\n"))
+}
+
+/// Closes a stream the viewer should resume elsewhere, saying why.
+pub fn reconnect_because(reason: &str) -> Bytes {
+    let json = serde_json::json!({ "reason": reason });
+    Bytes::from(format!("event: reconnect\ndata: {json}\n\n"))
+}
+
+/// More was missed than one replay carries: the client should reload.
+pub fn truncated() -> Bytes {
+    Bytes::from_static(b"event: truncated\ndata: {\"reason\":\"replay_limit\"}\n\n")
+}
+
+/// An `id:` with no data: sets the browser's Last-Event-ID without firing an event, so a
+/// stream that drops before its first comment still resumes from here.
+pub fn position_only(pos: &Position) -> Bytes {
+    Bytes::from(format!("id: {pos}\n\n"))
 }
 
 /// A replayed comment with the viewer's own position.
