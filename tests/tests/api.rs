@@ -423,6 +423,7 @@ async fn per_user_rate_limit_answers_429_with_retry_after() {
     for i in 0..3 {
         assert_eq!(s.post("p", "spammer", &format!("m{i}")).await.0, 201);
     }
+    assert_eq!(s.metric("livecomments_rate_limited_total").await, 0);
     let r = client()
         .post(s.url("/comment?post_id=p"))
         .bearer_auth(token("spammer"))
@@ -442,6 +443,7 @@ async fn per_user_rate_limit_answers_429_with_retry_after() {
     assert!((1..=60).contains(&retry), "{retry}");
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "rate_limited");
+    assert_eq!(s.metric("livecomments_rate_limited_total").await, 1);
     // Others are not affected.
     assert_eq!(s.post("p", "polite", "hello").await.0, 201);
     assert_eq!(s.all_comments("p").await.len(), 4);

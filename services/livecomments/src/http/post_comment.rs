@@ -10,6 +10,7 @@ use livecomments_shared::{CommentInput, ErrorCode, validate};
 use super::query::Query;
 use super::{ApiError, ApiResult, MAX_BODY};
 use crate::ingest::pipeline::Submission;
+use crate::metrics::METRICS;
 use crate::store::StoreError;
 
 pub async fn handle(
@@ -37,9 +38,12 @@ pub async fn handle(
         .check(&caller.user_id)
         .await
         .map_err(|_| ApiError::unavailable("the rate-limit store"))?
-        .map_err(|wait| ApiError {
-            retry_after: Some(wait),
-            ..ApiError::new(ErrorCode::RateLimited, "too many comments; slow down")
+        .map_err(|wait| {
+            METRICS.rate_limited.inc();
+            ApiError {
+                retry_after: Some(wait),
+                ..ApiError::new(ErrorCode::RateLimited, "too many comments; slow down")
+            }
         })?;
     // The request counts against the limit before the answer, whichever node the user's
     // next request reaches; recorded while the comment is written.
