@@ -447,6 +447,34 @@ async fn per_user_rate_limit_answers_429_with_retry_after() {
     // Others are not affected.
     assert_eq!(s.post("p", "polite", "hello").await.0, 201);
     assert_eq!(s.all_comments("p").await.len(), 4);
+
+    // At the limit, a retry of a stored comment (its Idempotency-Key) gets it back; a new
+    // key is still refused.
+    let keyed = |key: &'static str, user: &'static str| {
+        client()
+            .post(s.url("/comment?post_id=p"))
+            .bearer_auth(token(user))
+            .header("Idempotency-Key", key)
+            .json(&json!({"text": "keyed"}))
+            .send()
+    };
+    let mut first_id = Value::Null;
+    for i in 0..3 {
+        let r = keyed(["k0", "k1", "k2"][i], "retrier").await.unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        if i == 2 {
+            first_id = r.json::<Value>().await.unwrap()["id"].clone();
+        }
+    }
+    let r = keyed("k2", "retrier").await.unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        201,
+        "a retry at the limit gets its comment"
+    );
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], first_id);
+    assert_eq!(keyed("k3", "retrier").await.unwrap().status().as_u16(), 429);
+    assert_eq!(s.all_comments("p").await.len(), 7);
 }
 
 #[tokio::test]

@@ -184,6 +184,19 @@ async fn idempotency_keys_within_and_across_batches(s: Arc<dyn Store>) {
     );
     assert!(store.get("p2", &b.id).await.unwrap().is_none());
     assert!(store.get("p2", &d.id).await.unwrap().is_none());
+
+    // What a rate-limited retry is answered with: the key's comment, for its user and post.
+    assert_eq!(
+        store.keyed("alice", "p2", "k1").await.unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(
+        store.keyed("alice", "p2", "k2").await.unwrap(),
+        Some(e.clone())
+    );
+    assert_eq!(store.keyed("alice", "p2", "unknown").await.unwrap(), None);
+    assert_eq!(store.keyed("bob", "p2", "k1").await.unwrap(), None);
+    assert_eq!(store.keyed("alice", "p3", "k1").await.unwrap(), None);
 }
 
 async fn same_key_for_another_user_or_post_is_another_comment(s: Arc<dyn Store>) {

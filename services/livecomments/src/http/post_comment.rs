@@ -34,17 +34,26 @@ pub async fn handle(
             Some(validate::idempotency_key(s)?.to_string())
         }
     };
-    st.rate
+    let allowed = st
+        .rate
         .check(&caller.user_id)
         .await
-        .map_err(|_| ApiError::unavailable("the rate-limit store"))?
-        .map_err(|wait| {
-            METRICS.rate_limited.inc();
-            ApiError {
-                retry_after: Some(wait),
-                ..ApiError::new(ErrorCode::RateLimited, "too many comments; slow down")
+        .map_err(|_| ApiError::unavailable("the rate-limit store"))?;
+    if let Err(wait) = allowed {
+        // A retry of a comment already stored is not a new comment: it gets its comment
+        // back (CONTRACT §2: same key, same comment), not a 429 for the requests before it.
+        if let Some(key) = &idempotency_key {
+            if let Ok(Some(c)) = st.store.keyed(&caller.user_id, &post_id, key).await {
+                METRICS.comments_idempotent_replays.inc();
+                return Ok((StatusCode::CREATED, axum::Json(c)).into_response());
             }
-        })?;
+        }
+        METRICS.rate_limited.inc();
+        return Err(ApiError {
+            retry_after: Some(wait),
+            ..ApiError::new(ErrorCode::RateLimited, "too many comments; slow down")
+        });
+    }
     // The request counts against the limit before the answer, whichever node the user's
     // next request reaches; recorded while the comment is written.
     let (inserted, recorded) = tokio::join!(

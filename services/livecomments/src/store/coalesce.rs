@@ -207,6 +207,10 @@ impl<S: Store> Store for Coalesced<S> {
         self.inner.get(post_id, id).await
     }
 
+    async fn keyed(&self, user_id: &str, post_id: &str, key: &str) -> StoreResult<Option<Comment>> {
+        self.inner.keyed(user_id, post_id, key).await
+    }
+
     async fn delete(&self, post_id: &str, id: &str) -> StoreResult<bool> {
         self.inner.delete(post_id, id).await
     }
@@ -272,6 +276,9 @@ mod tests {
             self.newest(post, a, limit).await
         }
         async fn get(&self, _: &str, _: &str) -> StoreResult<Option<Comment>> {
+            Ok(None)
+        }
+        async fn keyed(&self, _: &str, _: &str, _: &str) -> StoreResult<Option<Comment>> {
             Ok(None)
         }
         async fn delete(&self, _: &str, _: &str) -> StoreResult<bool> {

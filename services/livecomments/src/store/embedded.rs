@@ -251,6 +251,21 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn keyed(&self, user_id: &str, post_id: &str, key: &str) -> StoreResult<Option<Comment>> {
+        let k = idem_key(user_id, post_id, key);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let t = txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
+            match t.get(k.as_slice()).map_err(unavailable)? {
+                Some(v) if created_ms(v.value()) >= now_millis() - IDEMPOTENCY_TTL_MS => {
+                    Ok(Some(decode_comment(&v.value()[8..])?))
+                }
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+
     async fn delete(&self, post_id: &str, id: &str) -> StoreResult<bool> {
         let k = comment_key(post_id, id);
         self.blocking(move |db| {

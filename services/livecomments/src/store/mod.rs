@@ -121,6 +121,11 @@ pub trait Store: Send + Sync + 'static {
     /// One comment by id.
     async fn get(&self, post_id: &str, id: &str) -> StoreResult<Option<Comment>>;
 
+    /// The comment stored earlier (within 24 h) with this user's Idempotency-Key on this post,
+    /// once it is confirmed; `None` when the key is unknown or its first attempt unfinished.
+    /// Lets a rate-limited retry get its comment back instead of a 429.
+    async fn keyed(&self, user_id: &str, post_id: &str, key: &str) -> StoreResult<Option<Comment>>;
+
     /// Removes the comment; false when it did not exist.
     async fn delete(&self, post_id: &str, id: &str) -> StoreResult<bool>;
 

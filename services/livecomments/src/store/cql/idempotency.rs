@@ -54,6 +54,50 @@ pub(super) enum KeyFate {
 }
 
 impl CqlStore {
+    /// The comment a confirmed key names (see `Store::keyed`).
+    pub(super) async fn confirmed_key(
+        &self,
+        user_id: &str,
+        post_id: &str,
+        key: &str,
+    ) -> StoreResult<Option<Comment>> {
+        let res = self
+            .session
+            .execute_unpaged(&self.st.read_key_comment, (user_id, post_id, key))
+            .await
+            .map_err(unavailable)?;
+        let rows = res.into_rows_result().map_err(unavailable)?;
+        type KeyRow = (
+            Option<String>,
+            Option<String>,
+            Option<CqlTimestamp>,
+            Option<String>,
+            Option<BTreeMap<String, String>>,
+            Option<bool>,
+        );
+        let Some((id, text, created_at, region, metadata, stored)) =
+            rows.maybe_first_row::<KeyRow>().map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let (Some(id), Some(true)) = (id, stored) else {
+            return Ok(None);
+        };
+        let ms = created_at
+            .map(|t| t.0)
+            .or_else(|| id::millis_of(&id))
+            .unwrap_or(0);
+        Ok(Some(Comment {
+            timestamp: time::format_millis(ms),
+            id,
+            post_id: post_id.to_string(),
+            user_id: user_id.to_string(),
+            text: text.unwrap_or_default(),
+            region: region.unwrap_or_default(),
+            metadata: metadata.unwrap_or_default(),
+        }))
+    }
+
     /// With the ingest's policy (`visible_by_ms`): `stored = true` only while the record
     /// still names this comment; a retry that moved the key to its own fresh id wins. A
     /// timed-out LWT may still apply: then the record is read back (linearizably).

@@ -178,6 +178,7 @@ struct Statements {
     rate_take: PreparedStatement,
     restamp_key: PreparedStatement,
     release_key: PreparedStatement,
+    read_key_comment: PreparedStatement,
 }
 
 fn in_time(item: &NewComment) -> StoreResult<()> {
@@ -396,6 +397,14 @@ impl CqlStore {
                      WHERE user_id = ? AND post_id = ? AND idem_key = ? IF id = ? AND stored = false"
                 ),
                 false,
+            )
+            .await?,
+            read_key_comment: prep(
+                format!(
+                    "SELECT id, text, created_at, region, metadata, stored FROM {ks}.idempotency \
+                     WHERE user_id = ? AND post_id = ? AND idem_key = ?"
+                ),
+                true,
             )
             .await?,
             release_key: prep(
@@ -744,6 +753,10 @@ impl Store for CqlStore {
             .maybe_first_row::<CommentRow>()
             .map_err(unavailable)?
             .and_then(|r| comment_from_row(post_id, r)))
+    }
+
+    async fn keyed(&self, user_id: &str, post_id: &str, key: &str) -> StoreResult<Option<Comment>> {
+        self.confirmed_key(user_id, post_id, key).await
     }
 
     async fn delete(&self, post_id: &str, id: &str) -> StoreResult<bool> {
