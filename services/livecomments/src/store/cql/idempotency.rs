@@ -116,7 +116,7 @@ impl CqlStore {
                 Ok((false, _)) => return Mark::Taken,
                 Err(e) => {
                     tracing::warn!(error = %e, id = %c.id, "marking a key stored: outcome unknown; reading it back");
-                    match self.read_key_owner(c, key).await {
+                    match self.read_key_owner(&c.user_id, &c.post_id, key).await {
                         Ok(Some((id, true))) if id == c.id => return Mark::Stored,
                         Ok(Some((id, false))) if id == c.id => continue, // the mark did not apply
                         Ok(_) => return Mark::Taken,
@@ -169,31 +169,27 @@ impl CqlStore {
             )),
             Err(e) => {
                 tracing::warn!(error = %e, id = %c.id, "releasing a key: outcome unknown; reading it back");
-                let read = self
-                    .session
-                    .execute_unpaged(&self.st.read_key_id, (&c.user_id, &c.post_id, key))
-                    .await
-                    .map_err(unavailable)?
-                    .into_rows_result()
-                    .map_err(unavailable)?
-                    .maybe_first_row::<(Option<String>, Option<bool>)>()
-                    .map_err(unavailable)?;
-                match read {
+                match self.read_key_owner(&c.user_id, &c.post_id, key).await? {
                     None => Ok(KeyFate::Released),
-                    Some((id, Some(false) | None)) if id.as_deref() == Some(c.id.as_str()) => {
+                    Some((id, false)) if id == c.id => {
                         Err(unavailable("the key's release did not apply"))
                     }
-                    Some((id, stored)) => Ok(fate(id.as_deref(), stored == Some(true))),
+                    Some((id, stored)) => Ok(fate(Some(&id), stored)),
                 }
             }
         }
     }
 
     /// The record's comment id and `stored` flag (LOCAL_SERIAL).
-    async fn read_key_owner(&self, c: &Comment, key: &str) -> StoreResult<Option<(String, bool)>> {
+    async fn read_key_owner(
+        &self,
+        user_id: &str,
+        post_id: &str,
+        key: &str,
+    ) -> StoreResult<Option<(String, bool)>> {
         let res = self
             .session
-            .execute_unpaged(&self.st.read_key_id, (&c.user_id, &c.post_id, key))
+            .execute_unpaged(&self.st.read_key_id, (user_id, post_id, key))
             .await
             .map_err(unavailable)?;
         let rows = res.into_rows_result().map_err(unavailable)?;

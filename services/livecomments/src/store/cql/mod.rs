@@ -765,13 +765,7 @@ impl Store for CqlStore {
         if self.get(post_id, id).await?.is_none() {
             return Ok(false);
         }
-        let Some(bucket) = bucket_of_id(id) else {
-            return Ok(false);
-        };
-        self.session
-            .execute_unpaged(&self.st.delete, (post_id, bucket, id))
-            .await
-            .map_err(unavailable)?;
+        self.delete_rows(&[(post_id, id)]).await?;
         Ok(true)
     }
 
