@@ -13,10 +13,10 @@ use crate::http::{self, Common, FanoutState, IngestState, ReaderState, RemoteDel
 use crate::ingest::{Pipeline, RateLimiter, UserLimit};
 use crate::reader::history::{LocalSource, NatsSource};
 use crate::reader::{History, RegionSource};
-use crate::store::Store;
-use crate::store::coalesce::Coalesced;
-use crate::store::cql::CqlStore;
-use crate::store::embedded::EmbeddedStore;
+use livecomments_store::Store;
+use livecomments_store::coalesce::Coalesced;
+use livecomments_store::cql::CqlStore;
+use livecomments_store::embedded::EmbeddedStore;
 
 /// How long a remote region may take to answer a read before the page goes out partial.
 const REMOTE_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -31,7 +31,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// lives there).
 async fn open_store(s: &Settings) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<CqlStore>>)> {
     if s.cql.cql_nodes.is_empty() {
-        let store = Arc::new(EmbeddedStore::open(&s.data_dir, s.store_cache_mb)?);
+        let store = Arc::new(
+            EmbeddedStore::open(&s.data_dir, s.store_cache_mb)
+                .context("opening the embedded store")?,
+        );
         let purger = store.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(3600));
@@ -48,7 +51,11 @@ async fn open_store(s: &Settings) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<
         ))
     } else {
         let opts = s.cql.options()?;
-        let store = Arc::new(CqlStore::connect(&opts).await?);
+        let store = Arc::new(
+            CqlStore::connect(&opts)
+                .await
+                .with_context(|| format!("connecting to the CQL store ({})", opts.keyspace))?,
+        );
         Ok((
             Arc::new(Coalesced::with_capacity(store.clone(), COALESCE_INFLIGHT)),
             Some(store),
@@ -58,7 +65,10 @@ async fn open_store(s: &Settings) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<
 
 pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
     if role == Role::Migrate {
-        return crate::store::cql::migrate(&s.cql.options()?).await;
+        let opts = s.cql.options()?;
+        return livecomments_store::cql::migrate(&opts)
+            .await
+            .with_context(|| format!("migrating keyspace {}", opts.keyspace));
     }
     let has_store = matches!(role, Role::Standalone | Role::Ingest | Role::Reader);
     let (store, cql) = if has_store {

@@ -132,8 +132,8 @@ pub struct CqlArgs {
 
 impl CqlArgs {
     /// The store's options from the flags, validated.
-    pub fn options(&self) -> anyhow::Result<crate::store::cql::CqlOptions> {
-        crate::store::cql::CqlOptions {
+    pub fn options(&self) -> anyhow::Result<livecomments_store::cql::CqlOptions> {
+        livecomments_store::cql::CqlOptions {
             nodes: self
                 .cql_nodes
                 .iter()
@@ -146,6 +146,7 @@ impl CqlArgs {
             replication: self.cql_replication.clone(),
         }
         .validated()
+        .map_err(anyhow::Error::from)
     }
 }
 

@@ -11,4 +11,3 @@ pub mod ingest;
 pub mod metrics;
 pub mod reader;
 pub mod server;
-pub mod store;

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub requests_rejected: Counter,
     pub rate_limited: Counter,
     pub store_errors: Counter,
+    pub write_queue_full: Counter,
     pub store_batches: Counter,
     pub bus_publish_errors: Counter,
     pub bus_decode_errors: Counter,
@@ -71,6 +72,7 @@ pub static METRICS: Metrics = Metrics {
     requests_rejected: Counter::new(),
     rate_limited: Counter::new(),
     store_errors: Counter::new(),
+    write_queue_full: Counter::new(),
     store_batches: Counter::new(),
     bus_publish_errors: Counter::new(),
     bus_decode_errors: Counter::new(),
@@ -126,6 +128,11 @@ impl Metrics {
             "store_errors_total",
             "Store operations that failed.",
             self.store_errors.get(),
+        );
+        counter(
+            "write_queue_full_total",
+            "POSTs answered 503 because the writer's queue was full.",
+            self.write_queue_full.get(),
         );
         counter(
             "store_batches_total",

@@ -25,7 +25,7 @@ use crate::fanout::Fanout;
 use crate::ingest::{Pipeline, UserLimit};
 use crate::metrics::METRICS;
 use crate::reader::History;
-use crate::store::Store;
+use livecomments_store::Store;
 
 /// Largest request body (CONTRACT §2: 413 above 16 KiB).
 pub const MAX_BODY: usize = 16 * 1024;

@@ -9,9 +9,11 @@ use livecomments_shared::{CommentInput, ErrorCode, validate};
 
 use super::query::Query;
 use super::{ApiError, ApiResult, MAX_BODY};
-use crate::ingest::pipeline::Submission;
+use std::time::Duration;
+
+use crate::ingest::pipeline::{Submission, SubmitError};
 use crate::metrics::METRICS;
-use crate::store::StoreError;
+use livecomments_store::StoreError;
 
 pub async fn handle(
     State(st): State<std::sync::Arc<super::IngestState>>,
@@ -67,7 +69,14 @@ pub async fn handle(
         st.rate.record(&caller.user_id)
     );
     let inserted = inserted.map_err(|e| match e {
-        StoreError::KeyInProgress(wait) => ApiError {
+        SubmitError::QueueFull => ApiError {
+            retry_after: Some(Duration::from_secs(1)),
+            ..ApiError::new(
+                ErrorCode::Unavailable,
+                "too many comments are waiting to be written; retry shortly",
+            )
+        },
+        SubmitError::Store(StoreError::KeyInProgress(wait)) => ApiError {
             retry_after: Some(wait),
             ..ApiError::new(
                 ErrorCode::Unavailable,

@@ -13,7 +13,7 @@ use livecomments_shared::{id, validate};
 
 use crate::bus::{Bus, Rpc};
 use crate::metrics::METRICS;
-use crate::store::Store;
+use livecomments_store::Store;
 
 const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
 const MAX_IN_FLIGHT: usize = 64;

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::Bus;
 use crate::metrics::METRICS;
-use crate::store::{Inserted, NewComment, Store, StoreError, StoreResult, Withdrawal};
+use livecomments_store::{Inserted, NewComment, Store, StoreError, StoreResult, Withdrawal};
 
 const MAX_BATCH: usize = 512;
 /// Requests waiting for the writer; beyond this POST answers 503 rather than queue unbounded.
@@ -59,6 +59,20 @@ pub struct Submission {
     pub text: String,
     pub metadata: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
+}
+
+/// Why a submission was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// [`QUEUE`] requests are already waiting for the writer: the store is slower than the
+    /// arrivals. Nothing was queued.
+    #[error("the write queue is full")]
+    QueueFull,
+    /// The writer task is gone (the process is shutting down).
+    #[error("the writer has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 struct Job {
@@ -91,13 +105,16 @@ impl Pipeline {
     }
 
     /// Resolves once the comment is durable (or known from its idempotency key).
-    pub async fn submit(&self, sub: Submission) -> StoreResult<Inserted> {
+    pub async fn submit(&self, sub: Submission) -> Result<Inserted, SubmitError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .try_send(Job { sub, reply })
-            .map_err(|_| StoreError::Unavailable("write queue full".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+        self.tx.try_send(Job { sub, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                METRICS.write_queue_full.inc();
+                SubmitError::QueueFull
+            }
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
+        })?;
+        Ok(rx.await.map_err(|_| SubmitError::Stopped)??)
     }
 }
 

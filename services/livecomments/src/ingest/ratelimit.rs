@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::store::StoreResult;
-use crate::store::cql::CqlStore;
+use livecomments_store::StoreResult;
+use livecomments_store::cql::CqlStore;
 
 /// Where the region's per-user limit is kept.
 pub enum UserLimit {

@@ -9,7 +9,7 @@ use livecomments_shared::wire::{self, SinceReply, SinceRequest};
 use livecomments_shared::{Comment, Position, comment::newest_first};
 
 use crate::metrics::METRICS;
-use crate::store::Store;
+use livecomments_store::Store;
 
 /// One region's answer to a page query.
 #[derive(Debug, Clone, Default)]
@@ -395,5 +395,173 @@ impl History {
                 region: region.to_string(),
                 reason: "not one of --regions".into(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The merge over regions against in-memory regions that page as a reader does
+    //! (`page_from_store`'s contract: at most `limit` rows, `more` when rows follow).
+
+    use super::*;
+    use livecomments_shared::id::IdGenerator;
+
+    struct Region {
+        name: String,
+        /// Oldest first.
+        rows: Vec<Comment>,
+        down: bool,
+        pages: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl RegionSource for Region {
+        fn region(&self) -> &str {
+            &self.name
+        }
+        async fn page(&self, q: &SinceRequest) -> Result<RegionPage, HistoryError> {
+            self.pages
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.down {
+                return Err(HistoryError::Unavailable {
+                    region: self.name.clone(),
+                    reason: "down".into(),
+                });
+            }
+            let limit = q.limit.clamp(1, wire::SINCE_MAX_LIMIT) as usize;
+            let mut rows: Vec<Comment> = self
+                .rows
+                .iter()
+                .filter(|c| c.post_id == q.post_id)
+                .filter(|c| q.after.as_ref().is_none_or(|a| &c.id > a))
+                .filter(|c| q.before.as_ref().is_none_or(|b| &c.id < b))
+                .cloned()
+                .collect();
+            if q.newest_first {
+                rows.reverse();
+            }
+            let more = rows.len() > limit;
+            rows.truncate(limit);
+            Ok(RegionPage {
+                comments: rows,
+                more,
+            })
+        }
+    }
+
+    /// `n` comments of post "p" in `region`, one a millisecond from `start_ms`, by one writer.
+    fn region(name: &str, writer: u64, start_ms: i64, n: usize) -> Arc<Region> {
+        let mut ids = IdGenerator::new(writer);
+        let rows = (0..n)
+            .map(|i| {
+                let ms = start_ms + i as i64;
+                Comment {
+                    id: ids.next(ms, i as u128).to_string(),
+                    post_id: "p".into(),
+                    user_id: "u".into(),
+                    text: format!("{name} {i}"),
+                    timestamp: livecomments_shared::time::format_millis(ms),
+                    region: name.into(),
+                    metadata: Default::default(),
+                }
+            })
+            .collect();
+        Arc::new(Region {
+            name: name.into(),
+            rows,
+            down: false,
+            pages: Default::default(),
+        })
+    }
+
+    fn down(name: &str) -> Arc<Region> {
+        Arc::new(Region {
+            down: true,
+            ..Arc::into_inner(region(name, 9, 0, 0)).unwrap()
+        })
+    }
+
+    fn history(regions: &[Arc<Region>]) -> History {
+        History::new(
+            regions
+                .iter()
+                .map(|r| r.clone() as Arc<dyn RegionSource>)
+                .collect(),
+        )
+    }
+
+    fn ids(cs: &[Comment]) -> Vec<&str> {
+        cs.iter().map(|c| c.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn newest_interleaves_regions_newest_first_and_cuts_skip_and_limit() {
+        // Both from ms 1000, one writer each: the merge interleaves them by id.
+        let (eu, us) = (region("eu", 1, 1_000, 10), region("us", 2, 1_000, 10));
+        let h = history(&[eu.clone(), us.clone()]);
+        let mut all: Vec<Comment> = eu.rows.iter().chain(&us.rows).cloned().collect();
+        all.sort_by(newest_first);
+
+        let page = h.newest("p", None, 0, 5).await;
+        assert_eq!(ids(&page.comments), ids(&all[..5]));
+        assert!(page.more && page.missing.is_empty());
+
+        let page = h.newest("p", None, 5, 5).await;
+        assert_eq!(ids(&page.comments), ids(&all[5..10]));
+
+        // Below a cursor: only older ids, and the last page says no more.
+        let cursor = all[14].id.clone();
+        let page = h.newest("p", Some(&cursor), 0, 10).await;
+        assert_eq!(ids(&page.comments), ids(&all[15..]));
+        assert!(!page.more, "5 rows left, 10 asked");
+    }
+
+    #[tokio::test]
+    async fn a_region_with_more_than_one_page_is_read_in_pages() {
+        let big = wire::SINCE_MAX_LIMIT as usize * 2 + 30;
+        let eu = region("eu", 1, 1_000, big);
+        let h = history(&[eu.clone()]);
+        let page = h.after("p", None, big).await;
+        assert_eq!(ids(&page.comments), ids(&eu.rows));
+        assert!(!page.more);
+        assert_eq!(eu.pages.load(std::sync::atomic::Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_region_that_does_not_answer_is_named_and_the_others_still_serve() {
+        let eu = region("eu", 1, 1_000, 4);
+        let h = history(&[eu.clone(), down("us")]);
+        let page = h.newest("p", None, 0, 10).await;
+        assert_eq!(page.missing, vec!["us".to_string()]);
+        let mut want = eu.rows.clone();
+        want.reverse();
+        assert_eq!(ids(&page.comments), ids(&want));
+    }
+
+    #[tokio::test]
+    async fn replay_is_what_the_position_does_not_cover_oldest_first_over_regions() {
+        let (eu, us) = (region("eu", 1, 1_000, 6), region("us", 2, 1_000, 6));
+        let h = history(&[eu.clone(), us.clone()]);
+        // Seen: eu up to its 3rd comment (floor), us up to its 2nd (one writer id).
+        let mut pos = Position::new();
+        pos.raise_floor("eu", &eu.rows[2].id);
+        pos.advance("us", &us.rows[1].id);
+
+        let r = h.replay("p", &pos, 100).await;
+        let mut want: Vec<Comment> = eu.rows[3..].iter().chain(&us.rows[2..]).cloned().collect();
+        want.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(ids(&r.comments), ids(&want));
+        assert!(!r.truncated && r.failed.is_empty());
+
+        // Capped: the oldest `max` of them, marked truncated.
+        let r = h.replay("p", &pos, 4).await;
+        assert_eq!(ids(&r.comments), ids(&want[..4]));
+        assert!(r.truncated);
+
+        // A region that does not answer is held apart, not skipped past.
+        let h = history(&[eu.clone(), down("us")]);
+        let r = h.replay("p", &pos, 100).await;
+        assert_eq!(ids(&r.comments), ids(&eu.rows[3..]));
+        assert_eq!(r.failed, vec!["us".to_string()]);
     }
 }

@@ -12,7 +12,7 @@ use livecomments_shared::{
 use super::history::page_from_store;
 use crate::bus::Rpc;
 use crate::metrics::METRICS;
-use crate::store::Store;
+use livecomments_store::Store;
 
 /// Concurrent since-queries per reader; more wait in the subscription's bounded buffer.
 const MAX_IN_FLIGHT: usize = 64;

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use crate::{Doing, SetupError};
 use scylla::client::session::Session;
 use scylla::value::CqlTimestamp;
 
@@ -25,17 +25,17 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
         1,
         "0001_comments",
-        include_str!("../../../../../cql/0001_comments.cql"),
+        include_str!("../../../../cql/0001_comments.cql"),
     ),
     (
         2,
         "0002_idempotency",
-        include_str!("../../../../../cql/0002_idempotency.cql"),
+        include_str!("../../../../cql/0002_idempotency.cql"),
     ),
     (
         3,
         "0003_user_rate",
-        include_str!("../../../../../cql/0003_user_rate.cql"),
+        include_str!("../../../../cql/0003_user_rate.cql"),
     ),
 ];
 
@@ -66,7 +66,7 @@ pub fn statements(cql: &str, keyspace: &str) -> Vec<String> {
 
 /// Creates the keyspace (with `opts.replication`) if missing and applies every missing file of
 /// `cql/`. Idempotent; concurrent runs wait for each other.
-pub async fn migrate(opts: &CqlOptions) -> anyhow::Result<()> {
+pub async fn migrate(opts: &CqlOptions) -> Result<(), SetupError> {
     let session = session(opts).await?;
     let ks = &opts.keyspace;
     let replication = opts.replication_cql()?;
@@ -91,7 +91,7 @@ pub async fn migrate(opts: &CqlOptions) -> anyhow::Result<()> {
         session
             .query_unpaged(create, &[])
             .await
-            .with_context(|| format!("creating keyspace {ks}"))?;
+            .doing(|| format!("creating keyspace {ks}"))?;
     }
     session
         .query_unpaged(
@@ -102,11 +102,11 @@ pub async fn migrate(opts: &CqlOptions) -> anyhow::Result<()> {
             &[],
         )
         .await
-        .with_context(|| format!("creating {ks}.schema_version"))?;
+        .doing(|| format!("creating {ks}.schema_version"))?;
     session
         .await_schema_agreement()
         .await
-        .context("waiting for schema agreement")?;
+        .doing(|| "waiting for schema agreement".into())?;
 
     let owner = format!("{:032x}", rand::random::<u128>());
     acquire_lock(&session, ks, &owner).await?;
@@ -132,28 +132,28 @@ async fn is_scylla(session: &Session) -> bool {
         .is_ok()
 }
 
-async fn acquire_lock(session: &Session, ks: &str, owner: &str) -> anyhow::Result<()> {
+async fn acquire_lock(session: &Session, ks: &str, owner: &str) -> Result<(), SetupError> {
     let claim = session
         .prepare(format!(
             "INSERT INTO {ks}.schema_version (version, name, owner) VALUES (0, 'migrate-lock', ?) \
              IF NOT EXISTS USING TTL {LOCK_TTL_SECS}"
         ))
         .await
-        .context("preparing the migrate lock")?;
+        .doing(|| "preparing the migrate lock".into())?;
     let deadline = Instant::now() + Duration::from_secs(LOCK_TTL_SECS as u64 + 30);
     loop {
         let res = session
             .execute_unpaged(&claim, (owner,))
             .await
-            .context("claiming the migrate lock")?;
-        let (applied, _) = lwt_outcome(res).map_err(|e| anyhow::anyhow!("migrate lock: {e}"))?;
+            .doing(|| "claiming the migrate lock".into())?;
+        let (applied, _) = lwt_outcome(res).doing(|| "claiming the migrate lock".into())?;
         if applied {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
+            return Err(SetupError::Schema(format!(
                 "another `livecomments migrate` holds the lock on {ks}.schema_version; try again later"
-            );
+            )));
         }
         tracing::info!("another migrate is running on {ks}; waiting");
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -161,14 +161,16 @@ async fn acquire_lock(session: &Session, ks: &str, owner: &str) -> anyhow::Resul
 }
 
 /// Versions recorded in `<ks>.schema_version` (the lock row, version 0, excluded).
-pub(super) async fn applied_versions(session: &Session, ks: &str) -> anyhow::Result<Vec<i32>> {
+pub(super) async fn applied_versions(session: &Session, ks: &str) -> Result<Vec<i32>, SetupError> {
     let res = session
         .query_unpaged(format!("SELECT version FROM {ks}.schema_version"), &[])
         .await
-        .with_context(|| format!("reading {ks}.schema_version"))?;
+        .doing(|| format!("reading {ks}.schema_version"))?;
+    let reading = || format!("reading {ks}.schema_version");
+    let rows = res.into_rows_result().doing(reading)?;
     let mut out = Vec::new();
-    for row in res.into_rows_result()?.rows::<(i32,)>()? {
-        let (v,) = row?;
+    for row in rows.rows::<(i32,)>().doing(reading)? {
+        let (v,) = row.doing(reading)?;
         if v > 0 {
             out.push(v);
         }
@@ -177,7 +179,7 @@ pub(super) async fn applied_versions(session: &Session, ks: &str) -> anyhow::Res
     Ok(out)
 }
 
-async fn apply_missing(session: &Session, ks: &str) -> anyhow::Result<()> {
+async fn apply_missing(session: &Session, ks: &str) -> Result<(), SetupError> {
     let applied = applied_versions(session, ks).await?;
     for (version, name, cql) in MIGRATIONS {
         if applied.contains(version) {
@@ -188,19 +190,19 @@ async fn apply_missing(session: &Session, ks: &str) -> anyhow::Result<()> {
             session
                 .query_unpaged(stmt.as_str(), &[])
                 .await
-                .with_context(|| format!("migration {name}: {stmt}"))?;
+                .doing(|| format!("migration {name}: {stmt}"))?;
         }
         session
             .await_schema_agreement()
             .await
-            .context("waiting for schema agreement")?;
+            .doing(|| "waiting for schema agreement".into())?;
         session
             .query_unpaged(
                 format!("INSERT INTO {ks}.schema_version (version, name, applied_at) VALUES (?, ?, ?) IF NOT EXISTS"),
                 (version, name, CqlTimestamp(livecomments_shared::time::now_millis())),
             )
             .await
-            .with_context(|| format!("recording migration {name}"))?;
+            .doing(|| format!("recording migration {name}"))?;
     }
     Ok(())
 }

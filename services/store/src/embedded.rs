@@ -20,7 +20,9 @@ use async_trait::async_trait;
 use livecomments_shared::{Comment, time::now_millis, wire};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{IDEMPOTENCY_TTL_MS, Inserted, NewComment, Store, StoreError, StoreResult};
+use super::{
+    Doing, IDEMPOTENCY_TTL_MS, Inserted, NewComment, SetupError, Store, StoreError, StoreResult,
+};
 
 const COMMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("comments");
 const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
@@ -29,8 +31,8 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::unavailable(e)
 }
 
 fn comment_key(post_id: &str, id: &str) -> Vec<u8> {
@@ -53,25 +55,27 @@ fn idem_key(user: &str, post: &str, key: &str) -> Vec<u8> {
 }
 
 fn decode_comment(bytes: &[u8]) -> StoreResult<Comment> {
-    wire::decode(bytes).map_err(|e| unavailable(format!("corrupt comment record: {e}")))
+    wire::decode(bytes).map_err(|e| StoreError::failed(format!("corrupt comment record: {e}")))
 }
 
 impl EmbeddedStore {
     /// Opens (or creates) `<dir>/comments.redb`.
     /// `cache_mb` bounds redb's page cache (its default, 1 GiB, makes RSS follow the data).
-    pub fn open(dir: &Path, cache_mb: usize) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating data dir {}", dir.display()))?;
+    pub fn open(dir: &Path, cache_mb: usize) -> Result<Self, SetupError> {
+        std::fs::create_dir_all(dir).doing(|| format!("creating data dir {}", dir.display()))?;
         let path = dir.join("comments.redb");
         let db = redb::Builder::new()
             .set_cache_size(cache_mb.max(1) * 1024 * 1024)
             .create(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        let txn = db.begin_write()?;
-        txn.open_table(COMMENTS)?;
-        txn.open_table(IDEMPOTENCY)?;
-        txn.commit()?;
+            .doing(|| format!("opening {}", path.display()))?;
+        let tables = || -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            txn.open_table(COMMENTS)?;
+            txn.open_table(IDEMPOTENCY)?;
+            txn.commit()?;
+            Ok(())
+        };
+        tables().doing(|| format!("creating the tables in {}", path.display()))?;
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
 
@@ -154,7 +158,7 @@ fn write_batch(db: &Database, batch: Vec<NewComment>) -> StoreResult<Vec<Inserte
     // A process frozen since the stamp must not make old ids appear now: give up instead
     // (the transaction is dropped, nothing is stored).
     if !in_time {
-        return Err(unavailable(
+        return Err(StoreError::failed(
             "batch not committed in time after it was stamped",
         ));
     }
@@ -170,9 +174,7 @@ impl Store for EmbeddedStore {
         match self.blocking(move |db| write_batch(db, batch)).await {
             Ok(v) => v.into_iter().map(Ok).collect(),
             // One transaction: it all failed, nothing was stored.
-            Err(e) => (0..n)
-                .map(|_| Err(StoreError::Unavailable(e.to_string())))
-                .collect(),
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
         }
     }
 

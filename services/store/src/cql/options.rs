@@ -4,11 +4,16 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::frame::types::{Consistency, SerialConsistency};
+
+use crate::{Doing, SetupError};
+
+fn bad(why: String) -> SetupError {
+    SetupError::Config(why)
+}
 
 /// Connection and schema settings of the CQL store.
 #[derive(Debug, Clone)]
@@ -40,28 +45,30 @@ impl CqlOptions {
 
     /// Checks every field; lowercases the keyspace (unquoted CQL identifiers are
     /// case-insensitive).
-    pub fn validated(mut self) -> anyhow::Result<Self> {
+    pub fn validated(mut self) -> Result<Self, SetupError> {
         if self.nodes.is_empty() {
-            bail!("--cql-nodes: at least one host:port is needed");
+            return Err(bad("--cql-nodes: at least one host:port is needed".into()));
         }
         let ks = &self.keyspace;
         let ok = ks.len() <= 48
             && ks.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
             && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
-            bail!("--cql-keyspace {ks:?}: must match [A-Za-z][A-Za-z0-9_]{{0,47}}");
+            return Err(bad(format!(
+                "--cql-keyspace {ks:?}: must match [A-Za-z][A-Za-z0-9_]{{0,47}}"
+            )));
         }
         self.keyspace = ks.to_ascii_lowercase();
         parse_consistency(&self.consistency)?;
         if self.retention_days == Some(0) || self.retention_days.is_some_and(|d| d > 3650) {
-            bail!("--cql-retention-days must be between 1 and 3650");
+            return Err(bad("--cql-retention-days must be between 1 and 3650".into()));
         }
         self.replication_cql()?;
         Ok(self)
     }
 
     /// The replication map of `CREATE KEYSPACE`.
-    pub fn replication_cql(&self) -> anyhow::Result<String> {
+    pub fn replication_cql(&self) -> Result<String, SetupError> {
         replication_cql(&self.replication)
     }
 
@@ -70,7 +77,7 @@ impl CqlOptions {
     }
 }
 
-pub fn parse_consistency(s: &str) -> anyhow::Result<Consistency> {
+pub fn parse_consistency(s: &str) -> Result<Consistency, SetupError> {
     Ok(
         match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
             "any" => Consistency::Any,
@@ -82,25 +89,27 @@ pub fn parse_consistency(s: &str) -> anyhow::Result<Consistency> {
             "local_quorum" => Consistency::LocalQuorum,
             "each_quorum" => Consistency::EachQuorum,
             "local_one" => Consistency::LocalOne,
-            other => bail!(
-                "--cql-consistency {other:?}: expected local_quorum, quorum, local_one, one, two, three, each_quorum, all or any"
-            ),
+            other => {
+                return Err(bad(format!(
+                    "--cql-consistency {other:?}: expected local_quorum, quorum, local_one, one, two, three, each_quorum, all or any"
+                )));
+            }
         },
     )
 }
 
 /// `SimpleStrategy:1` → `{'class': 'SimpleStrategy', 'replication_factor': 1}`;
 /// `NetworkTopologyStrategy:eu=3,us=3` → `{'class': 'NetworkTopologyStrategy', 'eu': 3, 'us': 3}`.
-pub fn replication_cql(s: &str) -> anyhow::Result<String> {
+pub fn replication_cql(s: &str) -> Result<String, SetupError> {
     let usage =
         "--cql-replication: expected SimpleStrategy:<rf> or NetworkTopologyStrategy:<dc>=<rf>,...";
-    let (class, rest) = s.trim().split_once(':').context(usage)?;
-    let rf = |v: &str| -> anyhow::Result<u32> {
+    let (class, rest) = s.trim().split_once(':').ok_or_else(|| bad(usage.into()))?;
+    let rf = |v: &str| -> Result<u32, SetupError> {
         v.trim()
             .parse::<u32>()
             .ok()
             .filter(|n| (1..=9).contains(n))
-            .context("replication factor must be 1..=9")
+            .ok_or_else(|| bad("--cql-replication: replication factor must be 1..=9".into()))
     };
     match class.trim().to_ascii_lowercase().as_str() {
         "simplestrategy" | "simple" => Ok(format!(
@@ -110,7 +119,7 @@ pub fn replication_cql(s: &str) -> anyhow::Result<String> {
         "networktopologystrategy" | "nts" => {
             let mut parts = Vec::new();
             for item in rest.split(',') {
-                let (dc, n) = item.split_once('=').context(usage)?;
+                let (dc, n) = item.split_once('=').ok_or_else(|| bad(usage.into()))?;
                 let dc = dc.trim();
                 let valid = !dc.is_empty()
                     && dc.len() <= 64
@@ -118,7 +127,9 @@ pub fn replication_cql(s: &str) -> anyhow::Result<String> {
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
                 if !valid {
-                    bail!("--cql-replication: bad datacenter name {dc:?}");
+                    return Err(bad(format!(
+                        "--cql-replication: bad datacenter name {dc:?}"
+                    )));
                 }
                 parts.push(format!("'{dc}': {}", rf(n)?));
             }
@@ -127,13 +138,13 @@ pub fn replication_cql(s: &str) -> anyhow::Result<String> {
                 parts.join(", ")
             ))
         }
-        _ => bail!("{usage}"),
+        _ => Err(bad(usage.to_string())),
     }
 }
 
 /// A driver session with the configured consistency, LOCAL_SERIAL for LWTs and the default
 /// (token-aware, datacenter-aware) load balancing.
-pub(crate) async fn session(opts: &CqlOptions) -> anyhow::Result<Session> {
+pub(crate) async fn session(opts: &CqlOptions) -> Result<Session, SetupError> {
     let profile = ExecutionProfile::builder()
         .consistency(parse_consistency(&opts.consistency)?)
         .serial_consistency(Some(SerialConsistency::LocalSerial))
@@ -145,5 +156,5 @@ pub(crate) async fn session(opts: &CqlOptions) -> anyhow::Result<Session> {
         .connection_timeout(Duration::from_secs(5))
         .build()
         .await
-        .with_context(|| format!("connecting to CQL nodes {}", opts.nodes.join(",")))
+        .doing(|| format!("connecting to CQL nodes {}", opts.nodes.join(",")))
 }

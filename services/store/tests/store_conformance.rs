@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use livecomments::store::coalesce::Coalesced;
-use livecomments::store::cql::{self as cqlstore, CqlOptions, CqlStore};
-use livecomments::store::embedded::EmbeddedStore;
-use livecomments::store::{Inserted, NewComment, Store, StoreError, Withdrawal};
 use livecomments_shared::{Comment, time::format_millis};
+use livecomments_store::coalesce::Coalesced;
+use livecomments_store::cql::{self as cqlstore, CqlOptions, CqlStore};
+use livecomments_store::embedded::EmbeddedStore;
+use livecomments_store::{Inserted, NewComment, Store, StoreError, Withdrawal};
 use ulid::Ulid;
 
 /// 2026-11-18T...: a fixed base time, so bucket boundaries are deterministic.

@@ -39,7 +39,7 @@ pub(super) enum Mark {
     /// The key names another comment now (a retry moved it) or is gone.
     Taken,
     /// The LWT timed out and could not be read back.
-    Unknown(String),
+    Unknown(StoreError),
 }
 
 /// What releasing the key of a comment whose write failed found.
@@ -102,7 +102,7 @@ impl CqlStore {
     /// still names this comment; a retry that moved the key to its own fresh id wins. A
     /// timed-out LWT may still apply: then the record is read back (linearizably).
     async fn mark_stored_if_ours(&self, c: &Comment, key: &str, ttl: i32) -> Mark {
-        let mut last = String::new();
+        let mut last = StoreError::failed("the mark did not apply twice");
         for _ in 0..2 {
             let res = self
                 .session
@@ -120,7 +120,7 @@ impl CqlStore {
                         Ok(Some((id, true))) if id == c.id => return Mark::Stored,
                         Ok(Some((id, false))) if id == c.id => continue, // the mark did not apply
                         Ok(_) => return Mark::Taken,
-                        Err(e) => last = e.to_string(),
+                        Err(e) => last = e,
                     }
                 }
             }
@@ -135,14 +135,14 @@ impl CqlStore {
     fn settle(c: &Comment, mark: Mark, written_ms: i64) -> StoreResult<()> {
         match mark {
             Mark::Stored => Ok(()),
-            Mark::Taken => Err(unavailable(
+            Mark::Taken => Err(StoreError::failed(
                 "a retry took this Idempotency-Key over; this attempt is withdrawn",
             )),
             Mark::Unknown(e) if written_ms <= created_ms(c) + WRITTEN_IN_TIME_MS => {
                 tracing::warn!(error = %e, id = %c.id, "key mark unknown; the comment was written in time, so any retry adopts it");
                 Ok(())
             }
-            Mark::Unknown(e) => Err(unavailable(format!(
+            Mark::Unknown(e) => Err(StoreError::failed(format!(
                 "could not mark the key of {} stored: {e}",
                 c.id
             ))),
@@ -172,7 +172,7 @@ impl CqlStore {
                 match self.read_key_owner(&c.user_id, &c.post_id, key).await? {
                     None => Ok(KeyFate::Released),
                     Some((id, false)) if id == c.id => {
-                        Err(unavailable("the key's release did not apply"))
+                        Err(StoreError::failed("the key's release did not apply"))
                     }
                     Some((id, stored)) => Ok(fate(Some(&id), stored)),
                 }
@@ -298,10 +298,10 @@ impl CqlStore {
             // by that writer or (the writer gone) by every fanout's repair. Adopt it.
             return match self.mark_stored_if_ours(&row, key, ttl).await {
                 Mark::Stored => Ok(Inserted::Existing(row)),
-                Mark::Taken => Err(unavailable(
+                Mark::Taken => Err(StoreError::failed(
                     "the Idempotency-Key changed hands meanwhile; retry",
                 )),
-                Mark::Unknown(e) => Err(unavailable(e)),
+                Mark::Unknown(e) => Err(e),
             };
         }
         // Never written (or not in time): the comment must not appear under the old id, whose
@@ -325,7 +325,7 @@ impl CqlStore {
             .map_err(unavailable)?;
         let (applied, _) = lwt_outcome(res)?;
         if !applied {
-            return Err(unavailable(
+            return Err(StoreError::failed(
                 "another attempt with this Idempotency-Key is finishing it; retry",
             ));
         }
@@ -337,7 +337,7 @@ impl CqlStore {
         };
         self.delete_rows(&[(&prev.post_id, &prev.id)]).await?;
         if !fresh.still_in_time() {
-            return Err(unavailable("retry not written in time; retry again"));
+            return Err(StoreError::failed("retry not written in time; retry again"));
         }
         self.ensure_indexed(&[&comment]).await?;
         self.write_comment(&comment).await?;
@@ -372,7 +372,7 @@ impl CqlStore {
                 Some((Some(true), _)) => {
                     return match self.claim(&prev, key).await? {
                         Claim::Stored(c) => Ok(Inserted::Existing(c)),
-                        _ => Err(unavailable(
+                        _ => Err(StoreError::failed(
                             "the Idempotency-Key changed hands while waiting; retry",
                         )),
                     };

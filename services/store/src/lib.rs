@@ -9,6 +9,8 @@ pub mod coalesce;
 pub mod cql;
 pub mod embedded;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use livecomments_shared::Comment;
 
@@ -73,23 +75,108 @@ impl Inserted {
     }
 }
 
-/// Cloneable (strings and a duration), so a read shared by many callers hands each the same
-/// error (`coalesce`).
+/// Cloneable (the cause is shared), so a read shared by many callers hands each the same error
+/// (`coalesce`), and a batch's followers answer with their leader's.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The engine cannot be reached or failed to write; nothing was stored.
+    /// The engine cannot be reached or failed to write; nothing was stored. The cause is the
+    /// driver's (or the engine's) error, kept as this error's source.
     #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// The store's schema is older than this binary needs.
-    #[error("schema: {0}")]
-    Schema(String),
+    Unavailable(#[source] Cause),
     /// An earlier attempt with the same Idempotency-Key is still being written and can change
     /// for this much longer; nothing was done. Answered 503 with `Retry-After`.
     #[error("an earlier attempt with this Idempotency-Key is still being written")]
     KeyInProgress(std::time::Duration),
 }
 
+impl StoreError {
+    /// The engine failed with this error (a driver's, redb's, a task's).
+    pub fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::Unavailable(Cause(Arc::new(e)))
+    }
+
+    /// The engine failed in a way no library error describes (a row that breaks the schema's
+    /// rules, an LWT that answered nothing).
+    pub fn failed(why: impl Into<String>) -> StoreError {
+        StoreError::Unavailable(Cause(Arc::new(Message(why.into()))))
+    }
+}
+
+/// Why an engine failed: the underlying error, shared so that [`StoreError`] stays `Clone`.
+/// It shows as that error and hands on that error's own source, so a log's error chain is
+/// the driver's.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Message(String);
+
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Why an engine could not be configured, opened or migrated: startup only (requests get a
+/// [`StoreError`]). The binary reports it with its source chain and exits.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// An option is wrong; the message names the flag.
+    #[error("{0}")]
+    Config(String),
+    /// The keyspace has no schema, or one older than this binary needs.
+    #[error("{0}")]
+    Schema(String),
+    /// A step failed; the message says which, the source why.
+    #[error("{what}")]
+    Failed {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// `.doing(|| "what was being done")` on a fallible step of the setup, as anyhow's
+/// `with_context` but typed.
+pub(crate) trait Doing<T> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T, SetupError>;
+}
+
+impl<T, E: Into<Box<dyn std::error::Error + Send + Sync>>> Doing<T> for Result<T, E> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T, SetupError> {
+        self.map_err(|e| SetupError::Failed {
+            what: what(),
+            source: e.into(),
+        })
+    }
+}
+
+/// The error and every source under it, `: `-joined, as a log line shows it.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    s
+}
 
 /// How long an idempotency key is remembered (CONTRACT §2).
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! scripts/cassandra start
-//! cargo run --release -p livecomments --example cql_latency -- [nodes] [requests per run]
+//! cargo run --release -p livecomments-store --example cql_latency -- [nodes] [requests per run]
 //! ```
 //! Defaults: `$LIVECOMMENTS_TEST_CQL` or `127.0.0.2:9042`, 4000 requests. Each operation runs
 //! with 1 client and with 64 concurrent clients, in a throwaway keyspace dropped at the end.
@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use livecomments::store::coalesce::Coalesced;
-use livecomments::store::cql::{CqlOptions, CqlStore, migrate};
-use livecomments::store::{NewComment, Store};
 use livecomments_shared::Comment;
 use livecomments_shared::time::{format_millis, now_millis};
+use livecomments_store::coalesce::Coalesced;
+use livecomments_store::cql::{CqlOptions, CqlStore, migrate};
+use livecomments_store::{NewComment, Store};
 use ulid::Ulid;
 
 fn comment(post: &str, ms: i64) -> Comment {

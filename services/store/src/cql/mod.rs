@@ -31,7 +31,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use async_trait::async_trait;
 use futures::{StreamExt, stream};
 use livecomments_shared::{Comment, id, time};
@@ -49,7 +48,9 @@ pub use options::{CqlOptions, parse_consistency, replication_cql};
 use idempotency::{Claim, KeyFate};
 use walk::Dir;
 
-use super::{Inserted, NewComment, Store, StoreError, StoreResult, Withdrawal};
+use super::{
+    Doing, Inserted, NewComment, SetupError, Store, StoreError, StoreResult, Withdrawal, chain,
+};
 
 /// Width of a `comments` partition in time.
 pub const BUCKET_MS: i64 = 1_000;
@@ -96,7 +97,7 @@ fn bucket_of_cursor(cursor: &str) -> Option<i64> {
 /// while this process starts: a quorum read times out) is asked again for up to 30 s, so a
 /// restarted node does not exit over one slow read (the 10-minute chaos run lost an ingest
 /// restart to exactly that); only a missing table or keyspace means "not migrated".
-async fn schema_versions(session: &Session, ks: &str) -> anyhow::Result<Vec<i32>> {
+async fn schema_versions(session: &Session, ks: &str) -> Result<Vec<i32>, SetupError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut wait = Duration::from_millis(200);
     loop {
@@ -104,14 +105,14 @@ async fn schema_versions(session: &Session, ks: &str) -> anyhow::Result<Vec<i32>
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
-        let text = format!("{e:#}");
+        let text = chain(&e);
         if text.contains("unconfigured table") || text.contains("does not exist") {
-            return Err(e).with_context(|| {
-                format!("keyspace {ks} has no schema (run `livecomments migrate` with the same --cql-* flags)")
-            });
+            return Err(SetupError::Schema(format!(
+                "keyspace {ks} has no schema (run `livecomments migrate` with the same --cql-* flags): {text}"
+            )));
         }
         if Instant::now() >= deadline {
-            return Err(e).with_context(|| format!("reading the schema version of keyspace {ks}"));
+            return Err(e);
         }
         tracing::warn!(error = %text, "reading the schema version; trying again");
         tokio::time::sleep(wait).await;
@@ -119,17 +120,9 @@ async fn schema_versions(session: &Session, ks: &str) -> anyhow::Result<Vec<i32>
     }
 }
 
-/// A driver error as a store error: the driver's message (it holds no credentials), bounded.
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    let mut s = format!("cql: {e}");
-    if s.len() > 400 {
-        let mut cut = 400;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-    }
-    StoreError::Unavailable(s)
+/// A driver error as a store error, kept as its source.
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::unavailable(e)
 }
 
 /// `[applied]` of an LWT and, when not applied, the existing row by column name.
@@ -145,7 +138,7 @@ pub(crate) fn lwt_outcome(
     let row = rows
         .maybe_first_row::<Row>()
         .map_err(unavailable)?
-        .ok_or_else(|| unavailable("empty LWT result"))?;
+        .ok_or_else(|| StoreError::failed("empty LWT result"))?;
     let mut map = HashMap::new();
     for (name, v) in names.into_iter().zip(row.columns) {
         if let Some(v) = v {
@@ -185,7 +178,7 @@ fn in_time(item: &NewComment) -> StoreResult<()> {
     if item.still_in_time() {
         return Ok(());
     }
-    Err(unavailable(format!(
+    Err(StoreError::failed(format!(
         "comment {} not written in time after it was stamped; not writing it late",
         item.comment.id
     )))
@@ -241,16 +234,16 @@ pub struct CqlStore {
 impl CqlStore {
     /// Connects, checks the keyspace's schema version and prepares every statement. Refuses
     /// to start when the schema is older than this binary needs (run `livecomments migrate`).
-    pub async fn connect(opts: &CqlOptions) -> anyhow::Result<CqlStore> {
+    pub async fn connect(opts: &CqlOptions) -> Result<CqlStore, SetupError> {
         let opts = opts.clone().validated()?;
         let session = session(&opts).await?;
         let ks = opts.keyspace.clone();
         let applied = schema_versions(&session, &ks).await?;
         let have = applied.last().copied().unwrap_or(0);
         if have < SCHEMA_VERSION {
-            bail!(
+            return Err(SetupError::Schema(format!(
                 "keyspace {ks} is at schema version {have}, this binary needs {SCHEMA_VERSION}: run `livecomments migrate` first"
-            );
+            )));
         }
         if have > SCHEMA_VERSION {
             tracing::warn!(keyspace = %ks, have, need = SCHEMA_VERSION, "the keyspace's schema is newer than this binary");
@@ -262,9 +255,9 @@ impl CqlStore {
                 let mut p = session
                     .prepare(cql.as_str())
                     .await
-                    .with_context(|| format!("preparing {cql}"))?;
+                    .doing(|| format!("preparing {cql}"))?;
                 p.set_is_idempotent(idempotent);
-                anyhow::Ok(p)
+                Ok::<_, SetupError>(p)
             }
         };
         let st = Statements {
@@ -534,7 +527,7 @@ impl CqlStore {
 
     async fn write_comment(&self, c: &Comment) -> StoreResult<()> {
         let bucket = bucket_of_id(&c.id)
-            .ok_or_else(|| unavailable(format!("comment id {:?} is not a ULID", c.id)))?;
+            .ok_or_else(|| StoreError::failed(format!("comment id {:?} is not a ULID", c.id)))?;
         self.session
             .execute_unpaged(
                 &self.st.insert_comment,
@@ -647,7 +640,7 @@ impl Store for CqlStore {
         match self.ensure_indexed(&comments).await {
             Err(e) => {
                 for &i in &to_write {
-                    results[i] = Some(Err(StoreError::Unavailable(e.to_string())));
+                    results[i] = Some(Err(e.clone()));
                 }
             }
             Ok(()) => {
@@ -702,22 +695,14 @@ impl Store for CqlStore {
             if let Some(l) = follower[i] {
                 results[i] = Some(match &results[l] {
                     Some(Ok(ins)) => Ok(Inserted::Existing(ins.comment().clone())),
-                    Some(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
-                    None => Err(StoreError::Unavailable(
-                        "internal: leader without result".into(),
-                    )),
+                    Some(Err(e)) => Err(e.clone()),
+                    None => Err(StoreError::failed("internal: leader without result")),
                 });
             }
         }
         results
             .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(StoreError::Unavailable(
-                        "internal: item without result".into(),
-                    ))
-                })
-            })
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::failed("internal: item without result"))))
             .collect()
     }
 

@@ -132,9 +132,7 @@ impl<S: Store> Coalesced<S> {
                     let fut: BoxFuture<'static, _> = task
                         .map(|joined| match joined {
                             Ok(r) => r,
-                            Err(e) => {
-                                Err(StoreError::Unavailable(format!("read task failed: {e}")))
-                            }
+                            Err(e) => Err(StoreError::unavailable(e)),
                         })
                         .boxed();
                     let read = fut.shared();
@@ -263,7 +261,7 @@ mod tests {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(50)).await;
             if post == "down" {
-                return Err(StoreError::Unavailable("down".into()));
+                return Err(StoreError::failed("down"));
             }
             Ok((0..limit).map(|n| comment(post, n)).collect())
         }
