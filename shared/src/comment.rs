@@ -4,18 +4,20 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::names::{CommentId, PostId, Region};
+
 /// A stored, accepted comment. The same struct is the JSON of the HTTP API and, encoded with
 /// `rmp_serde::to_vec_named`, the MessagePack on NATS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Comment {
     /// ULID text; its time part equals `timestamp`, so ordering by id orders by time.
-    pub id: String,
-    pub post_id: String,
+    pub id: CommentId,
+    pub post_id: PostId,
     pub user_id: String,
     pub text: String,
     /// RFC 3339 UTC with milliseconds.
     pub timestamp: String,
-    pub region: String,
+    pub region: Region,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
 }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::comment::Comment;
+use crate::names::{CommentId, PostId, Region};
 use crate::position::Position;
 
 /// Largest since-reply page; keeps one NATS message well under the 1 MB default payload limit
@@ -37,8 +38,8 @@ pub const DELETE_QUEUE_GROUP: &str = "livecomments-writers";
 /// hold the comment. The caller already verified the token; the owner checks authorship.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteRequest {
-    pub post_id: String,
-    pub id: String,
+    pub post_id: PostId,
+    pub id: CommentId,
     pub user_id: String,
     #[serde(default)]
     pub moderator: bool,
@@ -87,7 +88,7 @@ pub struct LiveComment {
     /// `prev` chains one *writer's* comments of the post (`id::writer_of`): a region with
     /// several ingest nodes publishes several chains on the same subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prev: Option<String>,
+    pub prev: Option<CommentId>,
     /// Set when the publisher is not the comment's writer: it finished a comment another
     /// node had claimed for the same Idempotency-Key and never confirmed. Such a comment is
     /// outside every chain, so a subscriber checks with history instead of trusting it.
@@ -112,21 +113,21 @@ pub const WRITER_LOST_MS: u64 = 3_000;
 /// Payload on `comments.writers.<region>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriterBeat {
-    pub region: String,
+    pub region: Region,
     /// The writer part of its ids (`id::writer_of`), 8 characters.
     pub writer: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deletion {
-    pub id: String,
-    pub post_id: String,
+    pub id: CommentId,
+    pub post_id: PostId,
     /// The region that stored the comment.
-    pub region: String,
+    pub region: Region,
 }
 
 impl LiveEvent {
-    pub fn post_id(&self) -> &str {
+    pub fn post_id(&self) -> &PostId {
         match self {
             LiveEvent::Comment(c) => &c.comment.post_id,
             LiveEvent::Delete(d) => &d.post_id,
@@ -142,11 +143,11 @@ impl LiveEvent {
 /// "Since t" is `after` = the greatest id of millisecond t (see `id::max_at`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinceRequest {
-    pub post_id: String,
+    pub post_id: PostId,
     #[serde(default)]
-    pub after: Option<String>,
+    pub after: Option<CommentId>,
     #[serde(default)]
-    pub before: Option<String>,
+    pub before: Option<CommentId>,
     #[serde(default)]
     pub newest_first: bool,
     pub limit: u32,
@@ -156,7 +157,7 @@ pub struct SinceRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinceReply {
     /// The answering region.
-    pub region: String,
+    pub region: Region,
     /// Oldest first.
     pub comments: Vec<Comment>,
     /// True when more comments follow the last one returned.

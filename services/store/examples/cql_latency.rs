@@ -22,8 +22,8 @@ use ulid::Ulid;
 
 fn comment(post: &str, ms: i64) -> Comment {
     Comment {
-        id: Ulid::from_parts(ms as u64, rand::random::<u128>()).to_string(),
-        post_id: post.to_string(),
+        id: Ulid::from_parts(ms as u64, rand::random::<u128>()).to_string().into(),
+        post_id: post.to_string().into(),
         user_id: format!("user{}", rand::random::<u32>() % 1000),
         // ~300 B typical row: ~200 characters of text plus a little metadata.
         text: "a typical live comment of about two hundred characters, long enough to look like the real thing \
@@ -81,16 +81,16 @@ async fn one(
             insert(store, "lat-write-keyed", Some(key)).await?
         }
         Op::Newest => {
-            let page = store.newest("lat-read", None, 20).await?;
+            let page = store.newest(&"lat-read".into(), None, 20).await?;
             anyhow::ensure!(page.len() == 20, "newest page has {} comments", page.len());
         }
         Op::NewestCursor => {
             let at = &hist[20 + rand::random::<u32>() as usize % (hist.len() - 20)];
-            let page = store.newest("lat-read", Some(&at.id), 20).await?;
+            let page = store.newest(&"lat-read".into(), Some(&at.id), 20).await?;
             anyhow::ensure!(page.len() == 20, "cursor page has {} comments", page.len());
         }
         Op::NewestCoalesced => {
-            let page = coalesced.newest("lat-read", None, 20).await?;
+            let page = coalesced.newest(&"lat-read".into(), None, 20).await?;
             anyhow::ensure!(
                 page.len() == 20,
                 "coalesced page has {} comments",
@@ -100,7 +100,7 @@ async fn one(
         Op::Get => {
             let c = &hist[rand::random::<u32>() as usize % hist.len()];
             anyhow::ensure!(
-                store.get("lat-read", &c.id).await?.is_some(),
+                store.get(&"lat-read".into(), &c.id).await?.is_some(),
                 "stored comment {} not found",
                 c.id
             );

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use livecomments_shared::Comment;
+use livecomments_shared::{Comment, CommentId, PostId};
 use parking_lot::Mutex;
 
 use super::{Inserted, NewComment, Store, StoreError, StoreResult, Withdrawal};
@@ -32,8 +32,8 @@ enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ReadKey {
     kind: Kind,
-    post_id: String,
-    cursor: Option<String>,
+    post_id: PostId,
+    cursor: Option<CommentId>,
     limit: usize,
 }
 
@@ -160,8 +160,8 @@ impl<S: Store> Coalesced<S> {
 
 async fn run<S: Store>(store: &S, k: &ReadKey) -> StoreResult<Vec<Comment>> {
     match k.kind {
-        Kind::Newest => store.newest(&k.post_id, k.cursor.as_deref(), k.limit).await,
-        Kind::After => store.after(&k.post_id, k.cursor.as_deref(), k.limit).await,
+        Kind::Newest => store.newest(&k.post_id, k.cursor.as_ref(), k.limit).await,
+        Kind::After => store.after(&k.post_id, k.cursor.as_ref(), k.limit).await,
     }
 }
 
@@ -173,14 +173,14 @@ impl<S: Store> Store for Coalesced<S> {
 
     async fn newest(
         &self,
-        post_id: &str,
-        before: Option<&str>,
+        post_id: &PostId,
+        before: Option<&CommentId>,
         limit: usize,
     ) -> StoreResult<Vec<Comment>> {
         self.read(ReadKey {
             kind: Kind::Newest,
-            post_id: post_id.to_string(),
-            cursor: before.map(str::to_string),
+            post_id: post_id.clone(),
+            cursor: before.cloned(),
             limit,
         })
         .await
@@ -188,28 +188,33 @@ impl<S: Store> Store for Coalesced<S> {
 
     async fn after(
         &self,
-        post_id: &str,
-        after: Option<&str>,
+        post_id: &PostId,
+        after: Option<&CommentId>,
         limit: usize,
     ) -> StoreResult<Vec<Comment>> {
         self.read(ReadKey {
             kind: Kind::After,
-            post_id: post_id.to_string(),
-            cursor: after.map(str::to_string),
+            post_id: post_id.clone(),
+            cursor: after.cloned(),
             limit,
         })
         .await
     }
 
-    async fn get(&self, post_id: &str, id: &str) -> StoreResult<Option<Comment>> {
+    async fn get(&self, post_id: &PostId, id: &CommentId) -> StoreResult<Option<Comment>> {
         self.inner.get(post_id, id).await
     }
 
-    async fn keyed(&self, user_id: &str, post_id: &str, key: &str) -> StoreResult<Option<Comment>> {
+    async fn keyed(
+        &self,
+        user_id: &str,
+        post_id: &PostId,
+        key: &str,
+    ) -> StoreResult<Option<Comment>> {
         self.inner.keyed(user_id, post_id, key).await
     }
 
-    async fn delete(&self, post_id: &str, id: &str) -> StoreResult<bool> {
+    async fn delete(&self, post_id: &PostId, id: &CommentId) -> StoreResult<bool> {
         self.inner.delete(post_id, id).await
     }
 
@@ -237,7 +242,7 @@ mod tests {
 
     fn comment(post: &str, n: usize) -> Comment {
         Comment {
-            id: format!("{n:026}"),
+            id: format!("{n:026}").into(),
             post_id: post.into(),
             user_id: "u".into(),
             text: "t".into(),
@@ -254,8 +259,8 @@ mod tests {
         }
         async fn newest(
             &self,
-            post: &str,
-            _: Option<&str>,
+            post: &PostId,
+            _: Option<&CommentId>,
             limit: usize,
         ) -> StoreResult<Vec<Comment>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
@@ -267,19 +272,19 @@ mod tests {
         }
         async fn after(
             &self,
-            post: &str,
-            a: Option<&str>,
+            post: &PostId,
+            a: Option<&CommentId>,
             limit: usize,
         ) -> StoreResult<Vec<Comment>> {
             self.newest(post, a, limit).await
         }
-        async fn get(&self, _: &str, _: &str) -> StoreResult<Option<Comment>> {
+        async fn get(&self, _: &PostId, _: &CommentId) -> StoreResult<Option<Comment>> {
             Ok(None)
         }
-        async fn keyed(&self, _: &str, _: &str, _: &str) -> StoreResult<Option<Comment>> {
+        async fn keyed(&self, _: &str, _: &PostId, _: &str) -> StoreResult<Option<Comment>> {
             Ok(None)
         }
-        async fn delete(&self, _: &str, _: &str) -> StoreResult<bool> {
+        async fn delete(&self, _: &PostId, _: &CommentId) -> StoreResult<bool> {
             Ok(false)
         }
         async fn ping(&self) -> StoreResult<()> {
@@ -293,9 +298,9 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..100 {
             let s = store.clone();
-            tasks.push(tokio::spawn(
-                async move { s.newest("p", Some("c"), 3).await },
-            ));
+            tasks.push(tokio::spawn(async move {
+                s.newest(&"p".into(), Some(&"c".into()), 3).await
+            }));
         }
         for t in tasks {
             assert_eq!(t.await.unwrap().unwrap().len(), 3);
@@ -312,19 +317,20 @@ mod tests {
     #[tokio::test]
     async fn different_reads_are_not_merged_and_later_reads_query_again() {
         let store = Arc::new(Coalesced::new(Slow::default()));
+        let (p, q, x) = (PostId::from("p"), PostId::from("q"), CommentId::from("x"));
         let (a, b, c, d, e) = tokio::join!(
-            store.newest("p", None, 3),
-            store.newest("p", None, 4),
-            store.newest("p", Some("x"), 3),
-            store.after("p", None, 3),
-            store.newest("q", None, 3),
+            store.newest(&p, None, 3),
+            store.newest(&p, None, 4),
+            store.newest(&p, Some(&x), 3),
+            store.after(&p, None, 3),
+            store.newest(&q, None, 3),
         );
         for r in [&a, &b, &c, &d, &e] {
             assert!(r.is_ok());
         }
         assert_eq!(b.unwrap().len(), 4);
         assert_eq!(store.inner().calls.load(Ordering::SeqCst), 5);
-        store.newest("p", None, 3).await.unwrap();
+        store.newest(&"p".into(), None, 3).await.unwrap();
         assert_eq!(
             store.inner().calls.load(Ordering::SeqCst),
             6,
@@ -335,7 +341,8 @@ mod tests {
     #[tokio::test]
     async fn errors_reach_every_waiter() {
         let store = Arc::new(Coalesced::new(Slow::default()));
-        let (a, b) = tokio::join!(store.newest("down", None, 1), store.newest("down", None, 1));
+        let down = PostId::from("down");
+        let (a, b) = tokio::join!(store.newest(&down, None, 1), store.newest(&down, None, 1));
         assert!(matches!(a, Err(StoreError::Unavailable(_))));
         assert!(matches!(b, Err(StoreError::Unavailable(_))));
         assert_eq!(store.inner().calls.load(Ordering::SeqCst), 1);
@@ -346,10 +353,10 @@ mod tests {
     async fn a_cancelled_leader_does_not_strand_followers() {
         let store = Arc::new(Coalesced::new(Slow::default()));
         let s = store.clone();
-        let leader = tokio::spawn(async move { s.newest("p", None, 2).await });
+        let leader = tokio::spawn(async move { s.newest(&"p".into(), None, 2).await });
         tokio::time::sleep(Duration::from_millis(5)).await;
         leader.abort();
-        assert_eq!(store.newest("p", None, 2).await.unwrap().len(), 2);
+        assert_eq!(store.newest(&"p".into(), None, 2).await.unwrap().len(), 2);
         // The follower arrived after the leader's query started: it got a query of its own,
         // queued behind the first.
         assert_eq!(store.inner().calls.load(Ordering::SeqCst), 2);
@@ -362,13 +369,15 @@ mod tests {
     async fn latecomers_share_one_query_that_starts_after_them() {
         let store = Arc::new(Coalesced::new(Slow::default()));
         let s = store.clone();
-        let first = tokio::spawn(async move { s.newest("p", None, 2).await });
+        let first = tokio::spawn(async move { s.newest(&"p".into(), None, 2).await });
         tokio::time::sleep(Duration::from_millis(10)).await;
         let t_arrive = tokio::time::Instant::now();
         let mut late = Vec::new();
         for _ in 0..50 {
             let s = store.clone();
-            late.push(tokio::spawn(async move { s.newest("p", None, 2).await }));
+            late.push(tokio::spawn(
+                async move { s.newest(&"p".into(), None, 2).await },
+            ));
         }
         first.await.unwrap().unwrap();
         for t in late {
@@ -388,10 +397,11 @@ mod tests {
     #[tokio::test]
     async fn past_the_bound_reads_run_alone() {
         let store = Arc::new(Coalesced::with_capacity(Arc::new(Slow::default()), 1));
+        let (p, q) = (PostId::from("p"), PostId::from("q"));
         let (a, b, c) = tokio::join!(
-            store.newest("p", None, 1),
-            store.newest("q", None, 1),
-            store.newest("p", None, 1)
+            store.newest(&p, None, 1),
+            store.newest(&q, None, 1),
+            store.newest(&p, None, 1)
         );
         assert!(a.is_ok() && b.is_ok() && c.is_ok());
         assert_eq!(

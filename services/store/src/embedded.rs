@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use livecomments_shared::{Comment, time::now_millis, wire};
+use livecomments_shared::{Comment, CommentId, PostId, time::now_millis, wire};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{
@@ -180,8 +180,8 @@ impl Store for EmbeddedStore {
 
     async fn newest(
         &self,
-        post_id: &str,
-        before: Option<&str>,
+        post_id: &PostId,
+        before: Option<&CommentId>,
         limit: usize,
     ) -> StoreResult<Vec<Comment>> {
         let lo = comment_key(post_id, "");
@@ -209,8 +209,8 @@ impl Store for EmbeddedStore {
 
     async fn after(
         &self,
-        post_id: &str,
-        after: Option<&str>,
+        post_id: &PostId,
+        after: Option<&CommentId>,
         limit: usize,
     ) -> StoreResult<Vec<Comment>> {
         let lo = match after {
@@ -240,7 +240,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn get(&self, post_id: &str, id: &str) -> StoreResult<Option<Comment>> {
+    async fn get(&self, post_id: &PostId, id: &CommentId) -> StoreResult<Option<Comment>> {
         let k = comment_key(post_id, id);
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
@@ -253,7 +253,12 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn keyed(&self, user_id: &str, post_id: &str, key: &str) -> StoreResult<Option<Comment>> {
+    async fn keyed(
+        &self,
+        user_id: &str,
+        post_id: &PostId,
+        key: &str,
+    ) -> StoreResult<Option<Comment>> {
         let k = idem_key(user_id, post_id, key);
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
@@ -268,7 +273,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn delete(&self, post_id: &str, id: &str) -> StoreResult<bool> {
+    async fn delete(&self, post_id: &PostId, id: &CommentId) -> StoreResult<bool> {
         let k = comment_key(post_id, id);
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(unavailable)?;

@@ -12,7 +12,7 @@ pub mod embedded;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use livecomments_shared::Comment;
+use livecomments_shared::{Comment, CommentId, PostId};
 
 /// A comment ready to be written: validated, id and timestamp assigned by the ingest pipeline.
 #[derive(Debug, Clone)]
@@ -40,8 +40,8 @@ impl NewComment {
 /// A comment answered 503 that must never appear (see [`Store::withdraw`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Withdrawal {
-    pub post_id: String,
-    pub id: String,
+    pub post_id: PostId,
+    pub id: CommentId,
     pub user_id: String,
     pub idempotency_key: Option<String>,
 }
@@ -191,8 +191,8 @@ pub trait Store: Send + Sync + 'static {
     /// Newest first: the `limit` newest comments of the post with id < `before` (all when None).
     async fn newest(
         &self,
-        post_id: &str,
-        before: Option<&str>,
+        post_id: &PostId,
+        before: Option<&CommentId>,
         limit: usize,
     ) -> StoreResult<Vec<Comment>>;
 
@@ -200,21 +200,26 @@ pub trait Store: Send + Sync + 'static {
     /// when None).
     async fn after(
         &self,
-        post_id: &str,
-        after: Option<&str>,
+        post_id: &PostId,
+        after: Option<&CommentId>,
         limit: usize,
     ) -> StoreResult<Vec<Comment>>;
 
     /// One comment by id.
-    async fn get(&self, post_id: &str, id: &str) -> StoreResult<Option<Comment>>;
+    async fn get(&self, post_id: &PostId, id: &CommentId) -> StoreResult<Option<Comment>>;
 
     /// The comment stored earlier (within 24 h) with this user's Idempotency-Key on this post,
     /// once it is confirmed; `None` when the key is unknown or its first attempt unfinished.
     /// Lets a rate-limited retry get its comment back instead of a 429.
-    async fn keyed(&self, user_id: &str, post_id: &str, key: &str) -> StoreResult<Option<Comment>>;
+    async fn keyed(
+        &self,
+        user_id: &str,
+        post_id: &PostId,
+        key: &str,
+    ) -> StoreResult<Option<Comment>>;
 
     /// Removes the comment; false when it did not exist.
-    async fn delete(&self, post_id: &str, id: &str) -> StoreResult<bool>;
+    async fn delete(&self, post_id: &PostId, id: &CommentId) -> StoreResult<bool>;
 
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use livecomments_shared::{Comment, time::format_millis};
+use livecomments_shared::{Comment, CommentId, time::format_millis};
 use livecomments_store::coalesce::Coalesced;
 use livecomments_store::cql::{self as cqlstore, CqlOptions, CqlStore};
 use livecomments_store::embedded::EmbeddedStore;
@@ -21,13 +21,13 @@ use ulid::Ulid;
 /// 2026-11-18T...: a fixed base time, so bucket boundaries are deterministic.
 const BASE_MS: i64 = 1_795_500_000_000;
 
-fn id_at(ms: i64, n: u128) -> String {
-    Ulid::from_parts(ms as u64, n).to_string()
+fn id_at(ms: i64, n: u128) -> CommentId {
+    Ulid::from_parts(ms as u64, n).to_string().into()
 }
 
 fn comment_at(post: &str, user: &str, ms: i64, n: u128, text: &str) -> Comment {
     Comment {
-        id: id_at(ms, n),
+        id: id_at(ms, n).into(),
         post_id: post.into(),
         user_id: user.into(),
         text: text.into(),
@@ -45,7 +45,7 @@ fn new(c: &Comment, key: Option<&str>) -> NewComment {
     }
 }
 
-fn ids(v: &[Comment]) -> Vec<String> {
+fn ids(v: &[Comment]) -> Vec<CommentId> {
     v.iter().map(|c| c.id.clone()).collect()
 }
 
@@ -81,59 +81,71 @@ async fn insert_then_read_in_order_with_limits(s: Arc<dyn Store>) {
             .map(Inserted::Created)
             .collect::<Vec<_>>()
     );
-    let all_desc: Vec<String> = ids(&cs).into_iter().rev().collect();
+    let all_desc: Vec<CommentId> = ids(&cs).into_iter().rev().collect();
 
-    let page = store.newest("p1", None, 3).await.unwrap();
+    let page = store.newest(&"p1".into(), None, 3).await.unwrap();
     assert_eq!(ids(&page), all_desc[..3]);
     assert_eq!(
-        store.newest("p1", None, 100).await.unwrap(),
+        store.newest(&"p1".into(), None, 100).await.unwrap(),
         cs.iter().rev().cloned().collect::<Vec<_>>()
     );
     assert_eq!(
-        ids(&store.newest("p1", Some(&cs[5].id), 3).await.unwrap()),
+        ids(&store
+            .newest(&"p1".into(), Some(&cs[5].id), 3)
+            .await
+            .unwrap()),
         vec![cs[4].id.clone(), cs[3].id.clone(), cs[2].id.clone()]
     );
     assert!(
         store
-            .newest("p1", Some(&cs[0].id), 10)
+            .newest(&"p1".into(), Some(&cs[0].id), 10)
             .await
             .unwrap()
             .is_empty()
     );
     assert_eq!(
-        ids(&store.after("p1", None, 4).await.unwrap()),
+        ids(&store.after(&"p1".into(), None, 4).await.unwrap()),
         ids(&cs[..4])
     );
     assert_eq!(
-        ids(&store.after("p1", Some(&cs[6].id), 10).await.unwrap()),
+        ids(&store
+            .after(&"p1".into(), Some(&cs[6].id), 10)
+            .await
+            .unwrap()),
         ids(&cs[7..])
     );
     assert!(
         store
-            .after("p1", Some(&cs[9].id), 10)
+            .after(&"p1".into(), Some(&cs[9].id), 10)
             .await
             .unwrap()
             .is_empty()
     );
-    assert!(store.newest("p1", None, 0).await.unwrap().is_empty());
-    assert!(store.after("p1", None, 0).await.unwrap().is_empty());
+    assert!(
+        store
+            .newest(&"p1".into(), None, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.after(&"p1".into(), None, 0).await.unwrap().is_empty());
     // Cursors need not be stored ids: an id between two comments, in the same millisecond.
     let between = id_at(BASE_MS + 50, 0);
     assert_eq!(
-        ids(&store.newest("p1", Some(&between), 2).await.unwrap()),
+        ids(&store.newest(&"p1".into(), Some(&between), 2).await.unwrap()),
         vec![cs[4].id.clone(), cs[3].id.clone()]
     );
     assert_eq!(
-        ids(&store.after("p1", Some(&between), 2).await.unwrap()),
+        ids(&store.after(&"p1".into(), Some(&between), 2).await.unwrap()),
         vec![cs[5].id.clone(), cs[6].id.clone()]
     );
     // Round trip of every field.
     assert_eq!(
-        store.get("p1", &cs[3].id).await.unwrap().as_ref(),
+        store.get(&"p1".into(), &cs[3].id).await.unwrap().as_ref(),
         Some(&cs[3])
     );
     assert_eq!(
-        store.get("p1", &cs[4].id).await.unwrap().as_ref(),
+        store.get(&"p1".into(), &cs[4].id).await.unwrap().as_ref(),
         Some(&cs[4])
     );
 }
@@ -179,24 +191,30 @@ async fn idempotency_keys_within_and_across_batches(s: Arc<dyn Store>) {
 
     // Nothing new stored for the repeats.
     assert_eq!(
-        ids(&store.newest("p2", None, 100).await.unwrap()),
+        ids(&store.newest(&"p2".into(), None, 100).await.unwrap()),
         vec![e.id.clone(), c.id.clone(), a.id.clone()]
     );
-    assert!(store.get("p2", &b.id).await.unwrap().is_none());
-    assert!(store.get("p2", &d.id).await.unwrap().is_none());
+    assert!(store.get(&"p2".into(), &b.id).await.unwrap().is_none());
+    assert!(store.get(&"p2".into(), &d.id).await.unwrap().is_none());
 
     // What a rate-limited retry is answered with: the key's comment, for its user and post.
     assert_eq!(
-        store.keyed("alice", "p2", "k1").await.unwrap(),
+        store.keyed("alice", &"p2".into(), "k1").await.unwrap(),
         Some(a.clone())
     );
     assert_eq!(
-        store.keyed("alice", "p2", "k2").await.unwrap(),
+        store.keyed("alice", &"p2".into(), "k2").await.unwrap(),
         Some(e.clone())
     );
-    assert_eq!(store.keyed("alice", "p2", "unknown").await.unwrap(), None);
-    assert_eq!(store.keyed("bob", "p2", "k1").await.unwrap(), None);
-    assert_eq!(store.keyed("alice", "p3", "k1").await.unwrap(), None);
+    assert_eq!(
+        store.keyed("alice", &"p2".into(), "unknown").await.unwrap(),
+        None
+    );
+    assert_eq!(store.keyed("bob", &"p2".into(), "k1").await.unwrap(), None);
+    assert_eq!(
+        store.keyed("alice", &"p3".into(), "k1").await.unwrap(),
+        None
+    );
 }
 
 async fn same_key_for_another_user_or_post_is_another_comment(s: Arc<dyn Store>) {
@@ -222,11 +240,11 @@ async fn same_key_for_another_user_or_post_is_another_comment(s: Arc<dyn Store>)
         ]
     );
     assert_eq!(
-        ids(&store.newest("p3", None, 10).await.unwrap()),
+        ids(&store.newest(&"p3".into(), None, 10).await.unwrap()),
         vec![b.id.clone(), a.id.clone()]
     );
     assert_eq!(
-        ids(&store.newest("p3b", None, 10).await.unwrap()),
+        ids(&store.newest(&"p3b".into(), None, 10).await.unwrap()),
         vec![c.id.clone()]
     );
 }
@@ -255,7 +273,7 @@ async fn concurrent_requests_with_one_key_store_one_comment(store: Arc<dyn Store
     );
     assert!(results.iter().any(|r| matches!(r, Inserted::Created(_))));
     assert_eq!(
-        ids(&store.newest("p4", None, 10).await.unwrap()),
+        ids(&store.newest(&"p4".into(), None, 10).await.unwrap()),
         vec![first]
     );
 }
@@ -264,12 +282,16 @@ async fn retry_after_delete_returns_the_deleted_comment(s: Arc<dyn Store>) {
     let store: &dyn Store = &*s;
     let a = comment_at("p7", "alice", BASE_MS, 1, "soon deleted");
     insert_ok(store, vec![new(&a, Some("k"))]).await;
-    assert!(store.delete("p7", &a.id).await.unwrap());
+    assert!(store.delete(&"p7".into(), &a.id).await.unwrap());
     let retry = comment_at("p7", "alice", BASE_MS + 10, 2, "retry");
     let out = insert_ok(store, vec![new(&retry, Some("k"))]).await;
     assert_eq!(out, vec![Inserted::Existing(a.clone())]);
     assert!(
-        store.newest("p7", None, 10).await.unwrap().is_empty(),
+        store
+            .newest(&"p7".into(), None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "a retry never resurrects or re-stores"
     );
 }
@@ -279,22 +301,36 @@ async fn get_and_delete(s: Arc<dyn Store>) {
     let a = comment_at("p5", "alice", BASE_MS, 1, "a");
     let b = comment_at("p5", "alice", BASE_MS + 5, 2, "b");
     insert_ok(store, vec![new(&a, None), new(&b, None)]).await;
-    assert_eq!(store.get("p5", &a.id).await.unwrap(), Some(a.clone()));
-    assert_eq!(store.get("other-post", &a.id).await.unwrap(), None);
-    assert_eq!(store.get("p5", &id_at(BASE_MS, 99)).await.unwrap(), None);
-    assert_eq!(store.get("p5", "not-an-id").await.unwrap(), None);
-
-    assert!(store.delete("p5", &a.id).await.unwrap());
-    assert_eq!(store.get("p5", &a.id).await.unwrap(), None);
-    assert!(!store.delete("p5", &a.id).await.unwrap());
-    assert!(!store.delete("p5", "not-an-id").await.unwrap());
-    assert!(!store.delete("no-such-post", &b.id).await.unwrap());
     assert_eq!(
-        ids(&store.newest("p5", None, 10).await.unwrap()),
+        store.get(&"p5".into(), &a.id).await.unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(store.get(&"other-post".into(), &a.id).await.unwrap(), None);
+    assert_eq!(
+        store.get(&"p5".into(), &id_at(BASE_MS, 99)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.get(&"p5".into(), &"not-an-id".into()).await.unwrap(),
+        None
+    );
+
+    assert!(store.delete(&"p5".into(), &a.id).await.unwrap());
+    assert_eq!(store.get(&"p5".into(), &a.id).await.unwrap(), None);
+    assert!(!store.delete(&"p5".into(), &a.id).await.unwrap());
+    assert!(
+        !store
+            .delete(&"p5".into(), &"not-an-id".into())
+            .await
+            .unwrap()
+    );
+    assert!(!store.delete(&"no-such-post".into(), &b.id).await.unwrap());
+    assert_eq!(
+        ids(&store.newest(&"p5".into(), None, 10).await.unwrap()),
         vec![b.id.clone()]
     );
     assert_eq!(
-        ids(&store.after("p5", None, 10).await.unwrap()),
+        ids(&store.after(&"p5".into(), None, 10).await.unwrap()),
         vec![b.id.clone()]
     );
 }
@@ -303,35 +339,35 @@ async fn missing_post_reads_empty(s: Arc<dyn Store>) {
     let store: &dyn Store = &*s;
     assert!(
         store
-            .newest("nobody-wrote-here", None, 20)
+            .newest(&"nobody-wrote-here".into(), None, 20)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
         store
-            .newest("nobody-wrote-here", Some(&id_at(BASE_MS, 1)), 20)
+            .newest(&"nobody-wrote-here".into(), Some(&id_at(BASE_MS, 1)), 20)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
         store
-            .after("nobody-wrote-here", None, 20)
+            .after(&"nobody-wrote-here".into(), None, 20)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
         store
-            .after("nobody-wrote-here", Some(&id_at(BASE_MS, 1)), 20)
+            .after(&"nobody-wrote-here".into(), Some(&id_at(BASE_MS, 1)), 20)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
         store
-            .get("nobody-wrote-here", &id_at(BASE_MS, 1))
+            .get(&"nobody-wrote-here".into(), &id_at(BASE_MS, 1))
             .await
             .unwrap()
             .is_none()
@@ -367,17 +403,23 @@ async fn paging_across_many_buckets(s: Arc<dyn Store>) {
         insert_ok(store, chunk.iter().map(|c| new(c, None)).collect()).await;
     }
     let asc = ids(&cs);
-    let desc: Vec<String> = asc.iter().rev().cloned().collect();
+    let desc: Vec<CommentId> = asc.iter().rev().cloned().collect();
 
-    assert_eq!(ids(&store.newest("hot", None, 1000).await.unwrap()), desc);
-    assert_eq!(ids(&store.after("hot", None, 1000).await.unwrap()), asc);
+    assert_eq!(
+        ids(&store.newest(&"hot".into(), None, 1000).await.unwrap()),
+        desc
+    );
+    assert_eq!(
+        ids(&store.after(&"hot".into(), None, 1000).await.unwrap()),
+        asc
+    );
 
     for page_size in [1usize, 7, 100] {
         let mut got = Vec::new();
-        let mut cursor: Option<String> = None;
+        let mut cursor: Option<CommentId> = None;
         loop {
             let page = store
-                .newest("hot", cursor.as_deref(), page_size)
+                .newest(&"hot".into(), cursor.as_ref(), page_size)
                 .await
                 .unwrap();
             assert!(page.len() <= page_size);
@@ -390,10 +432,10 @@ async fn paging_across_many_buckets(s: Arc<dyn Store>) {
         assert_eq!(got, desc, "newest, page size {page_size}");
 
         let mut got = Vec::new();
-        let mut cursor: Option<String> = None;
+        let mut cursor: Option<CommentId> = None;
         loop {
             let page = store
-                .after("hot", cursor.as_deref(), page_size)
+                .after(&"hot".into(), cursor.as_ref(), page_size)
                 .await
                 .unwrap();
             if page.is_empty() {
@@ -407,28 +449,28 @@ async fn paging_across_many_buckets(s: Arc<dyn Store>) {
     // Cursors far outside the data.
     assert_eq!(
         ids(&store
-            .newest("hot", Some(&id_at(BASE_MS + 30 * 86_400_000, 0)), 3)
+            .newest(&"hot".into(), Some(&id_at(BASE_MS + 30 * 86_400_000, 0)), 3)
             .await
             .unwrap()),
         desc[..3]
     );
     assert!(
         store
-            .newest("hot", Some(&id_at(BASE_MS - 86_400_000, 0)), 3)
+            .newest(&"hot".into(), Some(&id_at(BASE_MS - 86_400_000, 0)), 3)
             .await
             .unwrap()
             .is_empty()
     );
     assert_eq!(
         ids(&store
-            .after("hot", Some(&id_at(BASE_MS - 86_400_000, 0)), 3)
+            .after(&"hot".into(), Some(&id_at(BASE_MS - 86_400_000, 0)), 3)
             .await
             .unwrap()),
         asc[..3]
     );
     assert!(
         store
-            .after("hot", Some(&id_at(BASE_MS + 30 * 86_400_000, 0)), 3)
+            .after(&"hot".into(), Some(&id_at(BASE_MS + 30 * 86_400_000, 0)), 3)
             .await
             .unwrap()
             .is_empty()
@@ -436,11 +478,11 @@ async fn paging_across_many_buckets(s: Arc<dyn Store>) {
     // A cursor inside a gap between spans.
     let gap = id_at(BASE_MS + 86_400_000, 0);
     assert_eq!(
-        ids(&store.newest("hot", Some(&gap), 2).await.unwrap()),
+        ids(&store.newest(&"hot".into(), Some(&gap), 2).await.unwrap()),
         vec![asc[249].clone(), asc[248].clone()]
     );
     assert_eq!(
-        ids(&store.after("hot", Some(&gap), 2).await.unwrap()),
+        ids(&store.after(&"hot".into(), Some(&gap), 2).await.unwrap()),
         vec![asc[250].clone(), asc[251].clone()]
     );
 }
@@ -453,13 +495,16 @@ async fn after_none_reads_from_the_start(s: Arc<dyn Store>) {
         .map(|i| comment_at("p6", "bob", BASE_MS + i * 1_500, 2, "new"))
         .collect();
     insert_ok(store, newer.iter().map(|c| new(c, None)).collect()).await;
-    assert_eq!(store.after("p6", None, 1).await.unwrap(), vec![old.clone()]);
     assert_eq!(
-        ids(&store.after("p6", None, 3).await.unwrap()),
+        store.after(&"p6".into(), None, 1).await.unwrap(),
+        vec![old.clone()]
+    );
+    assert_eq!(
+        ids(&store.after(&"p6".into(), None, 3).await.unwrap()),
         vec![old.id.clone(), newer[0].id.clone(), newer[1].id.clone()]
     );
     assert_eq!(
-        ids(&store.newest("p6", None, 1).await.unwrap()),
+        ids(&store.newest(&"p6".into(), None, 1).await.unwrap()),
         vec![newer[4].id.clone()]
     );
 }
@@ -671,7 +716,10 @@ async fn cql_retention_sets_a_ttl_and_idempotency_keys_expire() {
     let now = livecomments_shared::time::now_millis();
     let c = comment_at("ttl", "alice", now, 1, "expires");
     insert_ok(&store, vec![new(&c, Some("key"))]).await;
-    assert_eq!(store.get("ttl", &c.id).await.unwrap(), Some(c.clone()));
+    assert_eq!(
+        store.get(&"ttl".into(), &c.id).await.unwrap(),
+        Some(c.clone())
+    );
     let ks = &opts.keyspace;
     let ttl_of = |cql: String| {
         let s = store.session();
@@ -736,12 +784,15 @@ async fn cql_a_key_claimed_by_a_dead_attempt_is_completed_by_the_retry() {
         "waited for a possibly running first attempt"
     );
     assert_eq!(
-        store.newest("p8", None, 10).await.unwrap(),
+        store.newest(&"p8".into(), None, 10).await.unwrap(),
         vec![first.clone()]
     );
     let out = insert_ok(&store, vec![new(&retry, Some("k"))]).await;
     assert_eq!(out, vec![Inserted::Existing(first.clone())]);
-    assert_eq!(store.newest("p8", None, 10).await.unwrap(), vec![first]);
+    assert_eq!(
+        store.newest(&"p8".into(), None, 10).await.unwrap(),
+        vec![first]
+    );
     let _ = store
         .session()
         .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[])
@@ -826,7 +877,7 @@ async fn cql_a_retry_waits_out_an_unconfirmed_first_attempt() {
         other => panic!("expected KeyInProgress, got {other:?}"),
     }
     assert_eq!(
-        ids(&store.newest("p9", None, 10).await.unwrap()),
+        ids(&store.newest(&"p9".into(), None, 10).await.unwrap()),
         vec![first.id.clone()]
     );
     drop_keyspace(&store, &ks).await;
@@ -851,7 +902,10 @@ async fn cql_a_retry_adopts_the_written_row_of_a_settled_first_attempt() {
         vec![Inserted::Existing(first.clone())],
         "the key is settled"
     );
-    assert_eq!(store.newest("p10", None, 10).await.unwrap(), vec![first]);
+    assert_eq!(
+        store.newest(&"p10".into(), None, 10).await.unwrap(),
+        vec![first]
+    );
     drop_keyspace(&store, &ks).await;
 }
 
@@ -877,7 +931,7 @@ async fn cql_a_retry_restamps_a_settled_first_attempt_that_wrote_nothing() {
     // The first attempt's write arriving late (a frozen node thawing) stays invisible.
     insert_ok(&store, vec![new(&first, None)]).await;
     assert_eq!(
-        store.newest("p11", None, 10).await.unwrap(),
+        store.newest(&"p11".into(), None, 10).await.unwrap(),
         vec![c.clone()]
     );
     let again = posted("p11", "alice", 3, "third attempt");
@@ -899,7 +953,13 @@ async fn cql_withdrawal_releases_the_key_unless_a_retry_adopted_the_comment() {
         .withdraw(&[Withdrawal::of(&with_policy(&failed, "k1"))])
         .await
         .unwrap();
-    assert!(store.newest("p12", None, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .newest(&"p12".into(), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let retry = posted("p12", "alice", 2, "retry");
     let out = insert_ok(&store, vec![with_policy(&retry, "k1")]).await;
     assert_eq!(
@@ -918,7 +978,7 @@ async fn cql_withdrawal_releases_the_key_unless_a_retry_adopted_the_comment() {
         .await
         .unwrap();
     assert_eq!(
-        ids(&store.newest("p12", None, 10).await.unwrap()),
+        ids(&store.newest(&"p12".into(), None, 10).await.unwrap()),
         vec![retry.id.clone(), adopted.id.clone()]
     );
     drop_keyspace(&store, &ks).await;

@@ -155,7 +155,7 @@ impl NatsBus {
                             seen.remove(&oldest);
                         }
                     }
-                    seen.insert((beat.region, beat.writer), Instant::now());
+                    seen.insert((beat.region.to_string(), beat.writer), Instant::now());
                 }
                 _ = tick.tick() => {
                     let gone: Vec<_> = seen
@@ -210,7 +210,7 @@ impl Bus for NatsBus {
                 // another region's comments.)
                 let ev = match wire::decode::<LiveEvent>(&msg.payload) {
                     Ok(ev)
-                        if ev.post_id() == post
+                        if *ev.post_id() == post
                             && event_is_sane(&ev)
                             && region_matches_subject(&ev, &msg.subject) =>
                     {

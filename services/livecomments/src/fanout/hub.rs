@@ -340,7 +340,7 @@ impl Hub {
         let (verdict, new_writer) = {
             let st = self.state.lock();
             (
-                sequence(&st.pos, &lc, st.pending.contains(&c.region), now),
+                sequence(&st.pos, &lc, st.pending.contains(c.region.as_str()), now),
                 st.pos.writer_id(&c.region, id::writer_of(&c.id)).is_none(),
             )
         };
@@ -401,7 +401,7 @@ impl Hub {
                         continue;
                     }
                     let chained = writer == Some(of) && proven.is_some_and(|p| c.id.as_str() <= p);
-                    if chained || c.id <= ripe {
+                    if chained || c.id.as_str() <= ripe.as_str() {
                         handed += usize::from(self.dispatch_comment(c));
                     } else {
                         unripe = true;
@@ -422,8 +422,10 @@ impl Hub {
                     // appear: the floor moves up, and writer ids below it are forgotten.
                     let settled = id::max_at(read_at - SETTLE_MS);
                     let floor = match rows.last() {
-                        Some(last) if rows.len() >= max && last.id < settled => last.id.clone(),
-                        _ => settled,
+                        Some(last) if rows.len() >= max && last.id.as_str() < settled.as_str() => {
+                            last.id.clone()
+                        }
+                        _ => settled.into(),
                     };
                     if st.pos.floor(region).is_none_or(|f| f < floor.as_str()) {
                         let mut pos = Position::clone(&st.pos);
@@ -639,7 +641,7 @@ fn sequence(pos: &Position, lc: &LiveComment, region_pending: bool, now_ms: i64)
     }
     Verdict::Repair(Repair::Writer {
         writer: writer.to_string(),
-        proven: (!from_the_future).then(|| c.id.clone()),
+        proven: (!from_the_future).then(|| c.id.to_string()),
     })
 }
 
@@ -651,7 +653,7 @@ mod tests {
     fn live(id: &str, prev: Option<&str>) -> LiveComment {
         LiveComment {
             comment: Comment {
-                id: id.to_string(),
+                id: id.to_string().into(),
                 post_id: "p".into(),
                 user_id: "u".into(),
                 text: "t".into(),
@@ -659,7 +661,7 @@ mod tests {
                 region: "eu".into(),
                 metadata: Default::default(),
             },
-            prev: prev.map(str::to_string),
+            prev: prev.map(Into::into),
             adopted: false,
         }
     }

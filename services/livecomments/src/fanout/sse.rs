@@ -48,8 +48,8 @@ impl Frame {
             bytes,
             span: Some(Span { before, after }),
             comment: Some(CommentRef {
-                region: c.region.clone(),
-                id: c.id.clone(),
+                region: c.region.to_string(),
+                id: c.id.to_string(),
                 body_at,
             }),
             parts: Vec::new(),
@@ -202,7 +202,7 @@ mod tests {
 
     fn comment(region: &str, n: u64) -> Comment {
         Comment {
-            id: format!("01JDQ7Z8XK3M4N5P6Q7R8S9{n:03}"),
+            id: format!("01JDQ7Z8XK3M4N5P6Q7R8S9{n:03}").into(),
             post_id: "p".into(),
             user_id: "u".into(),
             text: format!("c{n}"),

@@ -103,7 +103,7 @@ pub async fn handle(
         } else {
             None
         };
-        body["next_after"] = next_after.into();
+        body["next_after"] = serde_json::json!(next_after);
     }
     let mut resp_headers = axum::http::HeaderMap::new();
     if !page.missing.is_empty() {

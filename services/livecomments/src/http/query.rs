@@ -1,7 +1,7 @@
 //! Query-string parsing that answers 400 with the contract's error body (axum's `Query`
 //! extractor would answer in plain text).
 
-use livecomments_shared::{ErrorCode, validate};
+use livecomments_shared::{ErrorCode, PostId};
 
 use super::{ApiError, ApiResult};
 
@@ -39,11 +39,11 @@ impl Query {
         Ok(first)
     }
 
-    pub fn post_id(&self) -> ApiResult<String> {
+    pub fn post_id(&self) -> ApiResult<PostId> {
         let p = self
             .get("post_id")?
             .ok_or_else(|| ApiError::new(ErrorCode::InvalidPostId, "post_id is required"))?;
-        Ok(validate::post_id(p)?.to_string())
+        Ok(PostId::parse(p)?)
     }
 
     /// An integer parameter within `range`, or `default` when absent.

@@ -91,5 +91,5 @@ pub async fn open(
             ..ApiError::new(ErrorCode::TooManyConnections, msg)
         }
     })?;
-    Ok(Viewer::open(fanout, post_id, resume, slot, socket).await)
+    Ok(Viewer::open(fanout, post_id.to_string(), resume, slot, socket).await)
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use livecomments_shared::{
-    Comment,
+    Comment, CommentId, PostId,
     id::{self, IdGenerator},
     time,
     wire::{self, LiveComment, LiveEvent, WriterBeat},
@@ -54,7 +54,7 @@ const WITHDRAWING_MAX: usize = 1024;
 const REPUBLISH_MAX: usize = 16_384;
 
 pub struct Submission {
-    pub post_id: String,
+    pub post_id: PostId,
     pub user_id: String,
     pub text: String,
     pub metadata: BTreeMap<String, String>,
@@ -120,7 +120,10 @@ impl Pipeline {
 
 /// One announcement a second while the process runs (and is not frozen).
 async fn announce(region: String, writer: String, bus: Arc<dyn Bus>) {
-    let beat = WriterBeat { region, writer };
+    let beat = WriterBeat {
+        region: region.into(),
+        writer,
+    };
     let mut every = tokio::time::interval(Duration::from_millis(wire::WRITER_BEAT_MS));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -165,7 +168,7 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
 ) {
     let writer = ids.writer();
-    let mut last_published: HashMap<String, String> = HashMap::new();
+    let mut last_published: HashMap<PostId, CommentId> = HashMap::new();
     let mut recent = Recent {
         events: VecDeque::new(),
     };
@@ -191,12 +194,12 @@ async fn run(
                 let id = ids.next(now, rand::random::<u128>());
                 NewComment {
                     comment: Comment {
-                        id: id.to_string(),
-                        post_id: sub.post_id,
+                        id: id.to_string().into(),
+                        post_id: sub.post_id.into(),
                         user_id: sub.user_id,
                         text: sub.text,
                         timestamp: time::format_millis(id.timestamp_ms() as i64),
-                        region: region.clone(),
+                        region: region.clone().into(),
                         metadata: sub.metadata,
                     },
                     idempotency_key: sub.idempotency_key,
@@ -280,7 +283,7 @@ fn withdraw(store: Arc<dyn Store>, failed: Vec<Withdrawal>) {
 
 /// The live event of a comment this writer created: chained to its previous one of the post,
 /// or `adopted` when another writer's id is on it (finished for an Idempotency-Key).
-fn live_event(c: &Comment, writer: &str, last: &mut HashMap<String, String>) -> LiveEvent {
+fn live_event(c: &Comment, writer: &str, last: &mut HashMap<PostId, CommentId>) -> LiveEvent {
     if id::writer_of(&c.id) != writer {
         return LiveEvent::Comment(LiveComment {
             comment: c.clone(),
@@ -321,7 +324,7 @@ mod tests {
 
     fn comment(id: String, post: &str) -> Comment {
         Comment {
-            id,
+            id: id.into(),
             post_id: post.into(),
             user_id: "u".into(),
             text: "t".into(),

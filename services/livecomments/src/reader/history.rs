@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::join_all;
 use livecomments_shared::wire::{self, SinceReply, SinceRequest};
-use livecomments_shared::{Comment, Position, comment::newest_first};
+use livecomments_shared::{Comment, CommentId, Position, comment::newest_first};
 
 use crate::metrics::METRICS;
 use livecomments_store::Store;
@@ -46,11 +46,9 @@ pub async fn page_from_store(
     let limit = q.limit.clamp(1, wire::SINCE_MAX_LIMIT) as usize;
     // One extra row tells whether more follow without a second query.
     let res = if q.newest_first {
-        store
-            .newest(&q.post_id, q.before.as_deref(), limit + 1)
-            .await
+        store.newest(&q.post_id, q.before.as_ref(), limit + 1).await
     } else {
-        store.after(&q.post_id, q.after.as_deref(), limit + 1).await
+        store.after(&q.post_id, q.after.as_ref(), limit + 1).await
     };
     match res {
         Ok(mut comments) => {
@@ -167,9 +165,9 @@ impl History {
     ) -> MergedPage {
         let want = skip + limit;
         let q = SinceRequest {
-            post_id: post_id.to_string(),
+            post_id: post_id.to_string().into(),
             after: None,
-            before: before.map(str::to_string),
+            before: before.map(CommentId::from),
             newest_first: true,
             limit: 0,
         };
@@ -179,8 +177,8 @@ impl History {
     /// Oldest first, ids above `after` (exclusive), `limit` rows.
     pub async fn after(&self, post_id: &str, after: Option<&str>, limit: usize) -> MergedPage {
         let q = SinceRequest {
-            post_id: post_id.to_string(),
-            after: after.map(str::to_string),
+            post_id: post_id.to_string().into(),
+            after: after.map(CommentId::from),
             before: None,
             newest_first: false,
             limit: 0,
@@ -320,8 +318,8 @@ impl History {
         const SCAN_MAX: usize = 50_000;
         let src = self.source(region)?;
         let mut q = SinceRequest {
-            post_id: post_id.to_string(),
-            after: after.map(str::to_string),
+            post_id: post_id.to_string().into(),
+            after: after.map(CommentId::from),
             before: None,
             newest_first: false,
             limit: wire::SINCE_MAX_LIMIT,
@@ -359,7 +357,7 @@ impl History {
     ) -> Result<(Vec<Comment>, bool), HistoryError> {
         let src = self.source(region)?;
         let mut q = SinceRequest {
-            post_id: post_id.to_string(),
+            post_id: post_id.to_string().into(),
             after: None,
             before: None,
             newest_first: true,
@@ -456,7 +454,7 @@ mod tests {
             .map(|i| {
                 let ms = start_ms + i as i64;
                 Comment {
-                    id: ids.next(ms, i as u128).to_string(),
+                    id: ids.next(ms, i as u128).to_string().into(),
                     post_id: "p".into(),
                     user_id: "u".into(),
                     text: format!("{name} {i}"),

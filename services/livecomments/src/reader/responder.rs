@@ -37,7 +37,7 @@ pub async fn serve(rpc: Rpc, region: String, store: Arc<dyn Store>) -> anyhow::R
 
 async fn answer(q: Option<SinceRequest>, region: &str, store: &dyn Store) -> SinceReply {
     let refuse = |e: String| SinceReply {
-        region: region.to_string(),
+        region: region.to_string().into(),
         comments: vec![],
         more: false,
         error: Some(e),
@@ -55,7 +55,7 @@ async fn answer(q: Option<SinceRequest>, region: &str, store: &dyn Store) -> Sin
     }
     match page_from_store(store, region, &q).await {
         Ok(page) => SinceReply {
-            region: region.to_string(),
+            region: region.to_string().into(),
             comments: page.comments,
             more: page.more,
             error: None,

@@ -89,11 +89,11 @@ impl CqlStore {
             .unwrap_or(0);
         Ok(Some(Comment {
             timestamp: time::format_millis(ms),
-            id,
-            post_id: post_id.to_string(),
+            id: id.into(),
+            post_id: post_id.into(),
             user_id: user_id.to_string(),
             text: text.unwrap_or_default(),
-            region: region.unwrap_or_default(),
+            region: region.unwrap_or_default().into(),
             metadata: metadata.unwrap_or_default(),
         }))
     }
@@ -108,7 +108,13 @@ impl CqlStore {
                 .session
                 .execute_unpaged(
                     &self.st.mark_stored_if,
-                    (ttl.max(1), &c.user_id, &c.post_id, key, &c.id),
+                    (
+                        ttl.max(1),
+                        &c.user_id,
+                        c.post_id.as_str(),
+                        key,
+                        c.id.as_str(),
+                    ),
                 )
                 .await;
             match res.map_err(unavailable).and_then(lwt_outcome) {
@@ -116,7 +122,10 @@ impl CqlStore {
                 Ok((false, _)) => return Mark::Taken,
                 Err(e) => {
                     tracing::warn!(error = %e, id = %c.id, "marking a key stored: outcome unknown; reading it back");
-                    match self.read_key_owner(&c.user_id, &c.post_id, key).await {
+                    match self
+                        .read_key_owner(&c.user_id, c.post_id.as_str(), key)
+                        .await
+                    {
                         Ok(Some((id, true))) if id == c.id => return Mark::Stored,
                         Ok(Some((id, false))) if id == c.id => continue, // the mark did not apply
                         Ok(_) => return Mark::Taken,
@@ -155,7 +164,10 @@ impl CqlStore {
     pub(super) async fn release_key(&self, c: &Withdrawal, key: &str) -> StoreResult<KeyFate> {
         let res = self
             .session
-            .execute_unpaged(&self.st.release_key, (&c.user_id, &c.post_id, key, &c.id))
+            .execute_unpaged(
+                &self.st.release_key,
+                (&c.user_id, c.post_id.as_str(), key, c.id.as_str()),
+            )
             .await;
         let fate = |id: Option<&str>, stored: bool| match id {
             Some(id) if id == c.id && stored => KeyFate::Adopted,
@@ -169,7 +181,10 @@ impl CqlStore {
             )),
             Err(e) => {
                 tracing::warn!(error = %e, id = %c.id, "releasing a key: outcome unknown; reading it back");
-                match self.read_key_owner(&c.user_id, &c.post_id, key).await? {
+                match self
+                    .read_key_owner(&c.user_id, c.post_id.as_str(), key)
+                    .await?
+                {
                     None => Ok(KeyFate::Released),
                     Some((id, false)) if id == c.id => {
                         Err(StoreError::failed("the key's release did not apply"))
@@ -203,7 +218,7 @@ impl CqlStore {
         self.session
             .execute_unpaged(
                 &self.st.mark_stored,
-                (ttl.max(1), &c.user_id, &c.post_id, key),
+                (ttl.max(1), &c.user_id, c.post_id.as_str(), key),
             )
             .await
             .map_err(unavailable)?;
@@ -218,12 +233,12 @@ impl CqlStore {
                 &self.st.claim_key,
                 (
                     &c.user_id,
-                    &c.post_id,
+                    c.post_id.as_str(),
                     key,
-                    &c.id,
+                    c.id.as_str(),
                     &c.text,
                     CqlTimestamp(created_ms(c)),
-                    &c.region,
+                    c.region.as_str(),
                     &c.metadata,
                 ),
             )
@@ -253,11 +268,11 @@ impl CqlStore {
         };
         let prev = Comment {
             timestamp: time::format_millis(ms.or_else(|| id::millis_of(&id)).unwrap_or(0)),
-            id,
+            id: id.into(),
             post_id: c.post_id.clone(),
             user_id: c.user_id.clone(),
             text: text(&mut row, "text").unwrap_or_default(),
-            region: text(&mut row, "region").unwrap_or_default(),
+            region: text(&mut row, "region").unwrap_or_default().into(),
             metadata,
         };
         let stored = matches!(row.get("stored"), Some(CqlValue::Boolean(true)));
@@ -313,12 +328,12 @@ impl CqlStore {
             .execute_unpaged(
                 &self.st.restamp_key,
                 (
-                    &fresh.comment.id,
+                    fresh.comment.id.as_str(),
                     CqlTimestamp(created_ms(&fresh.comment)),
                     &prev.user_id,
-                    &prev.post_id,
+                    prev.post_id.as_str(),
                     key,
-                    &prev.id,
+                    prev.id.as_str(),
                 ),
             )
             .await
@@ -335,7 +350,8 @@ impl CqlStore {
             region: fresh.comment.region.clone(),
             ..prev.clone()
         };
-        self.delete_rows(&[(&prev.post_id, &prev.id)]).await?;
+        self.delete_rows(&[(prev.post_id.as_str(), prev.id.as_str())])
+            .await?;
         if !fresh.still_in_time() {
             return Err(StoreError::failed("retry not written in time; retry again"));
         }
@@ -361,7 +377,10 @@ impl CqlStore {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let res = self
                 .session
-                .execute_unpaged(&self.st.read_key, (&prev.user_id, &prev.post_id, key))
+                .execute_unpaged(
+                    &self.st.read_key,
+                    (&prev.user_id, prev.post_id.as_str(), key),
+                )
                 .await
                 .map_err(unavailable)?;
             let rows = res.into_rows_result().map_err(unavailable)?;

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::{StreamExt, stream};
-use livecomments_shared::{Comment, id, time};
+use livecomments_shared::{Comment, CommentId, PostId, id, time};
 use parking_lot::Mutex;
 use scylla::client::session::Session;
 use scylla::frame::types::Consistency;
@@ -195,7 +195,7 @@ type CommentRow = (
     Option<BTreeMap<String, String>>,
 );
 
-fn comment_from_row(post_id: &str, r: CommentRow) -> Option<Comment> {
+fn comment_from_row(post_id: &PostId, r: CommentRow) -> Option<Comment> {
     let (id, user_id, text, created_at, region, metadata) = r;
     let id = id?;
     let ms = created_at
@@ -203,12 +203,12 @@ fn comment_from_row(post_id: &str, r: CommentRow) -> Option<Comment> {
         .or_else(|| id::millis_of(&id))
         .unwrap_or(0);
     Some(Comment {
-        id,
-        post_id: post_id.to_string(),
+        id: id.into(),
+        post_id: post_id.clone(),
         user_id: user_id.unwrap_or_default(),
         text: text.unwrap_or_default(),
         timestamp: time::format_millis(ms),
-        region: region.unwrap_or_default(),
+        region: region.unwrap_or_default().into(),
         metadata: metadata.unwrap_or_default(),
     })
 }
@@ -227,8 +227,8 @@ pub struct CqlStore {
     index_ttl_secs: i32,
     /// `(post, span)` and `(post, bucket)` pairs this process already indexed: a hot post
     /// writes its bucket's index row once per second, not once per comment.
-    indexed_spans: Mutex<HashSet<(String, i64)>>,
-    indexed_buckets: Mutex<HashSet<(String, i64)>>,
+    indexed_spans: Mutex<HashSet<(PostId, i64)>>,
+    indexed_buckets: Mutex<HashSet<(PostId, i64)>>,
 }
 
 impl CqlStore {
@@ -467,7 +467,7 @@ impl CqlStore {
             let known_spans = self.indexed_spans.lock();
             let known_buckets = self.indexed_buckets.lock();
             for c in comments {
-                let Some(b) = bucket_of_id(&c.id) else {
+                let Some(b) = bucket_of_id(c.id.as_str()) else {
                     continue;
                 };
                 let s = span_of_bucket(b);
@@ -487,11 +487,11 @@ impl CqlStore {
         let ttl = self.index_ttl_secs;
         let writes: Vec<_> = spans
             .iter()
-            .map(|(p, s)| (p, *s, None))
+            .map(|(p, s)| (p.as_str(), *s, None))
             .chain(
                 buckets
                     .iter()
-                    .map(|(p, b)| (p, span_of_bucket(*b), Some(*b))),
+                    .map(|(p, b)| (p.as_str(), span_of_bucket(*b), Some(*b))),
             )
             .map(|(p, span, bucket)| async move {
                 match bucket {
@@ -526,19 +526,19 @@ impl CqlStore {
     }
 
     async fn write_comment(&self, c: &Comment) -> StoreResult<()> {
-        let bucket = bucket_of_id(&c.id)
+        let bucket = bucket_of_id(c.id.as_str())
             .ok_or_else(|| StoreError::failed(format!("comment id {:?} is not a ULID", c.id)))?;
         self.session
             .execute_unpaged(
                 &self.st.insert_comment,
                 (
-                    &c.post_id,
+                    c.post_id.as_str(),
                     bucket,
-                    &c.id,
+                    c.id.as_str(),
                     &c.user_id,
                     &c.text,
                     CqlTimestamp(created_ms(c)),
-                    &c.region,
+                    c.region.as_str(),
                     &c.metadata,
                     self.ttl_secs,
                     // The write carries its stamp's time, not the coordinator's: a delete
@@ -582,7 +582,7 @@ impl Store for CqlStore {
         let mut results: Vec<Option<StoreResult<Inserted>>> = (0..n).map(|_| None).collect();
 
         // Duplicate keys inside the batch follow their first occurrence (the leader).
-        let mut leader_of: HashMap<(String, String, String), usize> = HashMap::new();
+        let mut leader_of: HashMap<(String, PostId, String), usize> = HashMap::new();
         let mut follower: Vec<Option<usize>> = vec![None; n];
         for (i, item) in batch.iter().enumerate() {
             if let Some(k) = &item.idempotency_key {
@@ -708,8 +708,8 @@ impl Store for CqlStore {
 
     async fn newest(
         &self,
-        post_id: &str,
-        before: Option<&str>,
+        post_id: &PostId,
+        before: Option<&CommentId>,
         limit: usize,
     ) -> StoreResult<Vec<Comment>> {
         self.walk(Dir::Desc, post_id, before, limit).await
@@ -717,20 +717,20 @@ impl Store for CqlStore {
 
     async fn after(
         &self,
-        post_id: &str,
-        after: Option<&str>,
+        post_id: &PostId,
+        after: Option<&CommentId>,
         limit: usize,
     ) -> StoreResult<Vec<Comment>> {
         self.walk(Dir::Asc, post_id, after, limit).await
     }
 
-    async fn get(&self, post_id: &str, id: &str) -> StoreResult<Option<Comment>> {
+    async fn get(&self, post_id: &PostId, id: &CommentId) -> StoreResult<Option<Comment>> {
         let Some(bucket) = bucket_of_id(id) else {
             return Ok(None);
         };
         let res = self
             .session
-            .execute_unpaged(&self.st.get, (post_id, bucket, id))
+            .execute_unpaged(&self.st.get, (post_id.as_str(), bucket, id.as_str()))
             .await
             .map_err(unavailable)?;
         let rows = res.into_rows_result().map_err(unavailable)?;
@@ -740,17 +740,22 @@ impl Store for CqlStore {
             .and_then(|r| comment_from_row(post_id, r)))
     }
 
-    async fn keyed(&self, user_id: &str, post_id: &str, key: &str) -> StoreResult<Option<Comment>> {
+    async fn keyed(
+        &self,
+        user_id: &str,
+        post_id: &PostId,
+        key: &str,
+    ) -> StoreResult<Option<Comment>> {
         self.confirmed_key(user_id, post_id, key).await
     }
 
-    async fn delete(&self, post_id: &str, id: &str) -> StoreResult<bool> {
+    async fn delete(&self, post_id: &PostId, id: &CommentId) -> StoreResult<bool> {
         // Read, then delete: both idempotent (no LWT). Two concurrent deletes of one comment
         // may both answer true; the comment is gone either way.
         if self.get(post_id, id).await?.is_none() {
             return Ok(false);
         }
-        self.delete_rows(&[(post_id, id)]).await?;
+        self.delete_rows(&[(post_id.as_str(), id.as_str())]).await?;
         Ok(true)
     }
 
@@ -769,7 +774,8 @@ impl Store for CqlStore {
                     continue;
                 }
             }
-            self.delete_rows(&[(&w.post_id, &w.id)]).await?;
+            self.delete_rows(&[(w.post_id.as_str(), w.id.as_str())])
+                .await?;
         }
         Ok(())
     }

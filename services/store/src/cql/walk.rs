@@ -15,7 +15,7 @@ impl CqlStore {
     async fn query_bucket(
         &self,
         dir: Dir,
-        post_id: &str,
+        post_id: &PostId,
         bucket: i64,
         bound: &str,
         limit: usize,
@@ -28,7 +28,12 @@ impl CqlStore {
             .session
             .execute_unpaged(
                 st,
-                (post_id, bucket, bound, limit.min(i32::MAX as usize) as i32),
+                (
+                    post_id.as_str(),
+                    bucket,
+                    bound,
+                    limit.min(i32::MAX as usize) as i32,
+                ),
             )
             .await
             .map_err(unavailable)?;
@@ -48,8 +53,8 @@ impl CqlStore {
     pub(super) async fn walk(
         &self,
         dir: Dir,
-        post_id: &str,
-        cursor: Option<&str>,
+        post_id: &PostId,
+        cursor: Option<&CommentId>,
         limit: usize,
     ) -> StoreResult<Vec<Comment>> {
         let mut out = Vec::new();
@@ -62,7 +67,7 @@ impl CqlStore {
             (Dir::Desc, None) => char::MAX.to_string(),
             (Dir::Asc, None) => String::new(),
         };
-        let start = cursor.and_then(bucket_of_cursor);
+        let start = cursor.and_then(|c| bucket_of_cursor(c));
         let mut buckets = BucketWalk::new(self, dir, post_id, start);
         let mut wave = 1;
         while out.len() < limit {
