@@ -1,6 +1,9 @@
 //! Starts a livecomments standalone server for a run: free port, temp data dir, generated
 //! secret, rate limit and per-IP stream limit raised so that they do not skew the figures.
 
+// libc kill(SIGTERM) for a graceful stop: std only has Child::kill (SIGKILL).
+#![allow(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -1,5 +1,8 @@
 //! Histograms, clocks and /proc readings.
 
+// libc getrlimit/setrlimit and sysconf(_SC_CLK_TCK): std has no safe API for them.
+#![allow(unsafe_code)]
+
 use hdrhistogram::Histogram;
 
 /// Microsecond histogram, 1 µs .. 1 h, 3 significant digits.

@@ -36,14 +36,14 @@ pub fn body(data: &[u8]) {
     if let Ok(t) = validate::text(&input.text) {
         text_ok(&t);
     }
-    if let Some(m) = &input.metadata {
-        if validate::metadata(m).is_ok() {
-            assert!(m.len() <= validate::METADATA_MAX_ENTRIES);
-            for (k, v) in m {
-                let kl = k.chars().count();
-                assert!((1..=validate::METADATA_KEY_MAX).contains(&kl));
-                assert!(v.chars().count() <= validate::METADATA_VALUE_MAX);
-            }
+    if let Some(m) = &input.metadata
+        && validate::metadata(m).is_ok()
+    {
+        assert!(m.len() <= validate::METADATA_MAX_ENTRIES);
+        for (k, v) in m {
+            let kl = k.chars().count();
+            assert!((1..=validate::METADATA_KEY_MAX).contains(&kl));
+            assert!(v.chars().count() <= validate::METADATA_VALUE_MAX);
         }
     }
 }
@@ -279,7 +279,7 @@ pub fn requests(data: &[u8]) {
 }
 
 fn since_message(sel: u8, rest: &[u8]) {
-    if sel % 2 == 0 {
+    if sel.is_multiple_of(2) {
         let Ok(q) = wire::decode::<SinceRequest>(rest) else {
             return;
         };

@@ -4,6 +4,9 @@
 //! Nothing in this crate does I/O, so every role (and every client in another language that
 //! reads `docs/NATS.md`) sees the same definitions, and all of it is unit-testable.
 
+// No request path may panic on input: outside tests, no unwrap or expect.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod cidr;
 pub mod comment;
 pub mod error;

@@ -174,15 +174,15 @@ impl Server {
         self.args[LISTEN] = addr.to_string();
         let url = format!("{}/{}", self.base, if ready { "readyz" } else { "healthz" });
         loop {
-            if let Ok(r) = client().get(&url).send().await {
-                if r.status().is_success() {
-                    return Ok(());
-                }
+            if let Ok(r) = client().get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
             }
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    return Err(StartError::new(&what, Some(status), &self.log));
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                return Err(StartError::new(&what, Some(status), &self.log));
             }
             if Instant::now() > deadline {
                 return Err(StartError::new(&what, None, &self.log));

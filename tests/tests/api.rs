@@ -537,13 +537,13 @@ async fn delete_by_author_or_moderator_only() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut saw_delete = false;
     while std::time::Instant::now() < deadline {
-        if let Some(ev) = viewer.next(Duration::from_secs(1)).await {
-            if ev.event == "delete" {
-                assert_eq!(ev.json()["id"], id.as_str());
-                assert_eq!(ev.json()["post_id"], "p");
-                saw_delete = true;
-                break;
-            }
+        if let Some(ev) = viewer.next(Duration::from_secs(1)).await
+            && ev.event == "delete"
+        {
+            assert_eq!(ev.json()["id"], id.as_str());
+            assert_eq!(ev.json()["post_id"], "p");
+            saw_delete = true;
+            break;
         }
     }
     assert!(saw_delete, "stream received event: delete");

@@ -469,13 +469,13 @@ fn check_viewer(name: &str, log: &ViewerLog, stored: &HashSet<String>) -> Vec<St
                 problems.push(format!("{name}: malformed id {id:?} in segment {k}"));
                 continue;
             };
-            if let Some(prev) = last.insert(writer, id) {
-                if prev >= id.as_str() {
-                    problems.push(format!(
+            if let Some(prev) = last.insert(writer, id)
+                && prev >= id.as_str()
+            {
+                problems.push(format!(
                         "{name}: writer {writer} out of order in segment {k} (fanout {}): {prev} then {id}",
                         seg.fanout
                     ));
-                }
             }
         }
     }

@@ -132,10 +132,11 @@ async fn heartbeats_when_idle() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut pings = 0;
     while Instant::now() < deadline && pings < 2 {
-        if let Some(ev) = v.next(Duration::from_secs(3)).await {
-            if ev.event == "comment-line" && ev.data == "ping" {
-                pings += 1;
-            }
+        if let Some(ev) = v.next(Duration::from_secs(3)).await
+            && ev.event == "comment-line"
+            && ev.data == "ping"
+        {
+            pings += 1;
         }
     }
     assert!(pings >= 2, "got {pings} pings");

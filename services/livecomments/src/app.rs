@@ -137,10 +137,10 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
     }
 
     let auth = Authenticator::from_args(&s.auth, role == Role::Standalone)?.map(Arc::new);
-    if let Some(a) = &auth {
-        if let Some((token, _)) = a.dev_token("demo", 24 * 3600) {
-            tracing::info!(user_id = "demo", token = %token, "no JWT key configured: generated a dev secret; GET /dev/token?user_id=<id> for more tokens");
-        }
+    if let Some(a) = &auth
+        && let Some((token, _)) = a.dev_token("demo", 24 * 3600)
+    {
+        tracing::info!(user_id = "demo", token = %token, "no JWT key configured: generated a dev secret; GET /dev/token?user_id=<id> for more tokens");
     }
     let common = Arc::new(Common {
         region: s.region.clone(),

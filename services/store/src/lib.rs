@@ -5,6 +5,9 @@
 //!
 //! The store only knows its own region's comments; merging regions is the reader's job.
 
+// No request path may panic on input: outside tests, no unwrap or expect.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod coalesce;
 pub mod cql;
 pub mod embedded;

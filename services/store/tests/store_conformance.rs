@@ -27,7 +27,7 @@ fn id_at(ms: i64, n: u128) -> CommentId {
 
 fn comment_at(post: &str, user: &str, ms: i64, n: u128, text: &str) -> Comment {
     Comment {
-        id: id_at(ms, n).into(),
+        id: id_at(ms, n),
         post_id: post.into(),
         user_id: user.into(),
         text: text.into(),

@@ -39,12 +39,12 @@ impl LocalBus {
 impl Bus for LocalBus {
     async fn publish(&self, _region: &str, event: &LiveEvent) -> Result<(), BusError> {
         let mut posts = self.posts.lock();
-        if let Some(tx) = posts.get(event.post_id().as_str()) {
-            if tx.send(Arc::new(event.clone())).is_err() {
-                // Nobody listens any more: forget the post so the map stays bounded by
-                // the posts that have subscribers.
-                posts.remove(event.post_id().as_str());
-            }
+        if let Some(tx) = posts.get(event.post_id().as_str())
+            && tx.send(Arc::new(event.clone())).is_err()
+        {
+            // Nobody listens any more: forget the post so the map stays bounded by
+            // the posts that have subscribers.
+            posts.remove(event.post_id().as_str());
         }
         Ok(())
     }

@@ -150,11 +150,10 @@ impl NatsBus {
                         METRICS.bus_decode_errors.inc();
                         continue;
                     }
-                    if seen.len() >= MAX_TRACKED_WRITERS {
-                        if let Some(oldest) = seen.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()) {
+                    if seen.len() >= MAX_TRACKED_WRITERS
+                        && let Some(oldest) = seen.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()) {
                             seen.remove(&oldest);
                         }
-                    }
                     seen.insert((beat.region.to_string(), beat.writer), Instant::now());
                 }
                 _ = tick.tick() => {

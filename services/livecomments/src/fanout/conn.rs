@@ -97,21 +97,21 @@ impl Conn {
         let Some(bytes) = frame.render(&mut st.pos) else {
             return true;
         };
-        if st.pending.is_empty() {
-            if let Some(socket) = &st.socket {
-                match socket.try_write(&bytes) {
-                    Ok(n) if n == bytes.len() => return true,
-                    Ok(n) => st.pending.extend_from_slice(&bytes[n..]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        st.pending.extend_from_slice(&bytes)
-                    }
-                    Err(_) => return self.end_locked(st, End::Abort),
+        if st.pending.is_empty()
+            && let Some(socket) = &st.socket
+        {
+            match socket.try_write(&bytes) {
+                Ok(n) if n == bytes.len() => return true,
+                Ok(n) => st.pending.extend_from_slice(&bytes[n..]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    st.pending.extend_from_slice(&bytes)
                 }
-                st.pending_events = events;
-                drop(st);
-                self.wake.notify_one();
-                return true;
+                Err(_) => return self.end_locked(st, End::Abort),
             }
+            st.pending_events = events;
+            drop(st);
+            self.wake.notify_one();
+            return true;
         }
         st.pending.extend_from_slice(&bytes);
         st.pending_events += events;

@@ -122,10 +122,10 @@ impl Fanout {
     /// The hub of `post_id`, created (and subscribed) if this is its first viewer.
     pub(crate) fn hub(self: &Arc<Self>, post_id: &str) -> Arc<Hub> {
         let mut hubs = self.hubs.lock();
-        if let Some(h) = hubs.get(post_id) {
-            if !h.is_closed() {
-                return h.clone();
-            }
+        if let Some(h) = hubs.get(post_id)
+            && !h.is_closed()
+        {
+            return h.clone();
         }
         let hub = Hub::start(self.clone(), post_id.to_string());
         hubs.insert(post_id.to_string(), hub.clone());

@@ -187,13 +187,12 @@ impl Viewer {
                 continue;
             }
             let mut st = self.conn.lock();
-            if let Some(bytes) = part.render(&mut st.pos) {
-                if !self
+            if let Some(bytes) = part.render(&mut st.pos)
+                && !self
                     .conn
                     .push_event(st, &bytes, self.hub.fanout().cfg.viewer_buffer)
-                {
-                    return;
-                }
+            {
+                return;
             }
         }
     }

@@ -21,7 +21,7 @@ pub async fn handle(
         return Err(ApiError::new(ErrorCode::NotFound, "no such comment"));
     }
     let req = DeleteRequest {
-        post_id: post_id.into(),
+        post_id,
         id: comment_id.into(),
         user_id: caller.user_id,
         moderator: caller.moderator,

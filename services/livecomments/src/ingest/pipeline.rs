@@ -195,7 +195,7 @@ async fn run(
                 NewComment {
                     comment: Comment {
                         id: id.to_string().into(),
-                        post_id: sub.post_id.into(),
+                        post_id: sub.post_id,
                         user_id: sub.user_id,
                         text: sub.text,
                         timestamp: time::format_millis(id.timestamp_ms() as i64),

@@ -518,7 +518,7 @@ mod tests {
     async fn a_region_with_more_than_one_page_is_read_in_pages() {
         let big = wire::SINCE_MAX_LIMIT as usize * 2 + 30;
         let eu = region("eu", 1, 1_000, big);
-        let h = history(&[eu.clone()]);
+        let h = history(std::slice::from_ref(&eu));
         let page = h.after("p", None, big).await;
         assert_eq!(ids(&page.comments), ids(&eu.rows));
         assert!(!page.more);

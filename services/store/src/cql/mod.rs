@@ -769,10 +769,10 @@ impl Store for CqlStore {
 
     async fn withdraw(&self, failed: &[Withdrawal]) -> StoreResult<()> {
         for w in failed {
-            if let Some(key) = &w.idempotency_key {
-                if self.release_key(w, key).await? == KeyFate::Adopted {
-                    continue;
-                }
+            if let Some(key) = &w.idempotency_key
+                && self.release_key(w, key).await? == KeyFate::Adopted
+            {
+                continue;
             }
             self.delete_rows(&[(w.post_id.as_str(), w.id.as_str())])
                 .await?;
