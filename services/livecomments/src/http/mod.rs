@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::MethodRouter;
 use livecomments_shared::{ErrorCode, Rejection};
 
 use crate::auth::{Authenticator, Caller};
@@ -170,44 +170,84 @@ impl Common {
     }
 }
 
+/// A table of routes whose method names build the handlers' `MethodRouter`s, so the
+/// (method, path) list `openapi.json` is checked against (`api_routes`) cannot differ from
+/// what the router serves.
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+        &[$(($path, stringify!($method), || axum::routing::$method($handler))),*]
+    };
+}
+
+type RouteTable<S> = &'static [(&'static str, &'static str, fn() -> MethodRouter<S>)];
+
+/// Routes of every process (operations, the spec itself).
+const COMMON: RouteTable<Arc<Common>> = routes!(
+    get "/healthz" => ops::healthz,
+    get "/readyz" => ops::readyz,
+    get "/metrics" => ops::metrics,
+    get "/openapi.json" => ops::openapi,
+);
+/// Standalone's dev tokens (only with `--dev-tokens`).
+const DEV_TOKENS: RouteTable<Arc<Common>> = routes!(
+    get "/dev/token" => ops::dev_token,
+);
+const INGEST: RouteTable<Arc<IngestState>> = routes!(
+    post "/comment" => post_comment::handle,
+    delete "/comment/{id}" => delete_comment::handle,
+);
+const READER: RouteTable<Arc<ReaderState>> = routes!(
+    get "/comments" => get_comments::handle,
+);
+const FANOUT: RouteTable<Arc<FanoutState>> = routes!(
+    get "/comments/stream" => stream::handle,
+);
+/// The demo page: files for a browser, not part of the API (not in `openapi.json`).
+const DEMO_PAGE: RouteTable<Arc<Common>> = routes!(
+    get "/" => ops::index,
+    get "/app.js" => ops::app_js,
+    get "/style.css" => ops::style_css,
+);
+
+/// Every API route a process running every room serves, as (method, path): what
+/// `openapi.json` must describe, no more and no less (checked by a test).
+pub fn api_routes() -> Vec<(&'static str, &'static str)> {
+    fn pairs<S>(t: RouteTable<S>) -> impl Iterator<Item = (&'static str, &'static str)> {
+        t.iter().map(|(path, method, _)| (*method, *path))
+    }
+    pairs(COMMON)
+        .chain(pairs(DEV_TOKENS))
+        .chain(pairs(INGEST))
+        .chain(pairs(READER))
+        .chain(pairs(FANOUT))
+        .collect()
+}
+
+fn add<S: Clone + Send + Sync + 'static>(mut r: Router<S>, table: RouteTable<S>) -> Router<S> {
+    for (path, _, method_router) in table {
+        r = r.route(path, method_router());
+    }
+    r
+}
+
 pub fn router(rooms: &Rooms) -> Router {
     let common = &rooms.common;
-    let mut r = Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi));
+    let mut r = add(Router::new(), COMMON);
     if common.demo_page {
-        r = r
-            .route("/", get(ops::index))
-            .route("/app.js", get(ops::app_js))
-            .route("/style.css", get(ops::style_css));
+        r = add(r, DEMO_PAGE);
     }
     if common.auth.as_ref().is_some_and(|a| a.dev_tokens_enabled()) {
-        r = r.route("/dev/token", get(ops::dev_token));
+        r = add(r, DEV_TOKENS);
     }
     let mut r: Router = r.with_state(common.clone());
     if let Some(ingest) = &rooms.ingest {
-        r = r.merge(
-            Router::new()
-                .route("/comment", post(post_comment::handle))
-                .route("/comment/{id}", delete(delete_comment::handle))
-                .with_state(ingest.clone()),
-        );
+        r = r.merge(add(Router::new(), INGEST).with_state(ingest.clone()));
     }
     if let Some(reader) = &rooms.reader {
-        r = r.merge(
-            Router::new()
-                .route("/comments", get(get_comments::handle))
-                .with_state(reader.clone()),
-        );
+        r = r.merge(add(Router::new(), READER).with_state(reader.clone()));
     }
     if let Some(fanout) = &rooms.fanout {
-        r = r.merge(
-            Router::new()
-                .route("/comments/stream", get(stream::handle))
-                .with_state(fanout.clone()),
-        );
+        r = r.merge(add(Router::new(), FANOUT).with_state(fanout.clone()));
     }
     r.fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -216,4 +256,35 @@ pub fn router(rooms: &Rooms) -> Router {
                 "method not allowed on this route",
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// `openapi.json` describes exactly the routes the router serves: a route added to a
+    /// table without its description (or a description left behind) fails here.
+    #[test]
+    fn the_openapi_document_lists_exactly_the_served_routes() {
+        let spec: serde_json::Value =
+            serde_json::from_str(include_str!("../../openapi.json")).expect("openapi.json");
+        let described: BTreeSet<(String, String)> = spec["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .expect("operations")
+                    .keys()
+                    .filter(|k| ["get", "post", "put", "patch", "delete"].contains(&k.as_str()))
+                    .map(move |m| (m.clone(), path.clone()))
+            })
+            .collect();
+        let served: BTreeSet<(String, String)> = super::api_routes()
+            .into_iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        assert!(served.len() >= 9, "{served:?}");
+        assert_eq!(described, served);
+    }
 }
