@@ -22,8 +22,8 @@ pub fn parse_since(s: &str) -> Option<i64> {
         return (ms <= 253_402_300_799_999).then_some(ms);
     }
     let t = DateTime::parse_from_rfc3339(s).ok()?;
-    let ms = t.timestamp_millis();
-    (ms >= 0).then_some(ms)
+    // Before the epoch there are no comments: "since then" is "since the start".
+    Some(t.timestamp_millis().max(0))
 }
 
 /// Parses the RFC 3339 form written by [`format_millis`].

@@ -100,7 +100,7 @@ pub fn idempotency_key(s: &str) -> Result<&str, Rejection> {
 
 /// A token's `sub` becomes `user_id`; keep it bounded and printable so it is safe in keys and logs.
 pub fn user_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= USER_ID_MAX && !s.chars().any(char::is_control)
+    !s.is_empty() && s.chars().count() <= USER_ID_MAX && !s.chars().any(char::is_control)
 }
 
 #[cfg(test)]

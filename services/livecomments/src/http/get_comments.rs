@@ -11,6 +11,7 @@ use super::{ApiError, ApiResult};
 
 /// Deepest row reachable with `page_number`; deeper pages use `next_cursor` (O(page) each).
 pub const MAX_OFFSET: u64 = 10_000;
+pub const MAX_PAGE_NUMBER: u64 = MAX_OFFSET / 100;
 
 pub async fn handle(
     State(st): State<std::sync::Arc<super::ReaderState>>,
@@ -21,7 +22,9 @@ pub async fn handle(
     st.common.authorize_read(&headers, q.get("access_token")?)?;
     let post_id = q.post_id()?;
     let page_size = q.int("page_size", 20, 1..=100)?;
-    let page_number = q.int("page_number", 1, 1..=u64::MAX)?;
+    // 100 pages of at most 100 rows: every skip stays within MAX_OFFSET, and the rule is one
+    // parameter's range (as the OpenAPI document can say it), not a product of two.
+    let page_number = q.int("page_number", 1, 1..=MAX_PAGE_NUMBER)?;
     let cursor = |name: &str| -> ApiResult<Option<String>> {
         match q.get(name)? {
             None => Ok(None),
@@ -43,38 +46,32 @@ pub async fn handle(
             )
         })?),
     };
+    // Any combination means what each part says: `since`/`after` start an oldest-first read
+    // at the later of the two, `before` ends it (a window), `page_number` skips pages in
+    // either direction.
     let forward = since.is_some() || after.is_some();
-    if [before.is_some(), since.is_some(), after.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count()
-        > 1
-    {
-        return Err(ApiError::new(
-            ErrorCode::InvalidParameter,
-            "use only one of before, since and after",
-        ));
-    }
-    if forward && page_number != 1 {
-        return Err(ApiError::new(
-            ErrorCode::InvalidParameter,
-            "page_number applies to newest-first pages only",
-        ));
-    }
-    let skip = (page_number - 1).saturating_mul(page_size);
-    if skip > MAX_OFFSET {
-        return Err(ApiError::new(
-            ErrorCode::InvalidParameter,
-            format!(
-                "page_number reaches past {MAX_OFFSET} comments; follow next_cursor with before= instead"
-            ),
-        ));
-    }
+    let skip = (page_number - 1) * page_size;
     let history = &st.history;
     let page_size = page_size as usize;
     let (page, next_cursor) = if forward {
-        let from = after.or_else(|| since.map(id::max_at));
-        let page = history.after(&post_id, from.as_deref(), page_size).await;
+        let from = match (after, since.map(id::max_at)) {
+            (Some(a), Some(s)) => Some(a.max(s)),
+            (a, s) => a.or(s),
+        };
+        let mut page = history
+            .after(&post_id, from.as_deref(), skip as usize, page_size)
+            .await;
+        if let Some(end) = &before {
+            // Oldest first: once one id reaches the window's end, every later one does.
+            if let Some(cut) = page
+                .comments
+                .iter()
+                .position(|c| c.id.as_str() >= end.as_str())
+            {
+                page.comments.truncate(cut);
+                page.more = false;
+            }
+        }
         // next_cursor means "older, with before=" (CONTRACT); forward pages continue with
         // `after=<next_after>` instead.
         (page, None)

@@ -52,7 +52,8 @@ pub async fn open(
         )
     };
     // The header wins over the query parameter: browsers set it on automatic reconnects.
-    let resume = match headers.get("last-event-id") {
+    let resume = match headers.get("last-event-id").filter(|v| !v.is_empty()) {
+        // An empty one means none (the SSE spec's "reset the last event ID").
         Some(v) => Some(
             v.to_str()
                 .ok()

@@ -174,8 +174,15 @@ impl History {
         self.merge(q, want, skip, limit, true).await
     }
 
-    /// Oldest first, ids above `after` (exclusive), `limit` rows.
-    pub async fn after(&self, post_id: &str, after: Option<&str>, limit: usize) -> MergedPage {
+    /// Oldest first, ids above `after` (exclusive), skipping `skip` (bounded by the caller),
+    /// `limit` rows.
+    pub async fn after(
+        &self,
+        post_id: &str,
+        after: Option<&str>,
+        skip: usize,
+        limit: usize,
+    ) -> MergedPage {
         let q = SinceRequest {
             post_id: post_id.to_string().into(),
             after: after.map(CommentId::from),
@@ -183,7 +190,7 @@ impl History {
             newest_first: false,
             limit: 0,
         };
-        self.merge(q, limit, 0, limit, false).await
+        self.merge(q, skip + limit, skip, limit, false).await
     }
 
     /// Asks every region concurrently for `want` rows (in pages of at most SINCE_MAX_LIMIT),
@@ -519,7 +526,7 @@ mod tests {
         let big = wire::SINCE_MAX_LIMIT as usize * 2 + 30;
         let eu = region("eu", 1, 1_000, big);
         let h = history(std::slice::from_ref(&eu));
-        let page = h.after("p", None, big).await;
+        let page = h.after("p", None, 0, big).await;
         assert_eq!(ids(&page.comments), ids(&eu.rows));
         assert!(!page.more);
         assert_eq!(eu.pages.load(std::sync::atomic::Ordering::Relaxed), 3);
