@@ -117,6 +117,8 @@ export class Connection {
   post(text: string, opts?: { idempotencyKey?: string; metadata?: Record<string, string> }): Promise<Comment>;
   delete(id: string): Promise<void>;
   history(opts?: { before?: string; limit?: number; since?: string | number }): Promise<HistoryPage>;
+  /** Replaces the token; the next request sends it (the open stream keeps its own until it reconnects). */
+  setToken(token: string | null): void;
   /** Reopens the stream now, optionally from another position. */
   reconnect(opts?: { lastEventId?: string | null; since?: string | number }): void;
   close(): void;

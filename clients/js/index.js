@@ -82,6 +82,11 @@ export class Connection {
 
   // ---- public API ------------------------------------------------------------------------
 
+  /** Replaces the token (e.g. the user signed in as someone else); the next request sends it. */
+  setToken(token) {
+    this.token = token || null;
+  }
+
   /** Stops the stream for good (no reconnect). */
   close() {
     this._closed = true;

@@ -167,3 +167,11 @@ test('unknown event kinds reach onEvent', async (t) => {
   assert.equal(conn.lastEventId, 'p1');
   assert.deepEqual(r.comments, []);
 });
+
+test('the binary serves this module as /client.js, byte for byte, as JavaScript', async () => {
+  const { readFile } = await import('node:fs/promises');
+  const res = await fetch(`${server.base}/client.js`);
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get('content-type'), /^text\/javascript/);
+  assert.equal(await res.text(), await readFile(new URL('../index.js', import.meta.url), 'utf8'));
+});

@@ -181,6 +181,7 @@ pub fn router(rooms: &Rooms) -> Router {
         r = r
             .route("/", get(ops::index))
             .route("/app.js", get(ops::app_js))
+            .route("/client.js", get(ops::client_js))
             .route("/style.css", get(ops::style_css));
     }
     if common.auth.as_ref().is_some_and(|a| a.dev_tokens_enabled()) {
