@@ -44,7 +44,7 @@ export class LivecommentsError extends Error {
   readonly retryAfter: number | null;
   /** The parsed error body, if any. */
   readonly body: unknown;
-  /** Set on stream errors after which the client gives up (400, 403, 404). */
+  /** Set on stream errors after which the client gives up (400, 403, 404; 401 without getToken). */
   readonly fatal?: boolean;
   static fromResponse(res: Response): Promise<LivecommentsError>;
 }

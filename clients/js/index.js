@@ -187,8 +187,9 @@ export class Connection {
           this.lastEventId = null;
           this.since = null;
           this._emit('onReset', { reason: err.code });
-        } else if (!(err.status === 429 || err.status >= 500 || err.status === 401)) {
-          throw Object.assign(err, { fatal: true }); // 400/403/404: retrying cannot help
+        } else if (!(err.status === 429 || err.status >= 500 || (err.status === 401 && this.options.getToken))) {
+          // 400/403/404, or a 401 with no getToken() to ask for another token: retrying cannot help.
+          throw Object.assign(err, { fatal: true });
         }
         if (err.retryAfter != null) delay = err.retryAfter * 1000;
         throw err;

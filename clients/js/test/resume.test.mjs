@@ -77,3 +77,26 @@ test('a replay of what was already delivered is de-duplicated; history counts as
   assert.deepEqual(r.ids(), [...fresh, last].map((c) => c.id), 'nothing delivered twice, history not re-delivered');
   assert.ok(conn.stats.duplicates >= 5, `duplicates ${conn.stats.duplicates}`);
 });
+
+test('a graceful shutdown sends event: reconnect; the client resumes on the restarted server without loss', async (t) => {
+  const server = await Server.start();
+  t.after(() => server.stop());
+  const postId = uniquePost('term');
+  const r = recorder();
+  const conn = connect({ url: server.base, postId, ...FAST, ...r.callbacks });
+  t.after(() => conn.close());
+  await waitFor(() => r.states.includes('open'), 'the stream to open');
+  let token = await devToken(server.base, 'carol');
+  const first = await rawPost(server.base, token, postId, 'before the shutdown');
+  await waitFor(() => r.ids().includes(first.id), 'the first comment');
+
+  await server.kill('SIGTERM');
+  await waitFor(() => r.events.some((e) => e.type === 'reconnect'), 'event: reconnect from the closing server');
+  assert.equal(r.states.at(-1), 'reconnecting');
+  await server.start();
+  token = await devToken(server.base, 'carol');
+  const second = await rawPost(server.base, token, postId, 'after the restart');
+  await waitFor(() => r.ids().includes(second.id), 'the comment after the restart');
+  assert.deepEqual(r.ids(), [first.id, second.id]);
+  assert.ok(r.states.includes('resumed'));
+});
