@@ -1,6 +1,8 @@
 // livecomments demo page: history (GET /comments), live stream (SSE), posting and deleting.
-// Plain script, no build step, no dependencies. Comment text is only ever set with textContent.
-'use strict';
+// An ES module, no build step. The API, the stream's reconnect/resume/de-duplication and the
+// deletions are the JavaScript client's (clients/js, served as /client.js); this file renders.
+// Comment text is only ever set with textContent.
+import { connect, LivecommentsError } from '/client.js';
 
 (() => {
   const POST_RE = /^[A-Za-z0-9_-]{1,64}$/;
@@ -21,8 +23,7 @@
   const deleted = new Set(); // ids deleted while this page was open (history may still return them briefly)
   let nextCursor; // undefined: first page not loaded yet; null: no older page
   let loading = false;
-  let lastEventId = null; // the stream's resume token, from the last `id:` seen
-  let sinceMark = null; // ms since the epoch, server clock: resume point before any `id:` was seen
+  let conn = null; // the client's connection (stream + API), made at the end
   let session = null; // { user, token, expiresAt }: the demo identity of this tab
 
   el.postInput.value = postId;
@@ -45,6 +46,12 @@
   function notify(message, isError = false) {
     el.notice.textContent = message;
     el.notice.classList.toggle('error', isError);
+  }
+  // The status line's wording of an API error (a LivecommentsError from the client).
+  function errorText(e) {
+    if (!(e instanceof LivecommentsError)) return e.message;
+    if (e.status === 429) return `Rate limited${e.retryAfter != null ? ` — try again in ${e.retryAfter} s` : ''}: ${e.message}`;
+    return e.message;
   }
   async function apiError(res) {
     let message = `${res.status} ${res.statusText}`;
@@ -165,25 +172,16 @@
     el.older.disabled = true;
     const gen = generation;
     try {
-      const q = new URLSearchParams({ post_id: postId, page_size: String(PAGE_SIZE) });
-      if (nextCursor) q.set('before', nextCursor);
-      const res = await fetch(`/comments?${q}`, { headers: { Accept: 'application/json' } });
-      if (!res.ok) throw new Error(await apiError(res));
-      if (!q.has('before')) {
-        // The newest page. The stream was open before this request: resuming it from a little
-        // before the server's time of this answer misses nothing (what both carry is shown once).
-        const served = Date.parse(res.headers.get('Date'));
-        sinceMark = (Number.isNaN(served) ? Date.now() - 60_000 : served) - 5_000;
-      }
-      const page = await res.json();
+      // The client counts these ids as delivered: the stream's replay does not show them twice.
+      const page = await conn.history({ before: nextCursor || undefined, limit: PAGE_SIZE });
       if (gen !== generation) return;
-      for (const c of page.comments || []) add(c);
-      nextCursor = page.next_cursor || null;
+      for (const c of page.comments) add(c);
+      nextCursor = page.nextCursor;
       historyFailed = false;
     } catch (e) {
       if (gen !== generation) return;
       historyFailed = true;
-      notify(`Could not load comments: ${e.message}`, true);
+      notify(`Could not load comments: ${errorText(e)}`, true);
     } finally {
       if (gen === generation) {
         loading = false;
@@ -213,94 +211,11 @@
     : null;
   el.older.addEventListener('click', loadOlder);
 
-  // A deletion is sent only to the streams open at that moment, and a resume replays comments,
-  // not deletions: after a reconnect, drop what the server's newest page no longer holds.
-  const CHECK_SIZE = 100;
-  async function dropDeletedWhileAway() {
-    const shown = [...items.keys()];
-    if (shown.length === 0) return;
-    try {
-      const q = new URLSearchParams({ post_id: postId, page_size: String(CHECK_SIZE) });
-      const res = await fetch(`/comments?${q}`, { headers: { Accept: 'application/json' } });
-      if (!res.ok) return;
-      const page = await res.json();
-      if (page.partial) return; // a region did not answer: its comments' absence proves nothing
-      const present = new Set((page.comments || []).map((c) => c.id));
-      const whole = !page.next_cursor; // the page holds every comment of the post
-      let oldest = null;
-      for (const id of present) if (oldest === null || id < oldest) oldest = id;
-      for (const id of shown) {
-        // Shown before the request, so a comment still stored is on the page if it is at least
-        // as new as the page's oldest (ids order by time, across regions).
-        if (!present.has(id) && (whole || (oldest !== null && id >= oldest))) drop(id);
-      }
-    } catch { /* the next reconnect checks again */ }
-  }
-
   let historyStarted = false;
   function startHistory() {
     if (historyStarted) return;
     historyStarted = true;
     loadOlder().then(() => observer && observer.observe(el.more));
-  }
-
-  // ---- live stream -------------------------------------------------------------------------
-  let source = null;
-  let everOpen = false;
-  let retryTimer = null;
-  let failedOpens = 0; // consecutive streams closed for good without opening
-
-  function connect() {
-    const q = new URLSearchParams({ post_id: postId });
-    // A fresh EventSource (after the browser gave up) resumes with our own last id;
-    // the browser's automatic reconnects send Last-Event-ID themselves.
-    if (lastEventId) q.set('last_event_id', lastEventId);
-    else if (sinceMark !== null) q.set('since', String(sinceMark)); // no event seen yet
-    source = new EventSource(`/comments/stream?${q}`);
-    setState(everOpen ? 'reconnecting' : 'connecting');
-
-    source.addEventListener('open', () => {
-      clearTimeout(retryTimer);
-      failedOpens = 0;
-      // The server replays what we missed right after the headers, then goes live.
-      setState(everOpen ? 'caught-up' : 'live');
-      if (everOpen) dropDeletedWhileAway();
-      everOpen = true;
-      startHistory(); // subscribed first, so nothing falls between history and stream
-      if (historyFailed && nextCursor === undefined) loadOlder(); // the server is back
-    });
-    source.addEventListener('error', () => {
-      if (source.readyState !== EventSource.CLOSED && (lastEventId || sinceMark === null)) {
-        setState('reconnecting'); // the browser reconnects with Last-Event-ID
-        return;
-      }
-      if (source.readyState !== EventSource.CLOSED) {
-        // No event seen yet, so the browser has no Last-Event-ID to resume with: reconnect
-        // ourselves, from the time the history was loaded.
-        setState('reconnecting');
-        source.close();
-        retryTimer = setTimeout(connect, 1000 + Math.random() * 2000);
-        return;
-      }
-      // The browser will not retry (the server answered an error status): we do, with our
-      // last id. Twice refused with it (e.g. a position the server no longer knows): start over.
-      setState('offline');
-      source.close();
-      failedOpens += 1;
-      if (failedOpens >= 2 && lastEventId) { lastEventId = null; resync(); }
-      retryTimer = setTimeout(connect, Math.min(30_000, 1500 * failedOpens));
-    });
-    source.addEventListener('comment', (ev) => {
-      if (ev.lastEventId) lastEventId = ev.lastEventId;
-      try { add(JSON.parse(ev.data)); } catch { /* ignore a malformed event */ }
-    });
-    source.addEventListener('delete', (ev) => {
-      try { drop(JSON.parse(ev.data).id); } catch { /* ignore */ }
-    });
-    // More was missed than one replay carries: reload the history from the newest page.
-    source.addEventListener('truncated', resync);
-    // The server is about to close this stream (shutdown, rebalancing); the browser resumes.
-    source.addEventListener('reconnect', () => setState('reconnecting'));
   }
 
   // ---- identity (demo tokens from /dev/token, kept for this tab only) -------------------------
@@ -322,22 +237,13 @@
     return session.token;
   }
 
-  // Sends with the current token; on 401 (expired, or the server restarted with a new dev
-  // secret) fetches a new token once and retries.
-  async function authed(url, init) {
+  // The client's getToken: the signed-in name's token; on a 401 (expired, or the server restarted
+  // with a new dev secret) the client asks again with force and retries once. No name yet: no
+  // token (reading is public).
+  async function getToken({ force }) {
     const user = session ? session.user : el.user.value.trim();
-    let token = await tokenFor(user);
-    let res = await fetch(url, { ...init, headers: { ...init.headers, Authorization: `Bearer ${token}` } });
-    if (res.status === 401) {
-      token = await tokenFor(user, true);
-      res = await fetch(url, { ...init, headers: { ...init.headers, Authorization: `Bearer ${token}` } });
-    }
-    return res;
-  }
-
-  function randomKey() {
-    if (crypto.randomUUID) return crypto.randomUUID();
-    return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
+    if (!user) return null;
+    return tokenFor(user, force);
   }
 
   el.composer.addEventListener('submit', async (ev) => {
@@ -349,18 +255,12 @@
     el.send.disabled = true;
     notify('Posting…');
     try {
-      if (!session || session.user !== user) await tokenFor(user);
-      const res = await authed(`/comment?${new URLSearchParams({ post_id: postId })}`, {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json', 'Idempotency-Key': randomKey() },
-        body: JSON.stringify({ text }),
-      });
-      if (!res.ok) throw new Error(await apiError(res));
-      add(await res.json()); // the stream delivers it too; ids de-duplicate
+      if (!session || session.user !== user) conn.setToken(await tokenFor(user));
+      await conn.post(text); // shown through onComment; the stream's copy is de-duplicated
       el.text.value = '';
       notify('Posted.');
     } catch (e) {
-      notify(`Not posted: ${e.message}`, true);
+      notify(`Not posted: ${errorText(e)}`, true);
     } finally {
       el.send.disabled = false;
       el.text.focus();
@@ -371,19 +271,37 @@
     button.disabled = true;
     notify('Deleting…');
     try {
-      const res = await authed(`/comment/${encodeURIComponent(c.id)}?${new URLSearchParams({ post_id: postId })}`,
-        { method: 'DELETE', headers: {} });
-      if (res.status !== 204 && res.status !== 404) throw new Error(await apiError(res));
-      drop(c.id);
+      try {
+        await conn.delete(c.id); // onDelete removes it
+      } catch (e) {
+        if (!(e instanceof LivecommentsError && e.status === 404)) throw e;
+        drop(c.id); // already gone
+      }
       notify('Deleted.');
     } catch (e) {
-      notify(`Not deleted: ${e.message}`, true);
+      notify(`Not deleted: ${errorText(e)}`, true);
       button.disabled = false;
     }
   }
-
-  // ---- start -------------------------------------------------------------------------------
-  connect();
+  // ---- live stream and start ----------------------------------------------------------------
+  // The client's states, in the words of the status line.
+  const SHOWN_STATE = { connecting: 'connecting', open: 'live', reconnecting: 'reconnecting', resumed: 'caught-up', closed: 'offline' };
+  conn = connect({
+    url: location.origin,
+    postId,
+    getToken,
+    // A demo page cut off for long should come back soon after the server does.
+    maxDelay: 5_000,
+    onStateChange: (state) => setState(SHOWN_STATE[state] || 'connecting'),
+    onOpen: () => {
+      startHistory(); // subscribed first, so nothing falls between history and stream
+      if (historyFailed && nextCursor === undefined) loadOlder(); // the server is back
+    },
+    onComment: add,
+    onDelete: ({ id }) => drop(id),
+    // More was missed than one replay carries: reload the history from the newest page.
+    onReset: resync,
+  });
   // If the stream cannot open at all, still show the history.
   setTimeout(startHistory, 3000);
 })();

@@ -206,6 +206,7 @@ const FANOUT: RouteTable<Arc<FanoutState>> = routes!(
 const DEMO_PAGE: RouteTable<Arc<Common>> = routes!(
     get "/" => ops::index,
     get "/app.js" => ops::app_js,
+    get "/client.js" => ops::client_js,
     get "/style.css" => ops::style_css,
 );
 

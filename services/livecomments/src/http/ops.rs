@@ -103,6 +103,19 @@ pub async fn app_js() -> impl IntoResponse {
     )
 }
 
+/// The JavaScript client (`clients/js`, the npm package `@livecomments/client`), served so that
+/// the demo page uses the same reconnect/resume/dedup code as every other app (`/app.js`
+/// imports it), and so a page can `import { connect } from "<server>/client.js"` without npm.
+pub async fn client_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../../../clients/js/index.js"),
+    )
+}
+
 pub async fn style_css() -> impl IntoResponse {
     (
         [
