@@ -64,8 +64,8 @@ pub struct Metrics {
 
 /// POST and store commit, in seconds. The benchmarks measure a POST at p50 1.8 ms / p99
 /// 3.4 ms on the embedded store (docs/BENCHMARKS.md) and the target is p99 ≤ 20 ms, so the
-/// buckets are dense from 0.5 ms to 50 ms; 0.1-5 s show a stalled store (the Scylla driver's
-/// request timeout is seconds), and beyond 5 s is the implicit +Inf.
+/// buckets are dense from 0.5 ms to 50 ms; 0.1-5 s show a stalled or retrying store, and
+/// beyond 5 s is the implicit +Inf.
 const WRITE_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
@@ -73,7 +73,8 @@ const WRITE_BUCKETS: [f64; 14] = [
 /// Publish → SSE write, in seconds. The id time has millisecond resolution, so nothing below
 /// 1 ms; the benchmarks' end-to-end targets are p99 ≤ 5 ms (many small posts), ≤ 10 ms
 /// (1,000 viewers at 100/s) and ≤ 200 ms (10k viewers on one hot post), so those are bucket
-/// edges; 1-10 s is a comment that came by history repair after the bus lost it.
+/// edges; 1-30 s is a comment that came by history repair after the bus lost it (a hub
+/// retries its repairs every second).
 const DELIVERY_BUCKETS: [f64; 14] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 ];
