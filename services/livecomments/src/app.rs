@@ -97,6 +97,7 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
                 store: store.clone().context("store")?,
             }));
         } else if let Some(rpc) = &rpc {
+            crate::metrics::METRICS.since_query_region(region);
             sources.push(Arc::new(NatsSource {
                 region: region.clone(),
                 rpc: rpc.clone(),

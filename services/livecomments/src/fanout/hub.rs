@@ -408,7 +408,7 @@ impl Hub {
                     }
                 }
                 if handed > 0 {
-                    METRICS.hub_repairs.add(handed as u64);
+                    METRICS.hub_repairs.inc_by(handed as u64);
                     tracing::info!(post_id = %self.post_id, region, n = handed, "repaired from history");
                 }
                 let mut st = self.state.lock();
@@ -543,7 +543,21 @@ impl Hub {
         };
         METRICS
             .sse_events_delivered
-            .add((delivered * frame.events()) as u64);
+            .inc_by((delivered * frame.events()) as u64);
+        // Once per comment per hub, not per viewer: the histogram takes a lock.
+        let now = time::now_millis();
+        let parts = if frame.parts.is_empty() {
+            std::slice::from_ref(&frame)
+        } else {
+            &frame.parts[..]
+        };
+        for c in parts.iter().filter_map(|p| p.comment.as_ref()) {
+            // Another region's clock may run ahead of ours: a negative age counts as 0.
+            let age_ms = (now - c.id_millis).max(0);
+            METRICS
+                .publish_to_sse_seconds
+                .observe(age_ms as f64 / 1000.0);
+        }
     }
 
     /// Offers `frame` to one shard's viewers, forgetting those gone; returns how many took it.

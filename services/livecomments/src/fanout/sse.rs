@@ -28,6 +28,8 @@ pub struct Span {
 pub struct CommentRef {
     pub region: String,
     pub id: String,
+    /// The millisecond in the id: when the writer stamped the comment.
+    pub id_millis: i64,
     /// Where `event: comment` starts in `bytes` (after the `id:` line).
     pub body_at: usize,
 }
@@ -50,6 +52,7 @@ impl Frame {
             comment: Some(CommentRef {
                 region: c.region.to_string(),
                 id: c.id.to_string(),
+                id_millis: c.timestamp_millis(),
                 body_at,
             }),
             parts: Vec::new(),

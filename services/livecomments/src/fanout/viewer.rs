@@ -99,7 +99,8 @@ impl Viewer {
                 self.conn.end(End::Finish);
                 return;
             }
-            self.emit_replayed(&replay.comments, &mut out);
+            let replayed = self.emit_replayed(&replay.comments, &mut out);
+            METRICS.sse_replay_length.observe(replayed as f64);
             if replay.truncated {
                 out.extend_from_slice(&sse::truncated());
             } else if replay.failed.is_empty() {
@@ -121,7 +122,9 @@ impl Viewer {
         self.drain_queue().await;
     }
 
-    fn emit_replayed(&self, comments: &[Comment], out: &mut BytesMut) {
+    /// Writes the replayed comments the viewer lacks into `out`; returns how many.
+    fn emit_replayed(&self, comments: &[Comment], out: &mut BytesMut) -> usize {
+        let mut replayed = 0;
         let mut hub_lacks: Vec<&str> = Vec::new();
         let mut st = self.conn.lock();
         for c in comments {
@@ -137,11 +140,13 @@ impl Viewer {
             Arc::make_mut(&mut st.pos).advance(&c.region, &c.id);
             out.extend_from_slice(&sse::replayed(c, &st.pos));
             METRICS.sse_replayed.inc();
+            replayed += 1;
         }
         drop(st);
         for region in hub_lacks {
             self.hub.look_again(region);
         }
+        replayed
     }
 
     /// Renders the frames queued during the replay; goes live when none is left and every

@@ -45,10 +45,7 @@ pub async fn readyz(State(st): State<std::sync::Arc<super::Common>>) -> Response
 
 pub async fn metrics() -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         METRICS.render(),
     )
 }

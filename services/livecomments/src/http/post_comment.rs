@@ -9,7 +9,7 @@ use livecomments_shared::{CommentInput, ErrorCode, validate};
 
 use super::query::Query;
 use super::{ApiError, ApiResult, MAX_BODY};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::ingest::pipeline::{Submission, SubmitError};
 use crate::metrics::METRICS;
@@ -21,6 +21,7 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let accepted = Instant::now();
     let caller = st.common.authenticate(&headers)?;
     let post_id = Query::parse(raw.as_deref())?.post_id()?;
     let input: CommentInput = read_json(&headers, body).await?;
@@ -47,6 +48,9 @@ pub async fn handle(
             && let Ok(Some(c)) = st.store.keyed(&caller.user_id, &post_id, key).await
         {
             METRICS.comments_idempotent_replays.inc();
+            METRICS
+                .post_seconds
+                .observe(accepted.elapsed().as_secs_f64());
             return Ok((StatusCode::CREATED, axum::Json(c)).into_response());
         }
         METRICS.rate_limited.inc();
@@ -91,6 +95,9 @@ pub async fn handle(
         tracing::warn!(error = %e, "could not record the request in the rate-limit window");
     }
     // A retry with a known Idempotency-Key gets the same answer as the first time.
+    METRICS
+        .post_seconds
+        .observe(accepted.elapsed().as_secs_f64());
     Ok((StatusCode::CREATED, axum::Json(inserted.comment())).into_response())
 }
 

@@ -208,7 +208,11 @@ async fn run(
             })
             .collect();
         let withdrawals: Vec<Withdrawal> = batch.iter().map(Withdrawal::of).collect();
+        let committing = std::time::Instant::now();
         let results = store.insert_batch(batch).await;
+        METRICS
+            .store_commit_seconds
+            .observe(committing.elapsed().as_secs_f64());
         METRICS.store_batches.inc();
         // Answer first (the comments are durable), then publish in id order. When the bus
         // is down, the first failed publish skips the rest of the batch instead of waiting
@@ -221,7 +225,9 @@ async fn run(
                     METRICS.comments_created.inc();
                     created.push(live_event(c, &writer, &mut last_published));
                 }
-                Ok(Inserted::Existing(_)) => METRICS.comments_idempotent_replays.inc(),
+                Ok(Inserted::Existing(_)) => {
+                    METRICS.comments_idempotent_replays.inc();
+                }
                 Err(e) => {
                     METRICS.store_errors.inc();
                     tracing::warn!(error = %e, "store write failed");
@@ -253,7 +259,7 @@ fn withdraw(store: Arc<dyn Store>, failed: Vec<Withdrawal>) {
     use std::sync::atomic::Ordering::Relaxed;
     if WITHDRAWING.fetch_add(1, Relaxed) >= WITHDRAWING_MAX {
         WITHDRAWING.fetch_sub(1, Relaxed);
-        METRICS.withdraw_failures.add(failed.len() as u64);
+        METRICS.withdraw_failures.inc_by(failed.len() as u64);
         tracing::error!(
             n = failed.len(),
             "too many withdrawals pending; these may appear in history unstreamed"
@@ -271,7 +277,7 @@ fn withdraw(store: Arc<dyn Store>, failed: Vec<Withdrawal>) {
                     wait = (wait * 2).min(Duration::from_secs(8));
                 }
                 Err(e) => {
-                    METRICS.withdraw_failures.add(failed.len() as u64);
+                    METRICS.withdraw_failures.inc_by(failed.len() as u64);
                     tracing::error!(error = %e, n = failed.len(), "could not withdraw failed comments");
                     break;
                 }

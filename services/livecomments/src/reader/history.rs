@@ -96,11 +96,13 @@ impl RegionSource for NatsSource {
                 reason,
             }
         };
-        let reply: SinceReply = self
+        let asked = std::time::Instant::now();
+        let reply = self
             .rpc
-            .request(wire::since_subject(&self.region), q, self.timeout)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+            .request::<_, SinceReply>(wire::since_subject(&self.region), q, self.timeout)
+            .await;
+        METRICS.observe_since_query(&self.region, asked.elapsed());
+        let reply = reply.map_err(|e| fail(e.to_string()))?;
         if let Some(err) = reply.error {
             return Err(fail(err));
         }
