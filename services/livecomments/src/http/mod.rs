@@ -216,4 +216,5 @@ pub fn router(rooms: &Rooms) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(axum::middleware::from_fn(crate::trace::middleware))
 }
