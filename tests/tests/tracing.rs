@@ -250,3 +250,35 @@ async fn a_comment_is_followed_by_its_request_id_across_regions() {
         .expect("us logs the deletion with the DELETE's request id");
     assert!(deleted.contains(&id), "{deleted}");
 }
+
+/// On the wire: the request id is a NATS header of the live event; the payload is the same
+/// MessagePack as ever (it decodes as the comment, and does not contain the id).
+#[tokio::test]
+async fn the_request_id_is_a_nats_header_and_the_payload_is_unchanged() {
+    let nats = Nats::start().await;
+    let s = Server::standalone().nats(&nats.url).start().await;
+    let mut watch = RawNats::connect(&nats.url).await;
+    watch.subscribe("comments.live.>").await;
+    watch.flush().await;
+    let c = post_with_id(&s.base, "wire", "alice", "on the wire", "wire-id-1").await;
+    let id = c["id"].as_str().unwrap();
+    let msg = loop {
+        let m = watch.next(T).await.expect("the live event on NATS");
+        if m.subject == "comments.live.local.wire" {
+            break m;
+        }
+    };
+    assert!(
+        msg.headers
+            .contains("Livecomments-Request-Id: wire-id-1\r\n"),
+        "{:?}",
+        msg.headers
+    );
+    let ev: livecomments_shared::wire::LiveEvent =
+        livecomments_shared::wire::decode(&msg.payload).expect("MessagePack as before");
+    match ev {
+        livecomments_shared::wire::LiveEvent::Comment(lc) => assert_eq!(lc.comment.id.as_str(), id),
+        other => panic!("{other:?}"),
+    }
+    assert!(!String::from_utf8_lossy(&msg.payload).contains("wire-id-1"));
+}
