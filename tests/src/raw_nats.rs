@@ -9,6 +9,8 @@ use tokio::sync::mpsc;
 pub struct NatsMsg {
     pub subject: String,
     pub reply: Option<String>,
+    /// The header block of an `HMSG` (`NATS/1.0\r\nName: value\r\n…`), empty for a `MSG`.
+    pub headers: String,
     pub payload: Vec<u8>,
 }
 
@@ -65,10 +67,11 @@ impl RawNats {
                             return;
                         }
                         payload.truncate(total);
-                        payload.drain(..hdr.min(total));
+                        let headers: Vec<u8> = payload.drain(..hdr.min(total)).collect();
                         let _ = msg_tx.send(NatsMsg {
                             subject: parts[1].to_string(),
                             reply,
+                            headers: String::from_utf8_lossy(&headers).into_owned(),
                             payload,
                         });
                     }
@@ -83,7 +86,7 @@ impl RawNats {
             task,
             next_sid: 1,
         };
-        n.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"livecomments-tests-raw\"}\r\n").await;
+        n.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"name\":\"livecomments-tests-raw\"}\r\n").await;
         n.flush().await;
         n
     }

@@ -196,6 +196,21 @@ impl Server {
         self.log.clone()
     }
 
+    /// The first line of the current log that `wanted` accepts, polling it until `timeout`
+    /// (`None` then).
+    pub async fn await_log_line(
+        &self,
+        timeout: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        crate::eventually(timeout, || {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let line = text.lines().find(|l| wanted(l)).map(str::to_string);
+            async move { line }
+        })
+        .await
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }

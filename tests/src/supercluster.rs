@@ -1,6 +1,6 @@
 //! Regions on real nats-servers joined by gateways, and a standalone server per region.
 
-use crate::{Link, Nats, NatsPorts, Server};
+use crate::{Link, Nats, NatsPorts, Server, ServerBuilder};
 
 /// One nats-server per region, joined by gateways (a supercluster, as in `nats/`). Every
 /// gateway connection between two regions runs through a [`Link`], so tests can partition
@@ -108,16 +108,17 @@ impl Supercluster {
 
 /// A standalone region of a deployment: its own store, `--region`, all `--regions`.
 pub async fn region_server(sc: &Supercluster, region: &str) -> Server {
-    Server::standalone()
-        .nats(&sc.url(region))
-        .args([
-            "--region",
-            region,
-            "--regions",
-            &sc.regions.join(","),
-            "--max-streams-per-ip",
-            "10000",
-        ])
-        .start()
-        .await
+    region_server_builder(sc, region).start().await
+}
+
+/// [`region_server`] before its start, for more flags or environment.
+pub fn region_server_builder(sc: &Supercluster, region: &str) -> ServerBuilder {
+    Server::standalone().nats(&sc.url(region)).args([
+        "--region",
+        region,
+        "--regions",
+        &sc.regions.join(","),
+        "--max-streams-per-ip",
+        "10000",
+    ])
 }

@@ -14,3 +14,4 @@ pub mod ingest;
 pub mod metrics;
 pub mod reader;
 pub mod server;
+pub mod trace;

@@ -10,8 +10,9 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::{Bus, BusError, LostWriter, Subscription};
+use super::{Bus, BusError, Delivery, LostWriter, Subscription};
 use crate::metrics::METRICS;
+use crate::trace::RequestId;
 
 /// Events buffered per post for its subscribers. A subscriber further behind loses events
 /// (counted in `livecomments_bus_dropped_total`); its viewers repair from the store.
@@ -19,7 +20,7 @@ const CHANNEL_CAPACITY: usize = 4096;
 
 #[derive(Default)]
 pub struct LocalBus {
-    posts: Mutex<HashMap<String, broadcast::Sender<Arc<LiveEvent>>>>,
+    posts: Mutex<HashMap<String, broadcast::Sender<Arc<Delivery>>>>,
     reconnects: Option<tokio::sync::watch::Sender<u64>>,
     /// Never sent on: kept so receivers stay open.
     lost: Option<broadcast::Sender<LostWriter>>,
@@ -37,10 +38,20 @@ impl LocalBus {
 
 #[async_trait]
 impl Bus for LocalBus {
-    async fn publish(&self, _region: &str, event: &LiveEvent) -> Result<(), BusError> {
+    async fn publish(
+        &self,
+        _region: &str,
+        event: &LiveEvent,
+        request_id: Option<&RequestId>,
+    ) -> Result<(), BusError> {
         let mut posts = self.posts.lock();
         if let Some(tx) = posts.get(event.post_id().as_str())
-            && tx.send(Arc::new(event.clone())).is_err()
+            && tx
+                .send(Arc::new(Delivery {
+                    event: event.clone(),
+                    request_id: request_id.cloned(),
+                }))
+                .is_err()
         {
             // Nobody listens any more: forget the post so the map stays bounded by
             // the posts that have subscribers.

@@ -14,12 +14,23 @@ use async_trait::async_trait;
 use futures::Stream;
 use livecomments_shared::wire::{LiveEvent, WriterBeat};
 
+use crate::trace::RequestId;
+
 pub use local::LocalBus;
 pub use nats::NatsBus;
 pub use rpc::{Rpc, RpcError};
 
 /// Live events of one post from every region, decoded. Dropping it unsubscribes.
-pub type Subscription = Pin<Box<dyn Stream<Item = LiveEvent> + Send>>;
+pub type Subscription = Pin<Box<dyn Stream<Item = Delivery> + Send>>;
+
+/// A live event as it came off the bus, with the id of the request that caused it (from the
+/// message's `trace::BUS_HEADER`; the payload is the same MessagePack with or without it).
+/// The NATS bus reads it only while the `livecomments::trace` lines are on (debug).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub event: LiveEvent,
+    pub request_id: Option<RequestId>,
+}
 
 /// A writer (an ingest process) of `region` that stopped announcing itself: it died or froze,
 /// maybe between committing comments and publishing them.
@@ -38,8 +49,14 @@ pub enum BusError {
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Publishes on `comments.live.<region of the event>.<post_id>`. Returns once the event is
-    /// handed to the transport; it does not wait for subscribers.
-    async fn publish(&self, region: &str, event: &LiveEvent) -> Result<(), BusError>;
+    /// handed to the transport; it does not wait for subscribers. `request_id` (the request
+    /// that caused the event) travels beside the payload, in a header.
+    async fn publish(
+        &self,
+        region: &str,
+        event: &LiveEvent,
+        request_id: Option<&RequestId>,
+    ) -> Result<(), BusError>;
 
     /// Subscribes to one post's events from every region.
     async fn subscribe(&self, post_id: &str) -> Result<Subscription, BusError>;

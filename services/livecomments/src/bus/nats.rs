@@ -12,8 +12,9 @@ use futures::StreamExt;
 use livecomments_shared::wire::{self, LiveEvent, WriterBeat};
 use tokio::sync::broadcast;
 
-use super::{Bus, BusError, LostWriter, Subscription};
+use super::{Bus, BusError, Delivery, LostWriter, Subscription};
 use crate::metrics::METRICS;
+use crate::trace::{self, RequestId};
 
 /// A publish that cannot be handed to the client within this bound (NATS down and the
 /// client's buffer full) is given up: the comment is already durable and viewers repair.
@@ -181,12 +182,25 @@ impl NatsBus {
 
 #[async_trait]
 impl Bus for NatsBus {
-    async fn publish(&self, region: &str, event: &LiveEvent) -> Result<(), BusError> {
+    async fn publish(
+        &self,
+        region: &str,
+        event: &LiveEvent,
+        request_id: Option<&RequestId>,
+    ) -> Result<(), BusError> {
         let bytes = wire::encode(event).map_err(|e| BusError::Unavailable(e.to_string()))?;
         let subject = wire::live_subject(region, event.post_id());
-        match tokio::time::timeout(PUBLISH_TIMEOUT, self.client.publish(subject, bytes.into()))
-            .await
-        {
+        let send = async {
+            match request_id {
+                Some(id) => {
+                    self.client
+                        .publish_with_headers(subject, headers_of(id), bytes.into())
+                        .await
+                }
+                None => self.client.publish(subject, bytes.into()).await,
+            }
+        };
+        match tokio::time::timeout(PUBLISH_TIMEOUT, send).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
             Err(_) => Err(BusError::Unavailable("publish timed out".into())),
@@ -202,18 +216,24 @@ impl Bus for NatsBus {
         let post = post_id.to_string();
         Ok(sub
             .filter_map(move |msg| {
+                // The request id is only for the fanout's trace line: not read (no allocation
+                // per event) while that line is off.
+                let traced = tracing::enabled!(target: trace::TARGET, tracing::Level::DEBUG);
                 // A foreign or malicious publisher must not crash or wedge a fanout: anything
                 // that does not decode, claims another post, or a comment claiming another region
                 // than its subject names, is dropped and counted. (With per-subject NATS
                 // permissions, a publisher allowed on one region's subjects cannot then forge
                 // another region's comments.)
                 let ev = match wire::decode::<LiveEvent>(&msg.payload) {
-                    Ok(ev)
-                        if *ev.post_id() == post
-                            && event_is_sane(&ev)
-                            && region_matches_subject(&ev, &msg.subject) =>
+                    Ok(event)
+                        if *event.post_id() == post
+                            && event_is_sane(&event)
+                            && region_matches_subject(&event, &msg.subject) =>
                     {
-                        Some(ev)
+                        Some(Delivery {
+                            event,
+                            request_id: traced.then(|| request_id_of(&msg)).flatten(),
+                        })
                     }
                     _ => {
                         METRICS.bus_decode_errors.inc();
@@ -261,6 +281,24 @@ impl Bus for NatsBus {
             .monitor()
             .try_send((region.to_string(), writer.to_string()));
     }
+}
+
+/// The NATS headers carrying `id`.
+pub(super) fn headers_of(id: &RequestId) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(
+        async_nats::HeaderName::from_static(trace::BUS_HEADER),
+        id.as_str(),
+    );
+    h
+}
+
+/// The request id a message carries, when it is a valid one (foreign input: an invalid one
+/// is ignored, the message itself still counts).
+pub(super) fn request_id_of(msg: &async_nats::Message) -> Option<RequestId> {
+    let h = msg.headers.as_ref()?;
+    let v = h.get(async_nats::HeaderName::from_static(trace::BUS_HEADER))?;
+    RequestId::parse(v.as_str())
 }
 
 /// An announcement names a valid region (the one of its subject) and a writer part.

@@ -14,6 +14,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
+use crate::trace::{self, RequestId};
+
 /// Why a request got no usable reply.
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
@@ -44,7 +46,18 @@ impl Rpc {
         timeout: Duration,
     ) -> Result<R, RpcError> {
         let payload = wire::encode(request).map_err(|e| RpcError::Transport(e.to_string()))?;
-        let msg = tokio::time::timeout(timeout, self.client.request(subject, payload.into()))
+        // The request being served (if any) travels with the question.
+        let ask = async {
+            match trace::current() {
+                Some(id) => {
+                    self.client
+                        .request_with_headers(subject, super::nats::headers_of(&id), payload.into())
+                        .await
+                }
+                None => self.client.request(subject, payload.into()).await,
+            }
+        };
+        let msg = tokio::time::timeout(timeout, ask)
             .await
             .map_err(|_| RpcError::Timeout)?
             .map_err(|e| RpcError::Transport(e.to_string()))?;
@@ -84,8 +97,22 @@ impl Rpc {
                 break;
             };
             let (client, answer) = (self.client.clone(), answer.clone());
+            let request_id = super::nats::request_id_of(&msg);
+            let subject = subject.clone();
             tokio::spawn(async move {
-                let reply = answer(wire::decode::<Q>(&msg.payload).ok()).await;
+                let q = wire::decode::<Q>(&msg.payload).ok();
+                let reply = match &request_id {
+                    // The asker's request id is this task's while it answers (so a deletion
+                    // it publishes carries it on).
+                    Some(id) => trace::scope(id.clone(), answer(q)).await,
+                    None => answer(q).await,
+                };
+                tracing::debug!(
+                    target: trace::TARGET,
+                    request_id = request_id.as_ref().map(RequestId::as_str),
+                    %subject,
+                    "answered a bus request"
+                );
                 if let Ok(bytes) = wire::encode(&reply) {
                     let _ = client.publish(reply_to, bytes.into()).await;
                 }

@@ -30,8 +30,9 @@ use tokio::sync::{broadcast, watch};
 use super::Fanout;
 use super::conn::{Conn, End};
 use super::sse::Frame;
-use crate::bus::{LostWriter, Subscription};
+use crate::bus::{Delivery, LostWriter, Subscription};
 use crate::metrics::METRICS;
+use crate::trace::{self, RequestId};
 
 /// How far in the future a live comment's id may be (clocks of other regions drift a little).
 const MAX_CLOCK_SKEW_MS: i64 = 60_000;
@@ -273,20 +274,40 @@ impl Hub {
         pos
     }
 
-    async fn on_event(&self, ev: Option<LiveEvent>, sub: &mut Subscription) {
-        match ev {
-            Some(LiveEvent::Comment(c)) => self.on_live_comment(c).await,
-            Some(LiveEvent::Delete(d)) => self.broadcast(Arc::new(Frame::delete(&d))),
-            None => {
-                // The transport closed the subscription: take a new one and repair.
-                match self.fanout.bus.subscribe(&self.post_id).await {
-                    Ok(s) => {
-                        *sub = s;
-                        self.sweep_all().await;
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+    async fn on_event(&self, ev: Option<Delivery>, sub: &mut Subscription) {
+        let Some(Delivery { event, request_id }) = ev else {
+            // The transport closed the subscription: take a new one and repair.
+            match self.fanout.bus.subscribe(&self.post_id).await {
+                Ok(s) => {
+                    *sub = s;
+                    self.sweep_all().await;
                 }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
+            return;
+        };
+        // Once per event and hub (not per viewer): lets a comment be followed from the POST
+        // that made it (its request id) to every fanout that streamed it.
+        match &event {
+            LiveEvent::Comment(lc) => tracing::debug!(
+                target: trace::TARGET,
+                request_id = request_id.as_ref().map(RequestId::as_str),
+                comment_id = %lc.comment.id,
+                post_id = %self.post_id,
+                region = %lc.comment.region,
+                "live comment received"
+            ),
+            LiveEvent::Delete(d) => tracing::debug!(
+                target: trace::TARGET,
+                request_id = request_id.as_ref().map(RequestId::as_str),
+                comment_id = %d.id,
+                post_id = %self.post_id,
+                "live deletion received"
+            ),
+        }
+        match event {
+            LiveEvent::Comment(c) => self.on_live_comment(c).await,
+            LiveEvent::Delete(d) => self.broadcast(Arc::new(Frame::delete(&d))),
         }
     }
 

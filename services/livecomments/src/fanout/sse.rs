@@ -164,6 +164,17 @@ fn with_id_line(pos: &Position, body: &[u8]) -> (Bytes, usize) {
 /// HTTP/1.1 itself; the routed path sets [`RESPONSE_HEADERS`] on its response.
 pub const LEAN_RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
 
+/// [`LEAN_RESPONSE_HEAD`] with the request's `x-request-id` (visible ASCII, `trace::RequestId`).
+pub fn lean_response_head(request_id: &str) -> Vec<u8> {
+    let fixed = LEAN_RESPONSE_HEAD.len() - 2;
+    let mut head = Vec::with_capacity(LEAN_RESPONSE_HEAD.len() + 20 + request_id.len());
+    head.extend_from_slice(&LEAN_RESPONSE_HEAD[..fixed]);
+    head.extend_from_slice(b"x-request-id: ");
+    head.extend_from_slice(request_id.as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    head
+}
+
 /// The headers of a stream response (CONTRACT §2); `X-Accel-Buffering` keeps nginx from
 /// buffering the stream.
 pub const RESPONSE_HEADERS: [(&str, &str); 3] = [

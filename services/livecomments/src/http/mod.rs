@@ -257,6 +257,7 @@ pub fn router(rooms: &Rooms) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(axum::middleware::from_fn(crate::trace::middleware))
 }
 
 #[cfg(test)]

@@ -68,6 +68,7 @@ pub async fn handle(
             text,
             metadata,
             idempotency_key,
+            request_id: crate::trace::current(),
         }),
         st.rate.record(&caller.user_id)
     );
@@ -94,6 +95,7 @@ pub async fn handle(
         // second copy from a client retrying without a key. The limit misses one request.
         tracing::warn!(error = %e, "could not record the request in the rate-limit window");
     }
+    tracing::debug!(target: crate::trace::TARGET, comment_id = %inserted.comment().id, "comment accepted");
     // A retry with a known Idempotency-Key gets the same answer as the first time.
     METRICS
         .post_seconds

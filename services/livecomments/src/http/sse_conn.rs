@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::IntoResponse;
@@ -21,14 +21,19 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use tracing::Instrument;
+
 use super::ApiError;
 use crate::fanout::conn::Conn;
 use crate::fanout::viewer::Viewer;
+use crate::trace::{self, RequestId};
 use livecomments_shared::ErrorCode;
 
 /// A viewer whose socket accepts nothing for this long is dropped (its fd and task freed).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEADERS: usize = 64;
+/// The path of every request served here (logged without its query: it can carry a token).
+const STREAM_PATH: &str = "/comments/stream";
 
 /// What the accept loop does with a connection after reading its head.
 pub enum Sniffed {
@@ -99,43 +104,63 @@ pub async fn serve(
     head: Vec<u8>,
     st: Arc<super::FanoutState>,
 ) {
+    // The same request span as the routed path's (`trace::middleware`); it ends when the
+    // stream is open (its latency is the time to open), not hours later with the viewer.
+    let started = Instant::now();
     let Some((raw_query, headers)) = parse_head(&head) else {
+        let id = RequestId::generate();
+        let span = trace::request_span(&id, "GET", STREAM_PATH);
         let _ = write_error(
             &mut stream,
             ApiError::new(ErrorCode::BadRequest, "malformed request"),
+            &id,
         )
         .await;
+        trace::finish(&span, STREAM_PATH, 400, started);
         return;
     };
     drop(head);
+    let id = RequestId::from_header(headers.get(&trace::HTTP_HEADER));
+    let span = trace::request_span(&id, "GET", STREAM_PATH);
     let socket = Arc::new(stream);
-    let opened = super::stream::open(
-        &st,
-        peer,
-        raw_query.as_deref(),
-        &headers,
-        Some(socket.clone()),
+    let opened = trace::scope(
+        id.clone(),
+        super::stream::open(
+            &st,
+            peer,
+            raw_query.as_deref(),
+            &headers,
+            Some(socket.clone()),
+        ),
     )
+    .instrument(span.clone())
     .await;
     let viewer = match opened {
         Ok(v) => v,
         Err(e) => {
+            let status = e.rejection.code.status();
             if let Ok(mut stream) = Arc::try_unwrap(socket) {
-                let _ = write_error(&mut stream, e).await;
+                let _ = write_error(&mut stream, e, &id).await;
             }
+            trace::finish(&span, STREAM_PATH, status, started);
             return;
         }
     };
+    trace::finish(&span, STREAM_PATH, 200, started);
     // The viewer lives for hours: give it a task of its own whose future holds only the
     // socket and the viewer, not the larger state of parsing and setting up.
-    tokio::spawn(pump(socket, viewer));
+    tokio::spawn(pump(socket, viewer, id));
 }
 
 /// The viewer's own task: its replay, then only what the hub could not write at once (a full
 /// socket), and noticing that the client went away.
-async fn pump(socket: Arc<TcpStream>, mut viewer: Viewer) {
-    // Boxed: the replay's state is large and needed once, the task lives for hours.
-    Box::pin(viewer.start(crate::fanout::sse::LEAN_RESPONSE_HEAD)).await;
+async fn pump(socket: Arc<TcpStream>, mut viewer: Viewer, id: RequestId) {
+    // Boxed: the replay's state is large and needed once, the task lives for hours. The
+    // request id is needed only for it (the since-queries of a replay carry it).
+    {
+        let head = crate::fanout::sse::lean_response_head(id.as_str());
+        Box::pin(trace::scope(id, viewer.start(&head))).await;
+    }
     let conn = viewer.conn().clone();
     loop {
         if Box::pin(flush(&conn, &socket)).await.is_err() {
@@ -186,9 +211,12 @@ async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Writes the same response the routed handler would give, then closes.
-async fn write_error(stream: &mut TcpStream, e: ApiError) -> io::Result<()> {
+async fn write_error(stream: &mut TcpStream, e: ApiError, id: &RequestId) -> io::Result<()> {
     let resp = e.into_response();
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
+    if let Some(v) = id.header_value() {
+        parts.headers.insert(trace::HTTP_HEADER.clone(), v);
+    }
     let body: Bytes = body
         .collect()
         .await

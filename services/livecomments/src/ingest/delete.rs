@@ -47,7 +47,11 @@ pub async fn delete_local(
         post_id: req.post_id.clone(),
         region: comment.region,
     });
-    if bus.publish(region, &ev).await.is_err() {
+    if bus
+        .publish(region, &ev, crate::trace::current().as_ref())
+        .await
+        .is_err()
+    {
         METRICS.bus_publish_errors.inc();
     }
     Outcome::Deleted

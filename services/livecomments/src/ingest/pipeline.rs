@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::Bus;
 use crate::metrics::METRICS;
+use crate::trace::{self, RequestId};
 use livecomments_store::{Inserted, NewComment, Store, StoreError, StoreResult, Withdrawal};
 
 const MAX_BATCH: usize = 512;
@@ -59,6 +60,8 @@ pub struct Submission {
     pub text: String,
     pub metadata: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
+    /// The request that submitted it: its live event carries it on the bus.
+    pub request_id: Option<RequestId>,
 }
 
 /// Why a submission was not written.
@@ -74,6 +77,9 @@ pub enum SubmitError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// A live event to publish, with the request that caused it.
+type Outgoing = (LiveEvent, Option<RequestId>);
 
 struct Job {
     sub: Submission,
@@ -136,18 +142,18 @@ async fn announce(region: String, writer: String, bus: Arc<dyn Bus>) {
 
 /// What this writer published lately, for a republish after the bus reconnects.
 struct Recent {
-    events: VecDeque<(Instant, LiveEvent)>,
+    events: VecDeque<(Instant, Outgoing)>,
 }
 
 impl Recent {
-    fn push(&mut self, ev: LiveEvent) {
+    fn push(&mut self, ev: Outgoing) {
         if self.events.len() >= REPUBLISH_MAX {
             self.events.pop_front();
         }
         self.events.push_back((Instant::now(), ev));
     }
 
-    fn fresh(&mut self) -> impl Iterator<Item = &LiveEvent> {
+    fn fresh(&mut self) -> impl Iterator<Item = &Outgoing> {
         let keep = Duration::from_millis(REPUBLISH_MS);
         while self
             .events
@@ -179,7 +185,7 @@ async fn run(
         tokio::select! {
             n = rx.recv_many(&mut jobs, MAX_BATCH) => if n == 0 { return },
             Ok(()) = reconnects.changed() => {
-                let again: Vec<LiveEvent> = recent.fresh().cloned().collect();
+                let again: Vec<Outgoing> = recent.fresh().cloned().collect();
                 tracing::info!(n = again.len(), "bus reconnected: publishing recent events again");
                 publish_all(&bus, &region, &again).await;
                 continue;
@@ -187,10 +193,12 @@ async fn run(
         }
         let now = time::now_millis();
         let mut replies = Vec::with_capacity(jobs.len());
+        let mut request_ids = Vec::with_capacity(jobs.len());
         let batch: Vec<NewComment> = jobs
             .drain(..)
             .map(|Job { sub, reply }| {
                 replies.push(reply);
+                request_ids.push(sub.request_id);
                 let id = ids.next(now, rand::random::<u128>());
                 NewComment {
                     comment: Comment {
@@ -219,11 +227,12 @@ async fn run(
         // on each: viewers repair from the store either way.
         let mut created = Vec::new();
         let mut failed = Vec::new();
-        for ((res, reply), withdrawal) in results.into_iter().zip(replies).zip(withdrawals) {
+        let answers = results.into_iter().zip(replies).zip(withdrawals);
+        for (((res, reply), withdrawal), request_id) in answers.zip(request_ids) {
             match &res {
                 Ok(Inserted::Created(c)) => {
                     METRICS.comments_created.inc();
-                    created.push(live_event(c, &writer, &mut last_published));
+                    created.push((live_event(c, &writer, &mut last_published), request_id));
                 }
                 Ok(Inserted::Existing(_)) => {
                     METRICS.comments_idempotent_replays.inc();
@@ -308,18 +317,26 @@ fn live_event(c: &Comment, writer: &str, last: &mut HashMap<PostId, CommentId>) 
     })
 }
 
-async fn publish_all(bus: &Arc<dyn Bus>, region: &str, events: &[LiveEvent]) {
+async fn publish_all(bus: &Arc<dyn Bus>, region: &str, events: &[Outgoing]) {
     let mut failed = false;
-    for ev in events {
+    for (ev, request_id) in events {
         if failed || !bus.is_connected() {
             METRICS.bus_publish_errors.inc();
             failed = true;
             continue;
         }
-        if let Err(e) = bus.publish(region, ev).await {
+        if let Err(e) = bus.publish(region, ev, request_id.as_ref()).await {
             METRICS.bus_publish_errors.inc();
             tracing::warn!(error = %e, "publish failed; published again after the reconnect");
             failed = true;
+        } else if let LiveEvent::Comment(lc) = ev {
+            tracing::debug!(
+                target: trace::TARGET,
+                request_id = request_id.as_ref().map(RequestId::as_str),
+                comment_id = %lc.comment.id,
+                post_id = %lc.comment.post_id,
+                "published live comment"
+            );
         }
     }
 }
