@@ -32,6 +32,9 @@ test('HTML in a comment is shown as text and executes nothing', { timeout: 4 * T
 
   // Through the form (the author's page adds it from the POST answer and the stream) ...
   await postViaUi(author, 'mallory', PAYLOADS[0]);
+  // The form's POST (after the page fetches its token) must be stored before the API's, or
+  // the newest-first order below differs: wait for its answer on the author's page.
+  await waitFor(async () => (await shownTexts(author)).includes(PAYLOADS[0]), "the form's comment shown");
   // ... and through the API (the viewer gets all of them from the stream).
   const token = await devToken(server.base, 'mallory2');
   for (const p of PAYLOADS.slice(1)) await postComment(server.base, token, post, p);
