@@ -51,8 +51,9 @@ pub async fn open(
             "Last-Event-ID is not an event id from this stream",
         )
     };
-    // The header wins over the query parameter: browsers set it on automatic reconnects.
-    let resume = match headers.get("last-event-id").filter(|v| !v.is_empty()) {
+    // The header wins over the query parameter (browsers set it on automatic reconnects);
+    // both are checked, so a malformed one is a 400 whichever would win.
+    let from_header = match headers.get("last-event-id").filter(|v| !v.is_empty()) {
         // An empty one means none (the SSE spec's "reset the last event ID").
         Some(v) => Some(
             v.to_str()
@@ -60,20 +61,27 @@ pub async fn open(
                 .and_then(Position::parse)
                 .ok_or_else(bad_token)?,
         ),
-        None => match q.get("last_event_id")? {
-            Some(s) => Some(Position::parse(s).ok_or_else(bad_token)?),
-            None => None,
-        },
+        None => None,
     };
-    let resume = match (resume, q.get("since")?) {
+    let from_query = match q.get("last_event_id")? {
+        Some(s) => Some(Position::parse(s).ok_or_else(bad_token)?),
+        None => None,
+    };
+    let resume = from_header.or(from_query);
+    // `since` is checked even when a resume token wins over it: each parameter's rule holds
+    // on its own (as the OpenAPI document states them), whatever else the request carries.
+    let since = match q.get("since")? {
+        Some(s) => Some(time::parse_since(s).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidParameter,
+                "since must be RFC 3339 or integer milliseconds since the Unix epoch",
+            )
+        })?),
+        None => None,
+    };
+    let resume = match (resume, since) {
         (Some(p), _) => Some(p),
-        (None, Some(s)) => {
-            let ms = time::parse_since(s).ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::InvalidParameter,
-                    "since must be RFC 3339 or integer milliseconds since the Unix epoch",
-                )
-            })?;
+        (None, Some(ms)) => {
             let regions: Vec<String> = fanout.history.regions().map(str::to_string).collect();
             Some(Position::at_time(&regions, ms))
         }
