@@ -75,7 +75,7 @@ export interface ConnectOptions {
   seenLimit?: number;
   /** Seconds before `exp` at which getToken() is asked for a new token (default 30). */
   refreshMargin?: number;
-  /** After a resume, compare what was delivered with the newest page and report what is gone as deletions (default true). */
+  /** After a resume, also compare what was delivered with the newest page and report what is gone as deletions: only for servers that do not replay deletions on resume (default false; livecomments replays them, CONTRACT §10). */
   checkDeletes?: boolean;
   /** false: do not open the stream (only post/delete/history). Default true. */
   autoStart?: boolean;

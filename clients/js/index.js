@@ -205,7 +205,9 @@ export class Connection {
       this._attempt = 0;
       this._setState(reopened ? 'resumed' : 'open');
       this._emit('onOpen', { resumed: reopened });
-      if (reopened && this.options.checkDeletes !== false) this._checkDeletedWhileAway();
+      // The server replays deletions on resume (CONTRACT §10); the comparison with the newest
+      // page is for servers older than that, on request.
+      if (reopened && this.options.checkDeletes === true) this._checkDeletedWhileAway();
       const reason = await this._read(res.body, touch);
       if (reason === 'reconnect') delay = jitter(Math.min(this._minDelay, 1000));
     } catch (e) {

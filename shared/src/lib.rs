@@ -9,6 +9,7 @@
 
 pub mod cidr;
 pub mod comment;
+pub mod entry;
 pub mod error;
 pub mod id;
 pub mod names;
@@ -19,6 +20,7 @@ pub mod wire;
 
 pub use cidr::Cidr;
 pub use comment::{Comment, CommentInput};
+pub use entry::{Entry, Tombstone};
 pub use error::{ErrorCode, Rejection};
 pub use names::{CommentId, PostId, Region};
 pub use position::Position;

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::comment::Comment;
+use crate::entry::Tombstone;
 use crate::names::{CommentId, PostId, Region};
 use crate::position::Position;
 
@@ -118,12 +119,34 @@ pub struct WriterBeat {
     pub writer: String,
 }
 
+/// A comment was deleted. `id` is the deleted comment's (as in the SSE `data:`); the
+/// deletion's own place in the stream is `event_id`, chained by `prev` like a comment of the
+/// same writer (CONTRACT §10).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deletion {
     pub id: CommentId,
     pub post_id: PostId,
     /// The region that stored the comment.
     pub region: Region,
+    /// The tombstone's id. Absent from a publisher older than tombstones: such a deletion
+    /// is passed on as it comes, outside every chain and every position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<CommentId>,
+    /// The id of the event the same writer published just before on the same post.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<CommentId>,
+}
+
+impl Deletion {
+    /// The tombstone this deletion announces, when it carries one.
+    pub fn tombstone(&self) -> Option<Tombstone> {
+        Some(Tombstone {
+            id: self.event_id.clone()?,
+            post_id: self.post_id.clone(),
+            comment_id: self.id.clone(),
+            region: self.region.clone(),
+        })
+    }
 }
 
 impl LiveEvent {
@@ -162,6 +185,12 @@ pub struct SinceReply {
     pub comments: Vec<Comment>,
     /// True when more comments follow the last one returned.
     pub more: bool,
+    /// Oldest-first queries: the deletions in the range answered (after `after`, up to the
+    /// last comment returned, or on to the end when `more` is false), oldest first. Together
+    /// with `comments` at most `limit` events; paging goes on after the greater of the last
+    /// comment's and the last deletion's ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletions: Vec<Tombstone>,
     /// Set instead of comments when the request was refused or the store failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -229,6 +258,8 @@ mod tests {
             id: "x".into(),
             post_id: "p".into(),
             region: "eu".into(),
+            event_id: Some("y".into()),
+            prev: None,
         });
         assert_eq!(decode::<LiveEvent>(&encode(&del).unwrap()).unwrap(), del);
     }
@@ -279,6 +310,12 @@ mod tests {
             region: "eu".into(),
             comments: vec![comment()],
             more: false,
+            deletions: vec![Tombstone {
+                id: "01JDQ7Z8XK3M4N5P6Q7R8S9T0W".into(),
+                post_id: "match-42".into(),
+                comment_id: "01JDQ7Z8XK3M4N5P6Q7R8S9T0V".into(),
+                region: "eu".into(),
+            }],
             error: None,
         };
         assert_eq!(decode::<SinceReply>(&encode(&rep).unwrap()).unwrap(), rep);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::proc::{StartError, await_log, fresh_log, serving_addr};
-use crate::{SECRET, bin, client, get_json, post_comment, token};
+use crate::{SECRET, bin, client, delete_comment, get_json, post_comment, token};
 
 /// `args[LISTEN]` is the value of `--listen`.
 const LISTEN: usize = 2;
@@ -271,6 +271,11 @@ impl Server {
 
     pub async fn post(&self, post_id: &str, user: &str, text: &str) -> (u16, Value) {
         post_comment(&self.base, post_id, &token(user), text).await
+    }
+
+    /// Deletes comment `id` of the post with `user`'s token (no moderator claim); the status.
+    pub async fn delete(&self, post_id: &str, id: &str, user: &str) -> u16 {
+        delete_comment(&self.base, post_id, id, &token(user)).await
     }
 
     /// The `/metrics` text.

@@ -203,6 +203,25 @@ impl Sse {
         }
     }
 
+    /// Collects `event: comment` and `event: delete` (the stream's events, CONTRACT §10)
+    /// until `n` arrived or `timeout` passed, skipping pings and control events.
+    pub async fn stream_events(&mut self, n: usize, timeout: Duration) -> Vec<Event> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            match self.next(left).await {
+                Some(ev) if ev.event == "comment" || ev.event == "delete" => out.push(ev),
+                Some(ev) if ev.event == "closed" => break,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        out
+    }
+
     /// Collects comments until `n` arrived or `timeout` passed.
     pub async fn comments(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
         let deadline = Instant::now() + timeout;

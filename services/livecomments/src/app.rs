@@ -123,15 +123,26 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         });
     }
 
+    // The writer of this process (ingest roles): comments and deletions.
+    let pipeline = match (&store, role) {
+        (Some(store), Role::Standalone | Role::Ingest) => Some(Pipeline::start(
+            s.region.clone(),
+            store.clone(),
+            bus.clone(),
+        )),
+        _ => None,
+    };
+
     // Writers answer deletions forwarded by other regions.
-    if let (Some(rpc), Some(store), true) = (
-        &rpc,
-        &store,
-        matches!(role, Role::Standalone | Role::Ingest),
-    ) {
-        let (rpc, store, bus, region) = (rpc.clone(), store.clone(), bus.clone(), s.region.clone());
+    if let (Some(rpc), Some(store), Some(pipeline)) = (&rpc, &store, &pipeline) {
+        let (rpc, store, pipeline, region) = (
+            rpc.clone(),
+            store.clone(),
+            pipeline.clone(),
+            s.region.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = crate::ingest::delete::serve(rpc, region, store, bus).await {
+            if let Err(e) = crate::ingest::delete::serve(rpc, region, store, pipeline).await {
                 tracing::error!(error = %e, "deletion responder stopped");
             }
         });
@@ -152,8 +163,8 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         trusted_proxies: s.limits.trusted_proxies.clone(),
         demo_page: role == Role::Standalone,
     });
-    let ingest = match (&store, role) {
-        (Some(store), Role::Standalone | Role::Ingest) => {
+    let ingest = match (&store, pipeline) {
+        (Some(store), Some(pipeline)) => {
             let others: Vec<String> = s
                 .regions
                 .iter()
@@ -162,7 +173,7 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
                 .collect();
             Some(Arc::new(IngestState {
                 common: common.clone(),
-                pipeline: Pipeline::start(s.region.clone(), store.clone(), bus.clone()),
+                pipeline,
                 store: store.clone(),
                 rate: Arc::new(match cql {
                     Some(store) => UserLimit::Shared {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use livecomments_shared::{Comment, CommentId, PostId};
+use livecomments_shared::{Comment, CommentId, PostId, Tombstone};
 use parking_lot::Mutex;
 
 use super::{Inserted, NewComment, Store, StoreError, StoreResult, Withdrawal};
@@ -214,8 +214,19 @@ impl<S: Store> Store for Coalesced<S> {
         self.inner.keyed(user_id, post_id, key).await
     }
 
-    async fn delete(&self, post_id: &PostId, id: &CommentId) -> StoreResult<bool> {
-        self.inner.delete(post_id, id).await
+    /// Not shared: a post's deletions are few (moderation), and their read is one range of
+    /// one partition.
+    async fn deletions_after(
+        &self,
+        post_id: &PostId,
+        after: Option<&CommentId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Tombstone>> {
+        self.inner.deletions_after(post_id, after, limit).await
+    }
+
+    async fn record_deletions(&self, batch: Vec<Tombstone>) -> Vec<StoreResult<()>> {
+        self.inner.record_deletions(batch).await
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -284,8 +295,16 @@ mod tests {
         async fn keyed(&self, _: &str, _: &PostId, _: &str) -> StoreResult<Option<Comment>> {
             Ok(None)
         }
-        async fn delete(&self, _: &PostId, _: &CommentId) -> StoreResult<bool> {
-            Ok(false)
+        async fn deletions_after(
+            &self,
+            _: &PostId,
+            _: Option<&CommentId>,
+            _: usize,
+        ) -> StoreResult<Vec<Tombstone>> {
+            Ok(vec![])
+        }
+        async fn record_deletions(&self, _: Vec<Tombstone>) -> Vec<StoreResult<()>> {
+            vec![]
         }
         async fn ping(&self) -> StoreResult<()> {
             Ok(())

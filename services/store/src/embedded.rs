@@ -12,12 +12,15 @@
 //! - `idempotency`: `user_id 0x00 post_id 0x00 key` → `created_ms (8 bytes BE)` + MessagePack of
 //!   the comment first stored with that key. `post_id` and `user_id` never contain 0x00
 //!   (validated), so the separators are unambiguous.
+//! - `deletions`: `post_id 0x00 tombstone id` → MessagePack of the [`Tombstone`] (CONTRACT §10:
+//!   a deletion is an event of the post's stream, replayed on resume). A deletion removes the
+//!   comment and writes its tombstone in one transaction.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use livecomments_shared::{Comment, CommentId, PostId, time::now_millis, wire};
+use livecomments_shared::{Comment, CommentId, PostId, Tombstone, time::now_millis, wire};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{
@@ -26,6 +29,7 @@ use super::{
 
 const COMMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("comments");
 const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
+const DELETIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("deletions");
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -54,6 +58,18 @@ fn idem_key(user: &str, post: &str, key: &str) -> Vec<u8> {
     [user.as_bytes(), &[0], post.as_bytes(), &[0], key.as_bytes()].concat()
 }
 
+/// `post 0x00 after 0x00`: the smallest key greater than every key up to `after`.
+fn key_after(post_id: &str, after: Option<&CommentId>) -> Vec<u8> {
+    match after {
+        Some(id) => {
+            let mut k = comment_key(post_id, id);
+            k.push(0);
+            k
+        }
+        None => comment_key(post_id, ""),
+    }
+}
+
 fn decode_comment(bytes: &[u8]) -> StoreResult<Comment> {
     wire::decode(bytes).map_err(|e| StoreError::failed(format!("corrupt comment record: {e}")))
 }
@@ -72,6 +88,7 @@ impl EmbeddedStore {
             let txn = db.begin_write()?;
             txn.open_table(COMMENTS)?;
             txn.open_table(IDEMPOTENCY)?;
+            txn.open_table(DELETIONS)?;
             txn.commit()?;
             Ok(())
         };
@@ -213,15 +230,7 @@ impl Store for EmbeddedStore {
         after: Option<&CommentId>,
         limit: usize,
     ) -> StoreResult<Vec<Comment>> {
-        let lo = match after {
-            // Exclusive: the smallest key greater than `post 0x00 after` is that key plus 0x00.
-            Some(id) => {
-                let mut k = comment_key(post_id, id);
-                k.push(0);
-                k
-            }
-            None => comment_key(post_id, ""),
-        };
+        let lo = key_after(post_id, after);
         let hi = post_end(post_id);
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
@@ -234,6 +243,34 @@ impl Store for EmbeddedStore {
             {
                 let (_, v) = row.map_err(unavailable)?;
                 out.push(decode_comment(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn deletions_after(
+        &self,
+        post_id: &PostId,
+        after: Option<&CommentId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Tombstone>> {
+        let lo = key_after(post_id, after);
+        let hi = post_end(post_id);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let t = txn.open_table(DELETIONS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in t
+                .range(lo.as_slice()..hi.as_slice())
+                .map_err(unavailable)?
+                .take(limit)
+            {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(
+                    wire::decode(v.value())
+                        .map_err(|e| StoreError::failed(format!("corrupt deletion record: {e}")))?,
+                );
             }
             Ok(out)
         })
@@ -273,18 +310,30 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn delete(&self, post_id: &PostId, id: &CommentId) -> StoreResult<bool> {
-        let k = comment_key(post_id, id);
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(unavailable)?;
-            let existed = {
-                let mut t = txn.open_table(COMMENTS).map_err(unavailable)?;
-                t.remove(k.as_slice()).map_err(unavailable)?.is_some()
-            };
-            txn.commit().map_err(unavailable)?;
-            Ok(existed)
-        })
-        .await
+    async fn record_deletions(&self, batch: Vec<Tombstone>) -> Vec<StoreResult<()>> {
+        let n = batch.len();
+        let res = self
+            .blocking(move |db| {
+                let txn = db.begin_write().map_err(unavailable)?;
+                {
+                    let mut comments = txn.open_table(COMMENTS).map_err(unavailable)?;
+                    let mut deletions = txn.open_table(DELETIONS).map_err(unavailable)?;
+                    for t in &batch {
+                        comments
+                            .remove(comment_key(&t.post_id, &t.comment_id).as_slice())
+                            .map_err(unavailable)?;
+                        let v = wire::encode(t).map_err(unavailable)?;
+                        deletions
+                            .insert(comment_key(&t.post_id, &t.id).as_slice(), v.as_slice())
+                            .map_err(unavailable)?;
+                    }
+                }
+                txn.commit().map_err(unavailable)?;
+                Ok(())
+            })
+            .await;
+        // One transaction: all or nothing.
+        (0..n).map(|_| res.clone()).collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {

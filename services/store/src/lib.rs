@@ -15,7 +15,7 @@ pub mod embedded;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use livecomments_shared::{Comment, CommentId, PostId};
+use livecomments_shared::{Comment, CommentId, PostId, Tombstone};
 
 /// A comment ready to be written: validated, id and timestamp assigned by the ingest pipeline.
 #[derive(Debug, Clone)]
@@ -221,8 +221,20 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
     ) -> StoreResult<Option<Comment>>;
 
-    /// Removes the comment; false when it did not exist.
-    async fn delete(&self, post_id: &PostId, id: &CommentId) -> StoreResult<bool>;
+    /// Oldest first: the first `limit` tombstones of the post with id > `after`.
+    async fn deletions_after(
+        &self,
+        post_id: &PostId,
+        after: Option<&CommentId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Tombstone>>;
+
+    /// Deletes each tombstone's comment and keeps the tombstone (CONTRACT §10: deletions are
+    /// replayed on resume), durably, in one commit / one round of writes; answers per item in
+    /// order. The caller checked that the comment exists and may be deleted by whoever asked:
+    /// two deletions of one comment racing each other both record a tombstone, and a viewer
+    /// applying a deletion twice sees no difference.
+    async fn record_deletions(&self, batch: Vec<Tombstone>) -> Vec<StoreResult<()>>;
 
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;

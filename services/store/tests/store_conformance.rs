@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use livecomments_shared::{Comment, CommentId, time::format_millis};
+use livecomments_shared::{Comment, CommentId, Tombstone, time::format_millis};
 use livecomments_store::coalesce::Coalesced;
 use livecomments_store::cql::{self as cqlstore, CqlOptions, CqlStore};
 use livecomments_store::embedded::EmbeddedStore;
@@ -42,6 +42,22 @@ fn new(c: &Comment, key: Option<&str>) -> NewComment {
         comment: c.clone(),
         idempotency_key: key.map(str::to_string),
         visible_by_ms: None,
+    }
+}
+
+/// The tombstone of `c` recorded at `ms` by writer-sequence `n`.
+fn tombstone(c: &Comment, ms: i64, n: u128) -> Tombstone {
+    Tombstone {
+        id: id_at(ms, 1_000 + n),
+        post_id: c.post_id.clone(),
+        comment_id: c.id.clone(),
+        region: c.region.clone(),
+    }
+}
+
+async fn delete_ok(store: &dyn Store, batch: Vec<Tombstone>) {
+    for r in store.record_deletions(batch).await {
+        r.unwrap();
     }
 }
 
@@ -282,7 +298,7 @@ async fn retry_after_delete_returns_the_deleted_comment(s: Arc<dyn Store>) {
     let store: &dyn Store = &*s;
     let a = comment_at("p7", "alice", BASE_MS, 1, "soon deleted");
     insert_ok(store, vec![new(&a, Some("k"))]).await;
-    assert!(store.delete(&"p7".into(), &a.id).await.unwrap());
+    delete_ok(store, vec![tombstone(&a, BASE_MS + 5, 1)]).await;
     let retry = comment_at("p7", "alice", BASE_MS + 10, 2, "retry");
     let out = insert_ok(store, vec![new(&retry, Some("k"))]).await;
     assert_eq!(out, vec![Inserted::Existing(a.clone())]);
@@ -315,16 +331,9 @@ async fn get_and_delete(s: Arc<dyn Store>) {
         None
     );
 
-    assert!(store.delete(&"p5".into(), &a.id).await.unwrap());
+    let t = tombstone(&a, BASE_MS + 10, 1);
+    delete_ok(store, vec![t.clone()]).await;
     assert_eq!(store.get(&"p5".into(), &a.id).await.unwrap(), None);
-    assert!(!store.delete(&"p5".into(), &a.id).await.unwrap());
-    assert!(
-        !store
-            .delete(&"p5".into(), &"not-an-id".into())
-            .await
-            .unwrap()
-    );
-    assert!(!store.delete(&"no-such-post".into(), &b.id).await.unwrap());
     assert_eq!(
         ids(&store.newest(&"p5".into(), None, 10).await.unwrap()),
         vec![b.id.clone()]
@@ -332,6 +341,57 @@ async fn get_and_delete(s: Arc<dyn Store>) {
     assert_eq!(
         ids(&store.after(&"p5".into(), None, 10).await.unwrap()),
         vec![b.id.clone()]
+    );
+    // The tombstone is kept, in id order, for resumes (CONTRACT §10).
+    assert_eq!(
+        store.deletions_after(&"p5".into(), None, 10).await.unwrap(),
+        vec![t.clone()]
+    );
+    assert!(
+        store
+            .deletions_after(&"p5".into(), Some(&t.id), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .deletions_after(&"other-post".into(), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn deletions_read_in_order_after_a_cursor(s: Arc<dyn Store>) {
+    let store: &dyn Store = &*s;
+    let cs: Vec<Comment> = (0..5)
+        .map(|i| comment_at("p8", "bob", BASE_MS + i, i as u128 + 1, "x"))
+        .collect();
+    insert_ok(store, cs.iter().map(|c| new(c, None)).collect()).await;
+    // Deleted in two commits, out of the comments' order; tombstones are ordered by their
+    // own ids (when the deletion happened), not by the comments'.
+    let t1 = tombstone(&cs[3], BASE_MS + 100, 10);
+    let t2 = tombstone(&cs[0], BASE_MS + 101, 11);
+    let t3 = tombstone(&cs[4], BASE_MS + 5_000, 12);
+    delete_ok(store, vec![t1.clone(), t2.clone()]).await;
+    delete_ok(store, vec![t3.clone()]).await;
+    let all = store.deletions_after(&"p8".into(), None, 10).await.unwrap();
+    assert_eq!(all, vec![t1.clone(), t2.clone(), t3.clone()]);
+    assert_eq!(
+        store.deletions_after(&"p8".into(), None, 2).await.unwrap(),
+        vec![t1.clone(), t2.clone()]
+    );
+    assert_eq!(
+        store
+            .deletions_after(&"p8".into(), Some(&t1.id), 10)
+            .await
+            .unwrap(),
+        vec![t2, t3]
+    );
+    assert_eq!(
+        ids(&store.after(&"p8".into(), None, 10).await.unwrap()),
+        vec![cs[1].id.clone(), cs[2].id.clone()]
     );
 }
 
@@ -624,6 +684,7 @@ suite! {
     idempotency_scope => same_key_for_another_user_or_post_is_another_comment;
     idempotency_race => concurrent_requests_with_one_key_store_one_comment;
     get_delete => get_and_delete;
+    deletions_in_order => deletions_read_in_order_after_a_cursor;
     retry_after_delete => retry_after_delete_returns_the_deleted_comment;
     missing_post => missing_post_reads_empty;
     paging_across_buckets => paging_across_many_buckets;

@@ -312,13 +312,15 @@ fn beat_is_sane(beat: &WriterBeat, subject: &str) -> bool {
             .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
 }
 
-/// A comment is published on `comments.live.<its region>.<post>` (deletions are published by
-/// the region that stored the comment, which is the same region).
+/// A comment is published on `comments.live.<its region>.<post>`, and so is a deletion (by
+/// the writer of the region that stored the comment): its tombstone moves positions of that
+/// region, which no other region's publisher may do.
 fn region_matches_subject(ev: &LiveEvent, subject: &str) -> bool {
-    match ev {
-        LiveEvent::Comment(lc) => subject.split('.').nth(2) == Some(lc.comment.region.as_str()),
-        LiveEvent::Delete(_) => true,
-    }
+    let region = match ev {
+        LiveEvent::Comment(lc) => &lc.comment.region,
+        LiveEvent::Delete(d) => &d.region,
+    };
+    subject.split('.').nth(2) == Some(region.as_str())
 }
 
 /// Checks what a well-behaved publisher guarantees, so that bad ids or regions never reach
@@ -336,6 +338,8 @@ pub fn event_is_sane(ev: &LiveEvent) -> bool {
         }
         LiveEvent::Delete(d) => {
             id::is_valid(&d.id)
+                && d.event_id.as_deref().is_none_or(id::is_valid)
+                && d.prev.as_deref().is_none_or(id::is_valid)
                 && validate::is_region(&d.region)
                 && validate::post_id(&d.post_id).is_ok()
         }

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use livecomments_shared::{
-    Comment, Position, id,
+    Entry, Position, id,
     position::SETTLE_MS,
     time,
-    wire::{LiveComment, LiveEvent},
+    wire::{Deletion, LiveComment, LiveEvent},
 };
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, watch};
@@ -306,8 +306,22 @@ impl Hub {
             ),
         }
         match event {
-            LiveEvent::Comment(c) => self.on_live_comment(c).await,
-            LiveEvent::Delete(d) => self.broadcast(Arc::new(Frame::delete(&d))),
+            LiveEvent::Comment(lc) => {
+                let link = Link::from(&lc);
+                self.on_live(&link, Entry::Comment(lc.comment.clone()))
+                    .await
+            }
+            LiveEvent::Delete(d) => match d.tombstone() {
+                // A deletion is a link of its writer's chain like a comment (CONTRACT §10).
+                Some(t) => {
+                    let Some(link) = Link::of_deletion(&d) else {
+                        return;
+                    };
+                    self.on_live(&link, Entry::Deleted(t)).await
+                }
+                // From a publisher older than tombstones: outside every chain.
+                None => self.broadcast(Arc::new(Frame::delete(&d))),
+            },
         }
     }
 
@@ -347,13 +361,12 @@ impl Hub {
         }
     }
 
-    async fn on_live_comment(&self, lc: LiveComment) {
-        let c = &lc.comment;
+    async fn on_live(&self, link: &Link<'_>, entry: Entry) {
         // A publisher on the bus is not trusted with positions: a region outside the
         // deployment, or an id from the future, could otherwise silence the post.
         let now = time::now_millis();
-        if !self.fanout.history.regions().any(|r| r == c.region)
-            || c.timestamp_millis() > now + MAX_CLOCK_SKEW_MS
+        if !self.fanout.history.regions().any(|r| r == link.region)
+            || link.millis > now + MAX_CLOCK_SKEW_MS
         {
             METRICS.bus_decode_errors.inc();
             return;
@@ -361,24 +374,26 @@ impl Hub {
         let (verdict, new_writer) = {
             let st = self.state.lock();
             (
-                sequence(&st.pos, &lc, st.pending.contains(c.region.as_str()), now),
-                st.pos.writer_id(&c.region, id::writer_of(&c.id)).is_none(),
+                sequence(&st.pos, *link, st.pending.contains(link.region), now),
+                st.pos
+                    .writer_id(link.region, id::writer_of(link.id))
+                    .is_none(),
             )
         };
         if new_writer {
             self.fanout
                 .bus
-                .heard_writer(&c.region, id::writer_of(&c.id));
+                .heard_writer(link.region, id::writer_of(link.id));
         }
         match verdict {
             Verdict::Duplicate => {}
             Verdict::Deliver => {
-                self.dispatch_comment(c);
+                self.dispatch(&entry);
             }
             Verdict::Repair(how) => {
-                // Every real comment is durable before it is published, so the repair brings
-                // `c` along with whatever was missed; an event history does not know is dropped.
-                self.repair_region(&c.region, how).await;
+                // Every real event is durable before it is published, so the repair brings
+                // it along with whatever was missed; an event history does not know is dropped.
+                self.repair_region(link.region, how).await;
             }
         }
     }
@@ -416,14 +431,15 @@ impl Hub {
                 };
                 let mut handed = 0;
                 let mut unripe = false;
-                for c in &rows {
-                    let of = id::writer_of(&c.id);
+                for e in &rows {
+                    let of = id::writer_of(e.id());
                     if only.is_some_and(|w| w != of) {
                         continue;
                     }
-                    let chained = writer == Some(of) && proven.is_some_and(|p| c.id.as_str() <= p);
-                    if chained || c.id.as_str() <= ripe.as_str() {
-                        handed += usize::from(self.dispatch_comment(c));
+                    let chained =
+                        writer == Some(of) && proven.is_some_and(|p| e.id().as_str() <= p);
+                    if chained || e.id().as_str() <= ripe.as_str() {
+                        handed += usize::from(self.dispatch(e));
                     } else {
                         unripe = true;
                     }
@@ -443,8 +459,10 @@ impl Hub {
                     // appear: the floor moves up, and writer ids below it are forgotten.
                     let settled = id::max_at(read_at - SETTLE_MS);
                     let floor = match rows.last() {
-                        Some(last) if rows.len() >= max && last.id.as_str() < settled.as_str() => {
-                            last.id.clone()
+                        Some(last)
+                            if rows.len() >= max && last.id().as_str() < settled.as_str() =>
+                        {
+                            last.id().clone()
                         }
                         _ => settled.into(),
                     };
@@ -500,19 +518,20 @@ impl Hub {
         }
     }
 
-    /// Sends `c` to every viewer unless the hub's position covers it; true when sent.
-    fn dispatch_comment(&self, c: &Comment) -> bool {
+    /// Sends `e` (a comment or a deletion) to every viewer unless the hub's position covers
+    /// it; true when sent.
+    fn dispatch(&self, e: &Entry) -> bool {
         let (before, after) = {
             let mut st = self.state.lock();
-            if st.pos.covers(&c.region, &c.id) {
+            if st.pos.covers(e.region(), e.id()) {
                 return false;
             }
             let mut pos = Position::clone(&st.pos);
-            pos.advance(&c.region, &c.id);
+            pos.advance(e.region(), e.id());
             let after = Arc::new(pos);
             (std::mem::replace(&mut st.pos, after.clone()), after)
         };
-        self.broadcast(Arc::new(Frame::comment(c, before, after)));
+        self.broadcast(Arc::new(Frame::entry(e, before, after)));
         true
     }
 
@@ -572,7 +591,11 @@ impl Hub {
         } else {
             &frame.parts[..]
         };
-        for c in parts.iter().filter_map(|p| p.comment.as_ref()) {
+        for c in parts
+            .iter()
+            .filter_map(|p| p.comment.as_ref())
+            .filter(|c| c.is_comment)
+        {
             // Another region's clock may run ahead of ours: a negative age counts as 0.
             let age_ms = (now - c.id_millis).max(0);
             METRICS
@@ -645,23 +668,64 @@ enum Verdict {
     Repair(Repair),
 }
 
-/// The sequencing decision for a live comment against the hub's position (pure, so the
-/// cases are unit-tested one by one).
-fn sequence(pos: &Position, lc: &LiveComment, region_pending: bool, now_ms: i64) -> Verdict {
-    let c = &lc.comment;
-    if pos.covers(&c.region, &c.id) {
+/// What sequencing needs of a live event: where it sits in its writer's chain.
+#[derive(Clone, Copy)]
+struct Link<'a> {
+    region: &'a str,
+    id: &'a str,
+    prev: Option<&'a str>,
+    adopted: bool,
+    millis: i64,
+}
+
+impl<'a> From<&'a LiveComment> for Link<'a> {
+    fn from(lc: &'a LiveComment) -> Link<'a> {
+        Link {
+            region: &lc.comment.region,
+            id: &lc.comment.id,
+            prev: lc.prev.as_deref(),
+            adopted: lc.adopted,
+            millis: lc.comment.timestamp_millis(),
+        }
+    }
+}
+
+impl<'a> Link<'a> {
+    /// A deletion's link: its tombstone's id (none from a publisher older than tombstones).
+    fn of_deletion(d: &'a Deletion) -> Option<Link<'a>> {
+        let id = d.event_id.as_deref()?;
+        Some(Link {
+            region: &d.region,
+            id,
+            prev: d.prev.as_deref(),
+            adopted: false,
+            millis: id::millis_of(id).unwrap_or(0),
+        })
+    }
+}
+
+/// The sequencing decision for a live event (comment or deletion) against the hub's
+/// position (pure, so the cases are unit-tested one by one).
+fn sequence<'a>(
+    pos: &Position,
+    link: impl Into<Link<'a>>,
+    region_pending: bool,
+    now_ms: i64,
+) -> Verdict {
+    let lc = link.into();
+    if pos.covers(lc.region, lc.id) {
         return Verdict::Duplicate;
     }
-    let writer = id::writer_of(&c.id);
-    let have = pos.writer_id(&c.region, writer);
+    let writer = id::writer_of(lc.id);
+    let have = pos.writer_id(lc.region, writer);
     if lc.adopted {
         // Finished by another node for an Idempotency-Key: outside every chain.
         return Verdict::Repair(Repair::FromFloor);
     }
-    let in_chain = match (have, lc.prev.as_deref()) {
+    let in_chain = match (have, lc.prev) {
         (Some(have), Some(prev)) => have == prev,
         // The writer's previous comment of the post is at or below the floor.
-        (None, Some(prev)) => pos.covers(&c.region, prev),
+        (None, Some(prev)) => pos.covers(lc.region, prev),
         // A writer's first comment of the post since it started: a fresh writer id each
         // process start, so nothing of this writer can precede it.
         (None, None) => true,
@@ -670,19 +734,20 @@ fn sequence(pos: &Position, lc: &LiveComment, region_pending: bool, now_ms: i64)
     };
     // Real ids are at most clock skew ahead of us; one further ahead is checked with history
     // first, so a forged id cannot run the position ahead of real comments.
-    let from_the_future = c.timestamp_millis() > now_ms + VERIFY_AHEAD_MS;
+    let from_the_future = lc.millis > now_ms + VERIFY_AHEAD_MS;
     if in_chain && !from_the_future && !region_pending {
         return Verdict::Deliver;
     }
     Verdict::Repair(Repair::Writer {
         writer: writer.to_string(),
-        proven: (!from_the_future).then(|| c.id.to_string()),
+        proven: (!from_the_future).then(|| lc.id.to_string()),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use livecomments_shared::Comment;
     use livecomments_shared::id::IdGenerator;
 
     fn live(id: &str, prev: Option<&str>) -> LiveComment {
@@ -774,6 +839,43 @@ mod tests {
             sequence(&pos, &live(&ys[1], Some(&ys[0])), false, NOW),
             writer_repair(&ys[1])
         );
+    }
+
+    #[test]
+    fn a_deletion_is_a_link_of_its_writers_chain() {
+        let (xs, _, mut pos) = setup();
+        pos.advance("eu", &xs[0]);
+        // xs[1] is a deletion (of xs[0]) chained after xs[0]; xs[2] a comment after it.
+        let del = |id: &str, prev: &str| Deletion {
+            id: xs[0].clone().into(),
+            post_id: "p".into(),
+            region: "eu".into(),
+            event_id: Some(id.to_string().into()),
+            prev: Some(prev.to_string().into()),
+        };
+        let d = del(&xs[1], &xs[0]);
+        let link = Link::of_deletion(&d).unwrap();
+        assert_eq!(sequence(&pos, link, false, NOW), Verdict::Deliver);
+        pos.advance("eu", &xs[1]);
+        assert_eq!(
+            sequence(&pos, Link::of_deletion(&d).unwrap(), false, NOW),
+            Verdict::Duplicate
+        );
+        assert_eq!(
+            sequence(&pos, &live(&xs[2], Some(&xs[1])), false, NOW),
+            Verdict::Deliver
+        );
+        // A lost deletion breaks the chain like a lost comment: the next link asks history.
+        let (xs, _, mut pos) = setup();
+        pos.advance("eu", &xs[0]);
+        assert_eq!(
+            sequence(&pos, &live(&xs[2], Some(&xs[1])), false, NOW),
+            writer_repair(&xs[2])
+        );
+        // Without an event id (an older publisher) there is no link at all.
+        let mut old = del(&xs[1], &xs[0]);
+        old.event_id = None;
+        assert!(Link::of_deletion(&old).is_none());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! browser receives is a change to this file only.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use livecomments_shared::{Comment, Position, wire::Deletion};
+use livecomments_shared::{Comment, Entry, Position, wire::Deletion};
 use std::sync::Arc;
 
 /// What a viewer writes for one hub dispatch: a single event, or several that arrived
@@ -12,9 +12,10 @@ use std::sync::Arc;
 pub struct Frame {
     pub bytes: Bytes,
     /// The hub's position before and after this frame; `None` when it moves no position
-    /// (pings, deletions, a batch of only those). A viewer exactly at `before` writes
+    /// (pings, a deletion from a publisher older than tombstones, a batch of only those). A viewer exactly at `before` writes
     /// `bytes` as they are and ends at `after`: the common case costs no per-viewer work.
     pub span: Option<Span>,
+    /// The event (comment or deletion) this frame carries, when it moves a position.
     pub comment: Option<CommentRef>,
     /// For a batch: the frames whose bytes `bytes` concatenates (empty otherwise).
     pub parts: Vec<Arc<Frame>>,
@@ -25,13 +26,16 @@ pub struct Span {
     pub after: Arc<Position>,
 }
 
+/// The event of a frame: a comment, or a deletion (its tombstone's id, CONTRACT §10).
 pub struct CommentRef {
     pub region: String,
     pub id: String,
-    /// The millisecond in the id: when the writer stamped the comment.
+    /// The millisecond in the id: when the writer stamped the event.
     pub id_millis: i64,
-    /// Where `event: comment` starts in `bytes` (after the `id:` line).
+    /// Where `event: …` starts in `bytes` (after the `id:` line).
     pub body_at: usize,
+    /// False for a deletion (the publish → SSE histogram counts comments).
+    pub is_comment: bool,
 }
 
 impl Frame {
@@ -45,15 +49,21 @@ impl Frame {
     }
 
     pub fn comment(c: &Comment, before: Arc<Position>, after: Arc<Position>) -> Frame {
-        let (bytes, body_at) = comment_bytes(c, &after);
+        Frame::entry(&Entry::Comment(c.clone()), before, after)
+    }
+
+    /// A comment or a deletion, with the hub's position after it as its `id:`.
+    pub fn entry(e: &Entry, before: Arc<Position>, after: Arc<Position>) -> Frame {
+        let (bytes, body_at) = with_id_line(&after, &event_body(e));
         Frame {
             bytes,
             span: Some(Span { before, after }),
             comment: Some(CommentRef {
-                region: c.region.to_string(),
-                id: c.id.to_string(),
-                id_millis: c.timestamp_millis(),
+                region: e.region().to_string(),
+                id: e.id().to_string(),
+                id_millis: e.millis(),
                 body_at,
+                is_comment: matches!(e, Entry::Comment(_)),
             }),
             parts: Vec::new(),
         }
@@ -87,9 +97,10 @@ impl Frame {
         self.parts.len().max(1)
     }
 
+    /// A deletion from a publisher that gives it no id (older than tombstones): passed on
+    /// as it comes, with no `id:`.
     pub fn delete(d: &Deletion) -> Frame {
-        let json = serde_json::json!({"id": d.id, "post_id": d.post_id});
-        Frame::plain(Bytes::from(format!("event: delete\ndata: {json}\n\n")))
+        Frame::plain(Bytes::from(delete_body(&d.id, &d.post_id)))
     }
 
     pub fn ping() -> Frame {
@@ -138,14 +149,25 @@ impl Frame {
     }
 }
 
-/// A comment event with `pos` as its `id:`, and where the part after the `id:` line starts.
-fn comment_bytes(c: &Comment, pos: &Position) -> (Bytes, usize) {
-    let json = serde_json::to_vec(c).unwrap_or_default();
-    let mut body = Vec::with_capacity(json.len() + 24);
-    body.extend_from_slice(b"event: comment\ndata: ");
-    body.extend_from_slice(&json);
-    body.extend_from_slice(b"\n\n");
-    with_id_line(pos, &body)
+/// `event: comment` or `event: delete` with its `data:`, without the `id:` line.
+fn event_body(e: &Entry) -> Vec<u8> {
+    match e {
+        Entry::Comment(c) => {
+            let json = serde_json::to_vec(c).unwrap_or_default();
+            let mut body = Vec::with_capacity(json.len() + 24);
+            body.extend_from_slice(b"event: comment\ndata: ");
+            body.extend_from_slice(&json);
+            body.extend_from_slice(b"\n\n");
+            body
+        }
+        Entry::Deleted(t) => delete_body(&t.comment_id, &t.post_id).into_bytes(),
+    }
+}
+
+/// A deletion's event: the deleted comment's id and post (CONTRACT §2).
+fn delete_body(comment_id: &str, post_id: &str) -> String {
+    let json = serde_json::json!({"id": comment_id, "post_id": post_id});
+    format!("event: delete\ndata: {json}\n\n")
 }
 
 /// `id: <pos>` followed by `body`; also returns where `body` starts.
@@ -205,9 +227,9 @@ pub fn position_only(pos: &Position) -> Bytes {
     Bytes::from(format!("id: {pos}\n\n"))
 }
 
-/// A replayed comment with the viewer's own position.
-pub fn replayed(c: &Comment, pos: &Position) -> Bytes {
-    comment_bytes(c, pos).0
+/// A replayed comment or deletion with the viewer's own position as its `id:`.
+pub fn replayed(e: &Entry, pos: &Position) -> Bytes {
+    with_id_line(pos, &event_body(e)).0
 }
 
 #[cfg(test)]
@@ -280,6 +302,37 @@ mod tests {
         // Joined after all of them: nothing.
         let mut late = frames[2].span.as_ref().unwrap().after.clone();
         assert!(batch.render(&mut late).is_none());
+    }
+
+    #[test]
+    fn a_deletion_moves_the_position_and_names_the_deleted_comment() {
+        let start = Arc::new(Position::new());
+        let c = comment("eu", 1);
+        let t = livecomments_shared::Tombstone {
+            id: "01JDQ7Z8XK3M4N5P6Q7R8S9002".into(),
+            post_id: "p".into(),
+            comment_id: c.id.clone(),
+            region: "eu".into(),
+        };
+        let mut after = Position::clone(&start);
+        after.advance("eu", &t.id);
+        let f = Frame::entry(&Entry::Deleted(t.clone()), start.clone(), Arc::new(after));
+        let text = std::str::from_utf8(&f.bytes).unwrap();
+        assert!(
+            text.starts_with("id: eu_01JDQ7Z8XK3M4N5P6Q7R8S9002\nevent: delete\ndata: "),
+            "{text}"
+        );
+        let data: serde_json::Value =
+            serde_json::from_str(text.lines().nth(2).unwrap().strip_prefix("data: ").unwrap())
+                .unwrap();
+        assert_eq!(data, serde_json::json!({"id": c.id, "post_id": "p"}));
+        // A viewer that already has the deletion (resumed past it) skips it.
+        let mut past = Arc::new({
+            let mut p = Position::new();
+            p.advance("eu", &t.id);
+            p
+        });
+        assert!(f.render(&mut past).is_none());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
-use livecomments_shared::{Comment, Position};
+use livecomments_shared::{Entry, Position};
 use tokio::net::TcpStream;
 
 use super::conn::{Conn, End};
@@ -99,7 +99,7 @@ impl Viewer {
                 self.conn.end(End::Finish);
                 return;
             }
-            let replayed = self.emit_replayed(&replay.comments, &mut out);
+            let replayed = self.emit_replayed(&replay.entries, &mut out);
             METRICS.sse_replay_length.observe(replayed as f64);
             if replay.truncated {
                 out.extend_from_slice(&sse::truncated());
@@ -122,23 +122,34 @@ impl Viewer {
         self.drain_queue().await;
     }
 
-    /// Writes the replayed comments the viewer lacks into `out`; returns how many.
-    fn emit_replayed(&self, comments: &[Comment], out: &mut BytesMut) -> usize {
+    /// Writes the replayed events the viewer lacks into `out`; returns how many. A deletion
+    /// goes out only when the viewer was shown its comment (CONTRACT §10: a comment both
+    /// created and deleted while the viewer was away is not replayed at all); either way
+    /// the viewer's position moves past it.
+    fn emit_replayed(&self, entries: &[Entry], out: &mut BytesMut) -> usize {
         let mut replayed = 0;
         let mut hub_lacks: Vec<&str> = Vec::new();
         let mut st = self.conn.lock();
-        for c in comments {
-            if st.pos.covers(&c.region, &c.id) {
+        for e in entries {
+            let (region, id) = (e.region(), e.id());
+            if st.pos.covers(region, id) {
                 continue;
             }
-            if !self.hub_at_join.covers(&c.region, &c.id) {
-                if !hub_lacks.contains(&c.region.as_str()) {
-                    hub_lacks.push(&c.region);
+            if !self.hub_at_join.covers(region, id) {
+                if !hub_lacks.contains(&region.as_str()) {
+                    hub_lacks.push(region);
                 }
                 continue;
             }
-            Arc::make_mut(&mut st.pos).advance(&c.region, &c.id);
-            out.extend_from_slice(&sse::replayed(c, &st.pos));
+            let shown = match e {
+                Entry::Comment(_) => true,
+                Entry::Deleted(t) => st.pos.covers(&t.region, &t.comment_id),
+            };
+            Arc::make_mut(&mut st.pos).advance(region, id);
+            if !shown {
+                continue;
+            }
+            out.extend_from_slice(&sse::replayed(e, &st.pos));
             METRICS.sse_replayed.inc();
             replayed += 1;
         }
@@ -211,8 +222,8 @@ impl Viewer {
             .hub
             .fanout()
             .history
-            .region_after_where(region, self.hub.post_id(), after.as_deref(), max, |c| {
-                !pos.covers(&c.region, &c.id)
+            .region_after_where(region, self.hub.post_id(), after.as_deref(), max, |e| {
+                !pos.covers(e.region(), e.id())
             })
             .await
         {

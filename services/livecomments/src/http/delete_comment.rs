@@ -26,9 +26,7 @@ pub async fn handle(
         user_id: caller.user_id,
         moderator: caller.moderator,
     };
-    let c = &st.common;
-    let mut outcome =
-        delete::delete_local(st.store.as_ref(), c.bus.as_ref(), &c.region, &req).await;
+    let mut outcome = delete::delete_local(st.store.as_ref(), &st.pipeline, &req).await;
     if let (Outcome::NotFound, Some(remote)) = (outcome, &st.remote_deletes) {
         // Not ours: the comment may live in another region's store.
         outcome = delete::delete_remote(&remote.rpc, &remote.regions, &req).await;

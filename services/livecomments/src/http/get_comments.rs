@@ -71,6 +71,7 @@ pub async fn handle(
                 page.comments.truncate(cut);
                 page.more = false;
             }
+            page.deleted.retain(|d| d.id.as_str() < end.as_str());
         }
         // next_cursor means "older, with before=" (CONTRACT); forward pages continue with
         // `after=<next_after>` instead.
@@ -101,6 +102,12 @@ pub async fn handle(
             None
         };
         body["next_after"] = serde_json::json!(next_after);
+        // CONTRACT §10: comments deleted within the range read (a client that showed them
+        // drops them). Absent when there are none.
+        if !page.deleted.is_empty() {
+            let ids: Vec<&str> = page.deleted.iter().map(|d| d.comment_id.as_str()).collect();
+            body["deleted"] = serde_json::json!(ids);
+        }
     }
     let mut resp_headers = axum::http::HeaderMap::new();
     if !page.missing.is_empty() {

@@ -17,16 +17,21 @@
 //!   on `comments.writers.<region>` and fanouts fetch from history when it falls silent;
 //! - a comment another node claimed for an Idempotency-Key and this one finished: published
 //!   as `adopted`, which fanouts check with history.
+//!
+//! Deletions go through the same task (CONTRACT §10): each gets an id of this writer, its
+//! tombstone is committed with the removal of the comment, and it is published in the same
+//! chain as the writer's comments of the post, so a fanout sequences, repairs and resumes
+//! deletions exactly as it does comments.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use livecomments_shared::{
-    Comment, CommentId, PostId,
+    Comment, CommentId, PostId, Region, Tombstone,
     id::{self, IdGenerator},
     time,
-    wire::{self, LiveComment, LiveEvent, WriterBeat},
+    wire::{self, Deletion, LiveComment, LiveEvent, WriterBeat},
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -81,9 +86,24 @@ pub enum SubmitError {
 /// A live event to publish, with the request that caused it.
 type Outgoing = (LiveEvent, Option<RequestId>);
 
-struct Job {
-    sub: Submission,
-    reply: oneshot::Sender<StoreResult<Inserted>>,
+enum Job {
+    Comment {
+        sub: Submission,
+        reply: oneshot::Sender<StoreResult<Inserted>>,
+    },
+    Delete {
+        del: Removal,
+        reply: oneshot::Sender<StoreResult<Tombstone>>,
+    },
+}
+
+/// A deletion the caller has checked (the comment exists here, and whoever asked may delete it).
+pub struct Removal {
+    pub post_id: PostId,
+    pub comment_id: CommentId,
+    /// The comment's region: this one (a comment is deleted where it is stored).
+    pub region: Region,
+    pub request_id: Option<RequestId>,
 }
 
 #[derive(Clone)]
@@ -113,14 +133,25 @@ impl Pipeline {
     /// Resolves once the comment is durable (or known from its idempotency key).
     pub async fn submit(&self, sub: Submission) -> Result<Inserted, SubmitError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Job { sub, reply }).map_err(|e| match e {
+        self.enqueue(Job::Comment { sub, reply })?;
+        Ok(rx.await.map_err(|_| SubmitError::Stopped)??)
+    }
+
+    /// Resolves once the deletion's tombstone is durable (it is published right after).
+    pub async fn delete(&self, del: Removal) -> Result<Tombstone, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Job::Delete { del, reply })?;
+        Ok(rx.await.map_err(|_| SubmitError::Stopped)??)
+    }
+
+    fn enqueue(&self, job: Job) -> Result<(), SubmitError> {
+        self.tx.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 METRICS.write_queue_full.inc();
                 SubmitError::QueueFull
             }
             mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
-        })?;
-        Ok(rx.await.map_err(|_| SubmitError::Stopped)??)
+        })
     }
 }
 
@@ -194,45 +225,78 @@ async fn run(
         let now = time::now_millis();
         let mut replies = Vec::with_capacity(jobs.len());
         let mut request_ids = Vec::with_capacity(jobs.len());
-        let batch: Vec<NewComment> = jobs
-            .drain(..)
-            .map(|Job { sub, reply }| {
-                replies.push(reply);
-                request_ids.push(sub.request_id);
-                let id = ids.next(now, rand::random::<u128>());
-                NewComment {
-                    comment: Comment {
-                        id: id.to_string().into(),
-                        post_id: sub.post_id,
-                        user_id: sub.user_id,
-                        text: sub.text,
-                        timestamp: time::format_millis(id.timestamp_ms() as i64),
-                        region: region.clone().into(),
-                        metadata: sub.metadata,
-                    },
-                    idempotency_key: sub.idempotency_key,
-                    visible_by_ms: Some(now + STAMP_MAX_AGE_MS),
+        let mut batch: Vec<NewComment> = Vec::with_capacity(jobs.len());
+        let mut removals = Vec::new();
+        let mut tombstones = Vec::new();
+        for job in jobs.drain(..) {
+            // Ids in arrival order, for both kinds: the chain of each post follows them.
+            let id = ids.next(now, rand::random::<u128>());
+            match job {
+                Job::Comment { sub, reply } => {
+                    replies.push(reply);
+                    request_ids.push(sub.request_id);
+                    batch.push(NewComment {
+                        comment: Comment {
+                            id: id.to_string().into(),
+                            post_id: sub.post_id,
+                            user_id: sub.user_id,
+                            text: sub.text,
+                            timestamp: time::format_millis(id.timestamp_ms() as i64),
+                            region: region.clone().into(),
+                            metadata: sub.metadata,
+                        },
+                        idempotency_key: sub.idempotency_key,
+                        visible_by_ms: Some(now + STAMP_MAX_AGE_MS),
+                    });
                 }
-            })
-            .collect();
+                Job::Delete { del, reply } => {
+                    tombstones.push(Tombstone {
+                        id: id.to_string().into(),
+                        post_id: del.post_id,
+                        comment_id: del.comment_id,
+                        region: del.region,
+                    });
+                    removals.push((reply, del.request_id));
+                }
+            }
+        }
         let withdrawals: Vec<Withdrawal> = batch.iter().map(Withdrawal::of).collect();
         let committing = std::time::Instant::now();
-        let results = store.insert_batch(batch).await;
+        let (results, deleted) = if tombstones.is_empty() {
+            (store.insert_batch(batch).await, Vec::new())
+        } else if batch.is_empty() {
+            (Vec::new(), store.record_deletions(tombstones.clone()).await)
+        } else {
+            tokio::join!(
+                store.insert_batch(batch),
+                store.record_deletions(tombstones.clone())
+            )
+        };
         METRICS
             .store_commit_seconds
             .observe(committing.elapsed().as_secs_f64());
         METRICS.store_batches.inc();
-        // Answer first (the comments are durable), then publish in id order. When the bus
+        // Answer first (the events are durable), then publish in id order. When the bus
         // is down, the first failed publish skips the rest of the batch instead of waiting
         // on each: viewers repair from the store either way.
-        let mut created = Vec::new();
+        let mut created: Vec<(CommentId, Outgoing)> = Vec::new();
         let mut failed = Vec::new();
         let answers = results.into_iter().zip(replies).zip(withdrawals);
         for (((res, reply), withdrawal), request_id) in answers.zip(request_ids) {
             match &res {
                 Ok(Inserted::Created(c)) => {
                     METRICS.comments_created.inc();
-                    created.push((live_event(c, &writer, &mut last_published), request_id));
+                    created.push((
+                        c.id.clone(),
+                        (
+                            LiveEvent::Comment(LiveComment {
+                                comment: c.clone(),
+                                prev: None,
+                                adopted: false,
+                            }),
+                            request_id,
+                        ),
+                    ));
                 }
                 Ok(Inserted::Existing(_)) => {
                     METRICS.comments_idempotent_replays.inc();
@@ -248,9 +312,41 @@ async fn run(
             }
             let _ = reply.send(res);
         }
+        for ((res, (reply, request_id)), t) in deleted.into_iter().zip(removals).zip(tombstones) {
+            match res {
+                Ok(()) => {
+                    METRICS.comments_deleted.inc();
+                    created.push((
+                        t.id.clone(),
+                        (
+                            LiveEvent::Delete(Deletion {
+                                id: t.comment_id.clone(),
+                                post_id: t.post_id.clone(),
+                                region: t.region.clone(),
+                                event_id: Some(t.id.clone()),
+                                prev: None,
+                            }),
+                            request_id,
+                        ),
+                    ));
+                    let _ = reply.send(Ok(t));
+                }
+                Err(e) => {
+                    METRICS.store_errors.inc();
+                    tracing::warn!(error = %e, comment_id = %t.comment_id, "deletion failed");
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
         if !failed.is_empty() {
             withdraw(store.clone(), failed);
         }
+        // Ids were handed out in job order: sorting by them restores it across both kinds.
+        created.sort_by(|a, b| a.0.cmp(&b.0));
+        let created: Vec<Outgoing> = created
+            .into_iter()
+            .map(|(_, (ev, rid))| (chain(ev, &writer, &mut last_published), rid))
+            .collect();
         publish_all(&bus, &region, &created).await;
         for ev in created {
             recent.push(ev);
@@ -296,25 +392,32 @@ fn withdraw(store: Arc<dyn Store>, failed: Vec<Withdrawal>) {
     });
 }
 
-/// The live event of a comment this writer created: chained to its previous one of the post,
-/// or `adopted` when another writer's id is on it (finished for an Idempotency-Key).
-fn live_event(c: &Comment, writer: &str, last: &mut HashMap<PostId, CommentId>) -> LiveEvent {
-    if id::writer_of(&c.id) != writer {
-        return LiveEvent::Comment(LiveComment {
-            comment: c.clone(),
-            prev: None,
-            adopted: true,
-        });
+/// Puts an event this writer made into its chain: `prev` is the writer's previous event of
+/// the post (comment or deletion). A comment with another writer's id on it (finished for
+/// an Idempotency-Key) stays outside every chain, as `adopted`.
+fn chain(mut ev: LiveEvent, writer: &str, last: &mut HashMap<PostId, CommentId>) -> LiveEvent {
+    let (post_id, id) = match &ev {
+        LiveEvent::Comment(lc) => (lc.comment.post_id.clone(), lc.comment.id.clone()),
+        LiveEvent::Delete(d) => match &d.event_id {
+            Some(id) => (d.post_id.clone(), id.clone()),
+            None => return ev,
+        },
+    };
+    if id::writer_of(&id) != writer {
+        if let LiveEvent::Comment(lc) = &mut ev {
+            lc.adopted = true;
+        }
+        return ev;
     }
-    if last.len() >= MAX_TRACKED_POSTS && !last.contains_key(&c.post_id) {
+    if last.len() >= MAX_TRACKED_POSTS && !last.contains_key(&post_id) {
         last.clear();
     }
-    let prev = last.insert(c.post_id.clone(), c.id.clone());
-    LiveEvent::Comment(LiveComment {
-        comment: c.clone(),
-        prev,
-        adopted: false,
-    })
+    let prev = last.insert(post_id, id);
+    match &mut ev {
+        LiveEvent::Comment(lc) => lc.prev = prev,
+        LiveEvent::Delete(d) => d.prev = prev,
+    }
+    ev
 }
 
 async fn publish_all(bus: &Arc<dyn Bus>, region: &str, events: &[Outgoing]) {
@@ -357,6 +460,21 @@ mod tests {
         }
     }
 
+    fn live(c: &Comment) -> LiveEvent {
+        LiveEvent::Comment(LiveComment {
+            comment: c.clone(),
+            prev: None,
+            adopted: false,
+        })
+    }
+
+    fn prev_of(ev: LiveEvent) -> (Option<CommentId>, bool) {
+        match ev {
+            LiveEvent::Comment(lc) => (lc.prev, lc.adopted),
+            LiveEvent::Delete(d) => (d.prev, false),
+        }
+    }
+
     #[test]
     fn own_comments_chain_per_post_and_adopted_ones_stay_outside() {
         let mut mine = IdGenerator::new(1);
@@ -367,17 +485,31 @@ mod tests {
         let b = comment(mine.next(11, 0).to_string(), "q");
         let c = comment(mine.next(12, 0).to_string(), "p");
         let adopted = comment(other.next(12, 0).to_string(), "p");
-        let prev_of = |ev: LiveEvent| match ev {
-            LiveEvent::Comment(lc) => (lc.prev, lc.adopted),
-            LiveEvent::Delete(_) => unreachable!(),
-        };
-        assert_eq!(prev_of(live_event(&a, &w, &mut last)), (None, false));
-        assert_eq!(prev_of(live_event(&b, &w, &mut last)), (None, false));
-        assert_eq!(prev_of(live_event(&adopted, &w, &mut last)), (None, true));
+        assert_eq!(prev_of(chain(live(&a), &w, &mut last)), (None, false));
+        assert_eq!(prev_of(chain(live(&b), &w, &mut last)), (None, false));
+        assert_eq!(prev_of(chain(live(&adopted), &w, &mut last)), (None, true));
         assert_eq!(
-            prev_of(live_event(&c, &w, &mut last)),
+            prev_of(chain(live(&c), &w, &mut last)),
             (Some(a.id.clone()), false),
             "the adopted comment is not in this writer's chain"
+        );
+        // A deletion is the next link of the post's chain, and the next comment follows it.
+        let del_id: CommentId = mine.next(13, 0).to_string().into();
+        let del = LiveEvent::Delete(Deletion {
+            id: a.id.clone(),
+            post_id: "p".into(),
+            region: "eu".into(),
+            event_id: Some(del_id.clone()),
+            prev: None,
+        });
+        assert_eq!(
+            prev_of(chain(del, &w, &mut last)),
+            (Some(c.id.clone()), false)
+        );
+        let d = comment(mine.next(14, 0).to_string(), "p");
+        assert_eq!(
+            prev_of(chain(live(&d), &w, &mut last)),
+            (Some(del_id), false)
         );
     }
 }

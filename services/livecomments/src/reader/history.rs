@@ -6,7 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::join_all;
 use livecomments_shared::wire::{self, SinceReply, SinceRequest};
-use livecomments_shared::{Comment, CommentId, Position, comment::newest_first};
+use livecomments_shared::{
+    Comment, CommentId, Entry, Position, Tombstone, comment::newest_first, entry,
+};
 
 use crate::metrics::METRICS;
 use livecomments_store::Store;
@@ -15,7 +17,24 @@ use livecomments_store::Store;
 #[derive(Debug, Clone, Default)]
 pub struct RegionPage {
     pub comments: Vec<Comment>,
+    /// Oldest-first pages only: the deletions in the range answered (see `SinceReply`).
+    pub deletions: Vec<Tombstone>,
     pub more: bool,
+}
+
+impl RegionPage {
+    /// Where the next oldest-first page starts: after the greater of the last comment's and
+    /// the last deletion's ids.
+    fn last_id(&self) -> Option<&CommentId> {
+        let c = self.comments.last().map(|c| &c.id);
+        let d = self.deletions.last().map(|d| &d.id);
+        c.max(d)
+    }
+
+    /// Comments and deletions in id order.
+    fn into_entries(self) -> Vec<Entry> {
+        entry::interleave(self.comments, self.deletions)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,26 +63,41 @@ pub async fn page_from_store(
     q: &SinceRequest,
 ) -> Result<RegionPage, HistoryError> {
     let limit = q.limit.clamp(1, wire::SINCE_MAX_LIMIT) as usize;
-    // One extra row tells whether more follow without a second query.
-    let res = if q.newest_first {
-        store.newest(&q.post_id, q.before.as_ref(), limit + 1).await
-    } else {
-        store.after(&q.post_id, q.after.as_ref(), limit + 1).await
+    let failed = |e: livecomments_store::StoreError| {
+        METRICS.store_errors.inc();
+        HistoryError::Unavailable {
+            region: region.to_string(),
+            reason: e.to_string(),
+        }
     };
-    match res {
-        Ok(mut comments) => {
-            let more = comments.len() > limit;
-            comments.truncate(limit);
-            Ok(RegionPage { comments, more })
-        }
-        Err(e) => {
-            METRICS.store_errors.inc();
-            Err(HistoryError::Unavailable {
-                region: region.to_string(),
-                reason: e.to_string(),
-            })
-        }
+    // One extra row tells whether more follow without a second query.
+    if q.newest_first {
+        let mut comments = store
+            .newest(&q.post_id, q.before.as_ref(), limit + 1)
+            .await
+            .map_err(failed)?;
+        let more = comments.len() > limit;
+        comments.truncate(limit);
+        return Ok(RegionPage {
+            comments,
+            deletions: Vec::new(),
+            more,
+        });
     }
+    // Oldest first: comments and deletions of the range, `limit` events of both in id order.
+    let (comments, deletions) = futures::join!(
+        store.after(&q.post_id, q.after.as_ref(), limit + 1),
+        store.deletions_after(&q.post_id, q.after.as_ref(), limit + 1),
+    );
+    let mut events = entry::interleave(comments.map_err(failed)?, deletions.map_err(failed)?);
+    let more = events.len() > limit;
+    events.truncate(limit);
+    let (comments, deletions) = entry::split(events);
+    Ok(RegionPage {
+        comments,
+        deletions,
+        more,
+    })
 }
 
 #[async_trait]
@@ -106,18 +140,28 @@ impl RegionSource for NatsSource {
         if let Some(err) = reply.error {
             return Err(fail(err));
         }
-        // Never trust a reply blindly: keep only this post's comments of that region.
+        // Never trust a reply blindly: keep only this post's events of that region.
+        let ours = |post: &str, region: &str, id: &str| {
+            post == q.post_id.as_str()
+                && region == self.region
+                && livecomments_shared::id::is_valid(id)
+        };
         let comments = reply
             .comments
             .into_iter()
-            .filter(|c| {
-                c.post_id == q.post_id
-                    && c.region == self.region
-                    && livecomments_shared::id::is_valid(&c.id)
+            .filter(|c| ours(&c.post_id, &c.region, &c.id))
+            .collect();
+        let deletions = reply
+            .deletions
+            .into_iter()
+            .filter(|d| {
+                ours(&d.post_id, &d.region, &d.id)
+                    && livecomments_shared::id::is_valid(&d.comment_id)
             })
             .collect();
         Ok(RegionPage {
             comments,
+            deletions,
             more: reply.more,
         })
     }
@@ -126,7 +170,8 @@ impl RegionSource for NatsSource {
 /// What a resuming viewer missed.
 #[derive(Debug, Default)]
 pub struct Replay {
-    pub comments: Vec<Comment>,
+    /// Comments and deletions, oldest first.
+    pub entries: Vec<Entry>,
     /// More than `max` were missed; the rest was cut.
     pub truncated: bool,
     /// Regions whose history could not be read now.
@@ -137,6 +182,9 @@ pub struct Replay {
 #[derive(Debug, Clone, Default)]
 pub struct MergedPage {
     pub comments: Vec<Comment>,
+    /// Oldest-first reads (`since=`): the deletions within the range the page covers
+    /// (CONTRACT §10), oldest first.
+    pub deleted: Vec<Tombstone>,
     /// More older comments exist (in some region).
     pub more: bool,
     /// Regions that did not answer; the page is partial without them.
@@ -209,35 +257,39 @@ impl History {
             let mut q = q.clone();
             async move {
                 let mut rows = Vec::new();
+                let mut deletions = Vec::new();
                 let mut more;
                 loop {
                     q.limit = (want - rows.len()).clamp(1, wire::SINCE_MAX_LIMIT as usize) as u32;
                     let page = src.page(&q).await?;
                     more = page.more;
-                    if let Some(last) = page.comments.last() {
-                        if newest {
+                    if newest {
+                        if let Some(last) = page.comments.last() {
                             q.before = Some(last.id.clone());
-                        } else {
-                            q.after = Some(last.id.clone());
                         }
+                    } else if let Some(last) = page.last_id() {
+                        q.after = Some(last.clone());
                     }
-                    let got = page.comments.len();
+                    let got = page.comments.len() + page.deletions.len();
                     rows.extend(page.comments);
+                    deletions.extend(page.deletions);
                     if !more || got == 0 || rows.len() >= want {
                         break;
                     }
                 }
-                Ok::<_, HistoryError>((rows, more))
+                Ok::<_, HistoryError>((rows, deletions, more))
             }
         }))
         .await;
         let mut out = MergedPage::default();
         let mut all = Vec::new();
+        let mut deletions = Vec::new();
         for (src, res) in self.sources.iter().zip(results) {
             match res {
-                Ok((rows, more)) => {
+                Ok((rows, dels, more)) => {
                     out.more |= more || rows.len() > want;
                     all.extend(rows);
+                    deletions.extend(dels);
                 }
                 Err(e) => {
                     tracing::warn!(region = src.region(), error = %e, "region missing from read");
@@ -253,6 +305,20 @@ impl History {
         // Another region's rows past our cut mean more exist too.
         out.more |= all.len() > want;
         out.comments = all.into_iter().skip(skip).take(limit).collect();
+        if !newest {
+            // The deletions up to the page's end: its last comment, or everything read when
+            // nothing follows.
+            let end = if out.more {
+                out.comments.last().map(|c| c.id.clone())
+            } else {
+                None
+            };
+            deletions.sort_by(|a, b| a.id.cmp(&b.id));
+            out.deleted = deletions
+                .into_iter()
+                .filter(|d| end.as_ref().is_none_or(|e| d.id <= *e))
+                .collect();
+        }
         out
     }
 
@@ -271,7 +337,7 @@ impl History {
                         post_id,
                         after.as_deref(),
                         max + 1,
-                        |c| !pos.covers(&c.region, &c.id),
+                        |e| !pos.covers(e.region(), e.id()),
                     )
                     .await,
                 )
@@ -283,28 +349,28 @@ impl History {
             match r {
                 Ok((rows, cut)) => {
                     out.truncated |= cut && rows.len() <= max;
-                    out.comments.extend(rows);
+                    out.entries.extend(rows);
                 }
                 Err(_) => out.failed.push(region),
             }
         }
         // Oldest first across regions too, so the stream reads naturally.
-        out.comments.sort_by(|a, b| a.id.cmp(&b.id));
-        if out.comments.len() > max {
-            out.comments.truncate(max);
+        out.entries.sort_by(|a, b| a.id().cmp(b.id()));
+        if out.entries.len() > max {
+            out.entries.truncate(max);
             out.truncated = true;
         }
         out
     }
 
-    /// One region's comments after `after`, oldest first, at most `max`: a hub repairing a gap.
+    /// One region's events after `after`, oldest first, at most `max`: a hub repairing a gap.
     pub async fn region_after(
         &self,
         region: &str,
         post_id: &str,
         after: Option<&str>,
         max: usize,
-    ) -> Result<Vec<Comment>, HistoryError> {
+    ) -> Result<Vec<Entry>, HistoryError> {
         let (rows, _) = self
             .region_after_where(region, post_id, after, max, |_| true)
             .await?;
@@ -321,8 +387,8 @@ impl History {
         post_id: &str,
         after: Option<&str>,
         max: usize,
-        keep: impl Fn(&Comment) -> bool,
-    ) -> Result<(Vec<Comment>, bool), HistoryError> {
+        keep: impl Fn(&Entry) -> bool,
+    ) -> Result<(Vec<Entry>, bool), HistoryError> {
         /// 50,000 rows: a minute of a post at 800 comments/s, 500 pages.
         const SCAN_MAX: usize = 50_000;
         let src = self.source(region)?;
@@ -337,13 +403,15 @@ impl History {
         let mut scanned = 0;
         loop {
             let page = src.page(&q).await?;
-            let got = page.comments.len();
-            scanned += got;
-            if let Some(last) = page.comments.last() {
-                q.after = Some(last.id.clone());
+            let more = page.more;
+            if let Some(last) = page.last_id() {
+                q.after = Some(last.clone());
             }
-            rows.extend(page.comments.into_iter().filter(|c| keep(c)));
-            if !page.more || got == 0 {
+            let events = page.into_entries();
+            let got = events.len();
+            scanned += got;
+            rows.extend(events.into_iter().filter(|e| keep(e)));
+            if !more || got == 0 {
                 let cut = rows.len() > max;
                 rows.truncate(max);
                 return Ok((rows, cut));
@@ -451,9 +519,20 @@ mod tests {
             rows.truncate(limit);
             Ok(RegionPage {
                 comments: rows,
+                deletions: Vec::new(),
                 more,
             })
         }
+    }
+
+    fn comments_of(entries: &[Entry]) -> Vec<Comment> {
+        entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Comment(c) => Some(c.clone()),
+                Entry::Deleted(_) => None,
+            })
+            .collect()
     }
 
     /// `n` comments of post "p" in `region`, one a millisecond from `start_ms`, by one writer.
@@ -557,18 +636,18 @@ mod tests {
         let r = h.replay("p", &pos, 100).await;
         let mut want: Vec<Comment> = eu.rows[3..].iter().chain(&us.rows[2..]).cloned().collect();
         want.sort_by(|a, b| a.id.cmp(&b.id));
-        assert_eq!(ids(&r.comments), ids(&want));
+        assert_eq!(ids(&comments_of(&r.entries)), ids(&want));
         assert!(!r.truncated && r.failed.is_empty());
 
         // Capped: the oldest `max` of them, marked truncated.
         let r = h.replay("p", &pos, 4).await;
-        assert_eq!(ids(&r.comments), ids(&want[..4]));
+        assert_eq!(ids(&comments_of(&r.entries)), ids(&want[..4]));
         assert!(r.truncated);
 
         // A region that does not answer is held apart, not skipped past.
         let h = history(&[eu.clone(), down("us")]);
         let r = h.replay("p", &pos, 100).await;
-        assert_eq!(ids(&r.comments), ids(&eu.rows[3..]));
+        assert_eq!(ids(&comments_of(&r.entries)), ids(&eu.rows[3..]));
         assert_eq!(r.failed, vec!["us".to_string()]);
     }
 }

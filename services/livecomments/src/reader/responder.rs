@@ -40,6 +40,7 @@ async fn answer(q: Option<SinceRequest>, region: &str, store: &dyn Store) -> Sin
         region: region.to_string().into(),
         comments: vec![],
         more: false,
+        deletions: vec![],
         error: Some(e),
     };
     let Some(q) = q else {
@@ -58,6 +59,7 @@ async fn answer(q: Option<SinceRequest>, region: &str, store: &dyn Store) -> Sin
             region: region.to_string().into(),
             comments: page.comments,
             more: page.more,
+            deletions: page.deletions,
             error: None,
         },
         Err(_) => refuse("store unavailable".into()),

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_user_rate",
         include_str!("../../../../cql/0003_user_rate.cql"),
     ),
+    (
+        4,
+        "0004_deletions",
+        include_str!("../../../../cql/0004_deletions.cql"),
+    ),
 ];
 
 /// The schema version this binary needs.

@@ -33,11 +33,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::{StreamExt, stream};
-use livecomments_shared::{Comment, CommentId, PostId, id, time};
+use livecomments_shared::{Comment, CommentId, PostId, Tombstone, id, time};
 use parking_lot::Mutex;
 use scylla::client::session::Session;
 use scylla::frame::types::Consistency;
 use scylla::response::query_result::QueryResult;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue, Row};
 
@@ -162,6 +163,8 @@ struct Statements {
     after: PreparedStatement,
     get: PreparedStatement,
     delete: PreparedStatement,
+    insert_deletion: PreparedStatement,
+    deletions_after: PreparedStatement,
     spans_desc: PreparedStatement,
     spans_asc: PreparedStatement,
     buckets_desc: PreparedStatement,
@@ -345,6 +348,21 @@ impl CqlStore {
             )
             .await?,
             delete: prep(format!("DELETE FROM {ks}.comments WHERE post_id = ? AND bucket = ? AND id = ?"), true).await?,
+            insert_deletion: prep(
+                format!(
+                    "INSERT INTO {ks}.deletions (post_id, id, comment_id, region) VALUES (?, ?, ?, ?) USING TTL ?"
+                ),
+                true,
+            )
+            .await?,
+            deletions_after: prep(
+                format!(
+                    "SELECT id, comment_id, region FROM {ks}.deletions WHERE post_id = ? AND id > ? \
+                     ORDER BY id ASC LIMIT ?"
+                ),
+                true,
+            )
+            .await?,
             spans_desc: prep(
                 format!(
                     "SELECT span FROM {ks}.comment_spans WHERE post_id = ? AND span <= ? ORDER BY span DESC LIMIT ?"
@@ -423,6 +441,7 @@ impl CqlStore {
             &mut st.rate_recent,
             &mut st.rate_take,
             &mut st.delete,
+            &mut st.insert_deletion,
         ] {
             p.set_request_timeout(Some(WRITE_TIMEOUT));
         }
@@ -551,6 +570,41 @@ impl CqlStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    /// The comment's row goes and its tombstone comes in one logged batch: both or neither,
+    /// also when the coordinator dies after accepting it (the batchlog replays it).
+    fn record_deletion<'a>(
+        &'a self,
+        t: &'a Tombstone,
+    ) -> impl std::future::Future<Output = StoreResult<()>> + Send + 'a {
+        async move {
+            let bucket = bucket_of_id(t.comment_id.as_str()).ok_or_else(|| {
+                StoreError::failed(format!("comment id {:?} is not a ULID", t.comment_id))
+            })?;
+            let mut batch = Batch::new(BatchType::Logged);
+            batch.append_statement(self.st.delete.clone());
+            batch.append_statement(self.st.insert_deletion.clone());
+            batch.set_request_timeout(Some(WRITE_TIMEOUT));
+            let ttl = self.ttl_secs;
+            self.session
+                .batch(
+                    &batch,
+                    (
+                        (t.post_id.as_str(), bucket, t.comment_id.as_str()),
+                        (
+                            t.post_id.as_str(),
+                            t.id.as_str(),
+                            t.comment_id.as_str(),
+                            t.region.as_str(),
+                            ttl,
+                        ),
+                    ),
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        }
     }
 
     async fn delete_rows(&self, rows: &[(&str, &str)]) -> StoreResult<()> {
@@ -749,14 +803,48 @@ impl Store for CqlStore {
         self.confirmed_key(user_id, post_id, key).await
     }
 
-    async fn delete(&self, post_id: &PostId, id: &CommentId) -> StoreResult<bool> {
-        // Read, then delete: both idempotent (no LWT). Two concurrent deletes of one comment
-        // may both answer true; the comment is gone either way.
-        if self.get(post_id, id).await?.is_none() {
-            return Ok(false);
+    async fn deletions_after(
+        &self,
+        post_id: &PostId,
+        after: Option<&CommentId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Tombstone>> {
+        // "" sorts before every id: from the start.
+        let after = after.map_or("", |a| a.as_str());
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let rows = self
+            .session
+            .execute_unpaged(&self.st.deletions_after, (post_id.as_str(), after, limit))
+            .await
+            .map_err(unavailable)?
+            .into_rows_result()
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for row in rows
+            .rows::<(String, String, String)>()
+            .map_err(unavailable)?
+        {
+            let (id, comment_id, region) = row.map_err(unavailable)?;
+            out.push(Tombstone {
+                id: id.into(),
+                post_id: post_id.clone(),
+                comment_id: comment_id.into(),
+                region: region.into(),
+            });
         }
-        self.delete_rows(&[(post_id.as_str(), id.as_str())]).await?;
-        Ok(true)
+        Ok(out)
+    }
+
+    async fn record_deletions(&self, batch: Vec<Tombstone>) -> Vec<StoreResult<()>> {
+        let writes: Vec<_> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, t)| async move { (i, self.record_deletion(t).await) })
+            .collect();
+        // `bounded` answers in completion order: put them back in the batch's.
+        let mut done: Vec<(usize, StoreResult<()>)> = bounded(writes).await;
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, r)| r).collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {
