@@ -168,7 +168,11 @@ mod tests {
         let bytes = expired.take_pending().unwrap();
         // The shutdown's control event, with its reason (the JS client drops its token on it).
         assert_eq!(bytes, sse::reconnect_because("token_expired"));
-        assert!(std::str::from_utf8(&bytes).unwrap().contains("token_expired"));
+        assert!(
+            std::str::from_utf8(&bytes)
+                .unwrap()
+                .contains("token_expired")
+        );
         assert_eq!(later.ended(), super::super::conn::End::Open);
         assert_eq!(e.len(), 1);
     }
