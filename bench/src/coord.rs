@@ -53,14 +53,21 @@ impl Ctx {
             secret = Some(s.secret.clone());
             server_pids = vec![s.pid];
             server = Some(s);
+        } else if kind == Kind::Limit && common.server_pid.is_empty() {
+            // No running broadcaster named (its pid is how RSS and CPU are read): start one.
+            let s = Server::start_limit().await?;
+            sub_bases = vec![s.base.clone()];
+            pub_base = s.base.clone();
+            server_pids = vec![s.pid];
+            server = Some(s);
         }
         let sub_template = common.sub_template.clone().unwrap_or_else(|| match kind {
             Kind::Lc => "{base}/comments/stream?post_id={post}".into(),
-            Kind::Nchan => "{base}/sub/{post}".into(),
+            Kind::Nchan | Kind::Limit => "{base}/sub/{post}".into(),
         });
         let pub_template = common.pub_template.clone().unwrap_or_else(|| match kind {
             Kind::Lc => "{base}/comment?post_id={post}".into(),
-            Kind::Nchan => "{base}/pub/{post}".into(),
+            Kind::Nchan | Kind::Limit => "{base}/pub/{post}".into(),
         });
         let prefix = common
             .post_prefix

@@ -10,6 +10,7 @@
 mod agent;
 mod coord;
 mod http;
+mod limit;
 mod publish;
 mod scenarios;
 mod server;
@@ -48,6 +49,9 @@ enum Cmd {
     Read(scenarios::ReadArgs),
     /// A few seconds, small N: exits nonzero when anything is missing or duplicated.
     Smoke(scenarios::SmokeArgs),
+    /// The minimal SSE broadcaster `--kind limit` measures against (started by the
+    /// coordinator itself; run it by hand to point other clients at it).
+    LimitServer(limit::LimitArgs),
     /// Internal: a viewer agent process (configured by LCB_AGENT_CONFIG).
     #[command(hide = true)]
     Agent,
@@ -136,19 +140,31 @@ fn main() -> ExitCode {
         };
     }
     stats::raise_nofile();
+    let cmd = match cli.cmd {
+        Cmd::LimitServer(a) => {
+            return match limit::run(a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("limit-server: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        cmd => cmd,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let res = rt.block_on(async move {
-        match cli.cmd {
+        match cmd {
             Cmd::Fanout(a) => scenarios::fanout(a).await,
             Cmd::MaxRate(a) => scenarios::max_rate(a).await,
             Cmd::Storm(a) => scenarios::storm(a).await,
             Cmd::Ingest(a) => scenarios::ingest(a).await,
             Cmd::Read(a) => scenarios::read(a).await,
             Cmd::Smoke(a) => scenarios::smoke(a).await,
-            Cmd::Agent => unreachable!(),
+            Cmd::Agent | Cmd::LimitServer(_) => unreachable!(),
         }
     });
     match res {

@@ -25,6 +25,9 @@ pub enum Kind {
     Lc,
     /// nchan: unauthenticated POST to the publisher location, body relayed as is.
     Nchan,
+    /// This box's limit: the minimal broadcaster of `limit-server` (nchan's URLs, no auth,
+    /// no store), started by the coordinator unless `--url` names a running one.
+    Limit,
 }
 
 #[derive(Serialize)]

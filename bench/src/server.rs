@@ -36,6 +36,29 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Polls `/healthz` until it answers 200 (30 s at most), failing early if the process exits.
+async fn wait_healthy(child: &mut tokio::process::Child, base: &str, log: &Path) -> Result<()> {
+    let url = Url::parse(base)?;
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait()? {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("server exited with {st} before it was ready; log:\n{tail}");
+        }
+        let mut c = Client::new(url.clone(), None);
+        if let Ok(200) = c
+            .request("GET", "/healthz", &[], b"", Duration::from_secs(2))
+            .await
+        {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("server not healthy after 30 s (log {})", log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 impl Server {
     pub async fn start(
         bin: &Path,
@@ -87,25 +110,7 @@ impl Server {
             .with_context(|| format!("start {}", bin.display()))?;
         let pid = child.id().unwrap_or(0);
         let base = format!("http://127.0.0.1:{port}");
-        let url = Url::parse(&base)?;
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = child.try_wait()? {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                bail!("server exited with {st} before it was ready; log:\n{tail}");
-            }
-            let mut c = Client::new(url.clone(), None);
-            if let Ok(200) = c
-                .request("GET", "/healthz", &[], b"", Duration::from_secs(2))
-                .await
-            {
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                bail!("server not healthy after 30 s (log {})", log.display());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_healthy(&mut child, &base, &log).await?;
         Ok(Server {
             child,
             pid,
@@ -113,6 +118,39 @@ impl Server {
             secret,
             data_dir,
             remove_dir,
+            log,
+        })
+    }
+
+    /// The `--kind limit` broadcaster: this binary's `limit-server` on a free port.
+    pub async fn start_limit() -> Result<Server> {
+        let port = free_port()?;
+        let exe = std::env::current_exe().context("the bench's own path")?;
+        let log = std::env::temp_dir().join(format!(
+            "lcb-limit-{}-{}.log",
+            std::process::id(),
+            crate::stats::now_ns() % 1_000_000_000
+        ));
+        let logf = std::fs::File::create(&log)?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["limit-server", "--listen", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            .kill_on_drop(true)
+            .spawn()
+            .context("start limit-server")?;
+        let pid = child.id().unwrap_or(0);
+        let base = format!("http://127.0.0.1:{port}");
+        wait_healthy(&mut child, &base, &log).await?;
+        Ok(Server {
+            child,
+            pid,
+            base,
+            secret: String::new(),
+            // Nothing but the log to remove afterwards (`remove_dir_all` of a file fails).
+            data_dir: log.clone(),
+            remove_dir: true,
             log,
         })
     }

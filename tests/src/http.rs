@@ -24,16 +24,28 @@ pub async fn post_comment(base: &str, post_id: &str, token: &str, text: &str) ->
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// `DELETE /comment/<id>?post_id=…` with `token`: the status.
-pub async fn delete_comment(base: &str, post_id: &str, id: &str, token: &str) -> u16 {
-    client()
+/// `DELETE /comment/<id>?post_id=...` with a token.
+pub async fn delete_comment(base: &str, post_id: &str, id: &str, token: &str) -> (u16, Value) {
+    let r = client()
         .delete(format!("{base}/comment/{id}?post_id={post_id}"))
         .bearer_auth(token)
         .send()
         .await
-        .expect("DELETE")
-        .status()
-        .as_u16()
+        .expect("DELETE");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A GET with `Authorization: Bearer <token>`.
+pub async fn get_json_bearer(url: &str, token: &str) -> (u16, Value) {
+    let r = client()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 pub async fn get_json(url: &str) -> (u16, Value) {

@@ -117,12 +117,31 @@ impl Sse {
         last_event_id: Option<&str>,
         timeout: Option<Duration>,
     ) -> Result<Sse, String> {
+        Self::try_connect_with(url, last_event_id, None, timeout).await
+    }
+
+    /// Like [`Self::connect_url`], with `Authorization: Bearer <token>`.
+    pub async fn connect_bearer(url: &str, token: &str, last_event_id: Option<&str>) -> Sse {
+        Self::try_connect_with(url, last_event_id, Some(token), None)
+            .await
+            .unwrap_or_else(|e| panic!("stream connect: {e}"))
+    }
+
+    pub async fn try_connect_with(
+        url: &str,
+        last_event_id: Option<&str>,
+        bearer: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<Sse, String> {
         let c = reqwest::Client::builder()
             .build()
             .map_err(|e| e.to_string())?;
         let mut req = c.get(url).header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
+        }
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
         }
         let send = req.send();
         let resp = match timeout {
@@ -236,6 +255,27 @@ impl Sse {
             }
         }
         out
+    }
+
+    /// Waits for the next event named `kind`, collecting the comments before it; `None` when
+    /// the stream closed or `timeout` passed first.
+    pub async fn until_event(
+        &mut self,
+        kind: &str,
+        timeout: Duration,
+        comments: &mut Vec<Value>,
+    ) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let ev = self.next(left).await?;
+            match ev.event.as_str() {
+                k if k == kind => return Some(ev),
+                "comment" => comments.push(ev.json()),
+                "closed" => return None,
+                _ => {}
+            }
+        }
     }
 
     /// True once the server closed the stream (within `timeout`).

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub sse_posts: Gauge,
     pub sse_events_delivered: Counter,
     pub sse_slow_disconnects: Counter,
+    /// Streams closed because their token expired (CONTRACT §12).
+    pub sse_token_expired: Counter,
     pub sse_replayed: Counter,
     pub sse_refused: Counter,
     pub since_queries_served: Counter,
@@ -119,6 +121,7 @@ impl Metrics {
             sse_posts: Gauge::default(),
             sse_events_delivered: Counter::default(),
             sse_slow_disconnects: Counter::default(),
+            sse_token_expired: Counter::default(),
             sse_replayed: Counter::default(),
             sse_refused: Counter::default(),
             since_queries_served: Counter::default(),
@@ -216,6 +219,11 @@ impl Metrics {
                 "sse_slow_disconnects",
                 "Viewers cut off because their buffer was full",
                 &self.sse_slow_disconnects,
+            ),
+            (
+                "sse_token_expired",
+                "Streams closed with event: reconnect because their token expired",
+                &self.sse_token_expired,
             ),
             (
                 "sse_replayed",

@@ -139,6 +139,22 @@ impl Conn {
         false
     }
 
+    /// Ends an open stream with `last` as its final bytes (a control event such as
+    /// `event: reconnect`), all under one lock so no live frame follows it; frames queued
+    /// during a replay are dropped (the client resumes from the last event it got). False
+    /// when the stream had already ended.
+    pub(super) fn finish_with(&self, last: &[u8]) -> bool {
+        let mut st = self.state.lock();
+        if st.end != End::Open {
+            return false;
+        }
+        st.queue = None;
+        st.queued_events = 0;
+        st.pending.extend_from_slice(last);
+        self.end_locked(st, End::Finish);
+        true
+    }
+
     /// Ends the connection (see [`End`]).
     pub fn end(&self, end: End) {
         let st = self.state.lock();

@@ -12,6 +12,7 @@
 //! - The fanout never opens a store: history comes from the reader ([`History`]).
 
 pub mod conn;
+pub mod expiry;
 pub mod hub;
 pub mod sse;
 pub mod viewer;
@@ -47,6 +48,8 @@ pub struct Fanout {
     total: std::sync::atomic::AtomicUsize,
     /// Set on shutdown: hubs tell their viewers to reconnect elsewhere.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
+    /// Streams to close when their token expires (`--read-requires-token`).
+    pub(crate) expiries: Arc<expiry::Expiries>,
 }
 
 /// Why a stream was refused.
@@ -88,6 +91,7 @@ impl Fanout {
             per_ip: Mutex::default(),
             total: Default::default(),
             closing: tokio::sync::watch::channel(false).0,
+            expiries: Arc::default(),
         })
     }
 

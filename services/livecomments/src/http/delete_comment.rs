@@ -17,6 +17,7 @@ pub async fn handle(
 ) -> ApiResult<StatusCode> {
     let caller = st.common.authenticate(&headers)?;
     let post_id = Query::parse(raw.as_deref())?.post_id()?;
+    caller.require_post(&post_id)?;
     if !id::is_valid(&comment_id) {
         return Err(ApiError::new(ErrorCode::NotFound, "no such comment"));
     }

@@ -19,8 +19,11 @@ pub async fn handle(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let q = Query::parse(raw.as_deref())?;
-    st.common.authorize_read(&headers, q.get("access_token")?)?;
+    let reader = st.common.authorize_read(&headers, q.get("access_token")?)?;
     let post_id = q.post_id()?;
+    if let Some(r) = &reader {
+        r.require_post(&post_id)?;
+    }
     let page_size = q.int("page_size", 20, 1..=100)?;
     // 100 pages of at most 100 rows: every skip stays within MAX_OFFSET, and the rule is one
     // parameter's range (as the OpenAPI document can say it), not a product of two.

@@ -155,17 +155,23 @@ impl Common {
     }
 
     /// For reads: a token only when the operator requires one (header, or `access_token` for
-    /// EventSource, which cannot set headers).
-    pub fn authorize_read(&self, headers: &HeaderMap, access_token: Option<&str>) -> ApiResult<()> {
+    /// EventSource, which cannot set headers). `None` when reads are public; the caller
+    /// checks the post against the token's scope ([`Caller::require_post`]) once it has
+    /// parsed the post id, so a bad token is a 401 before a bad post id is a 400.
+    pub fn authorize_read(
+        &self,
+        headers: &HeaderMap,
+        access_token: Option<&str>,
+    ) -> ApiResult<Option<Caller>> {
         if !self.read_requires_token {
-            return Ok(());
+            return Ok(None);
         }
         match (access_token, &self.auth) {
             (Some(t), Some(auth)) if !headers.contains_key(header::AUTHORIZATION) => auth
                 .verify(t)
-                .map(|_| ())
+                .map(Some)
                 .map_err(|why| ApiError::new(ErrorCode::InvalidToken, why)),
-            _ => self.authenticate(headers).map(|_| ()),
+            _ => self.authenticate(headers).map(Some),
         }
     }
 }

@@ -24,6 +24,7 @@ pub async fn handle(
     let accepted = Instant::now();
     let caller = st.common.authenticate(&headers)?;
     let post_id = Query::parse(raw.as_deref())?.post_id()?;
+    caller.require_post(&post_id)?;
     let input: CommentInput = read_json(&headers, body).await?;
     let text = validate::text(&input.text)?;
     let metadata = input.metadata.unwrap_or_default();

@@ -42,8 +42,21 @@ pub async fn open(
     socket: Option<Arc<TcpStream>>,
 ) -> ApiResult<Viewer> {
     let q = Query::parse(raw)?;
-    st.common.authorize_read(headers, q.get("access_token")?)?;
+    let reader = st.common.authorize_read(headers, q.get("access_token")?)?;
     let post_id = q.post_id()?;
+    let expires_at = match &reader {
+        Some(r) => {
+            r.require_post(&post_id)?;
+            // The verifier's 5 s leeway (for clocks) accepts a token just past its `exp`; a
+            // stream opened with it would be closed at once for expiry, and the client would
+            // loop on reconnects until the leeway ran out. It asks for a fresh token instead.
+            if r.expires_at.saturating_mul(1000) <= time::now_millis().max(0) as u64 {
+                return Err(ApiError::new(ErrorCode::InvalidToken, "token expired"));
+            }
+            Some(r.expires_at)
+        }
+        None => None,
+    };
     let fanout = st.fanout.clone();
     let bad_token = || {
         ApiError::new(
@@ -100,5 +113,10 @@ pub async fn open(
             ..ApiError::new(ErrorCode::TooManyConnections, msg)
         }
     })?;
-    Ok(Viewer::open(fanout, post_id.to_string(), resume, slot, socket).await)
+    let expiries = fanout.expiries.clone();
+    let viewer = Viewer::open(fanout, post_id.to_string(), resume, slot, socket).await;
+    if let Some(exp) = expires_at {
+        expiries.watch(viewer.conn(), exp);
+    }
+    Ok(viewer)
 }
