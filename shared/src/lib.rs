@@ -11,6 +11,7 @@ pub mod cidr;
 pub mod comment;
 pub mod error;
 pub mod id;
+pub mod moderation;
 pub mod names;
 pub mod position;
 pub mod time;
