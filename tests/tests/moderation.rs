@@ -720,3 +720,44 @@ async fn a_region_cut_off_from_the_bus_learns_the_bans_made_meanwhile_once_back(
     );
     eprintln!("learned {:?} after the bus came back", back.elapsed());
 }
+
+#[tokio::test]
+async fn a_ban_purges_and_a_pin_finds_comments_of_the_other_region() {
+    let nats = Nats::start().await;
+    let (eu, us) = two_regions(&nats).await;
+    let m = mod_token("mod");
+    let (st, theirs) = post_as(&us.base, "x", "troll", "posted in us").await;
+    assert_eq!(st, 201);
+    let (_, keep) = post_as(&us.base, "x", "alice", "pin me, from us").await;
+    let mut eu_stream = Sse::connect(&eu.base, "x", None).await;
+    assert!(eu_stream.started(T).await);
+
+    // Pinned through eu: the comment lives in us's store.
+    let (st, b) = put_settings(&eu.base, &m, "x", &json!({"pinned_comment_id": keep["id"]})).await;
+    assert_eq!(st, 200, "{b}");
+    let ev = eu_stream.next_named("pin", T).await.expect("pin");
+    assert_eq!(ev.json(), keep);
+    let mut us_stream = Sse::connect(&us.base, "x", None).await;
+    assert!(us_stream.started(T).await);
+    let pinned = eventually(SPREAD, || async {
+        (get_settings(&us.base, "x").await.1["pinned_comment_id"] == keep["id"]).then_some(())
+    })
+    .await;
+    assert!(pinned.is_some(), "us has eu's pin within 2 s");
+
+    // Banned through eu with delete_comments: us's copy is deleted via the forwarding path.
+    let (st, b) = ban(
+        &eu.base,
+        Some(&m),
+        &json!({"user_id": "troll", "post_id": "x", "delete_comments": true}),
+    )
+    .await;
+    assert_eq!(st, 201, "{b}");
+    let ev = us_stream
+        .next_named("delete", T)
+        .await
+        .expect("event: delete in us");
+    assert_eq!(ev.json()["id"], theirs["id"]);
+    let left = ids(&us.all_comments("x").await);
+    assert_eq!(left, vec![keep["id"].as_str().unwrap().to_string()]);
+}

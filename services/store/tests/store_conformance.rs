@@ -658,7 +658,9 @@ async fn moderation_records_merge_by_last_writer_wins(s: Arc<dyn Store>) {
     // Equal times: the region breaks the tie the same way everywhere.
     let tie_eu = ban_record("t", None, now, "eu");
     let tie_us = ban_record("t", None, now, "us");
-    s.put_moderation(&[tie_us.clone()]).await.unwrap();
+    s.put_moderation(std::slice::from_ref(&tie_us))
+        .await
+        .unwrap();
     s.put_moderation(&[tie_eu]).await.unwrap();
     let all = by_key(s.moderation(100).await.unwrap());
     assert_eq!(all[&tie_us.key()].origin.as_str(), "us");
