@@ -52,12 +52,26 @@ impl ModState {
 
     /// Applies records by last writer wins; returns those that changed the state.
     pub fn apply(&self, records: impl IntoIterator<Item = Record>) -> Vec<Record> {
+        // Most records a re-read or a sync round delivers are already known: they are sorted
+        // out under the read lock, so POSTs (readers) never wait behind them; only changes
+        // take the write lock. (10,000 bans re-read each second under the write lock doubled
+        // POST p99.)
+        let fresh: Vec<(String, Record)> = {
+            let map = self.records.read();
+            records
+                .into_iter()
+                .map(|r| (r.key(), r))
+                .filter(|(k, r)| map.get(k).is_none_or(|o| r.supersedes(o)))
+                .collect()
+        };
         let mut won = Vec::new();
         let mut pins = Vec::new();
+        if fresh.is_empty() {
+            return won;
+        }
         {
             let mut map = self.records.write();
-            for r in records {
-                let key = r.key();
+            for (key, r) in fresh {
                 let old = map.get(&key);
                 if old.is_some_and(|o| !r.supersedes(o)) {
                     continue;
