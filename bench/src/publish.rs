@@ -52,6 +52,26 @@ pub fn make_tokens(secret: &str, n: usize) -> Result<Vec<String>> {
         .collect()
 }
 
+/// A moderator's token (`"role": "moderator"`) signed with `secret`.
+pub fn moderator_token(secret: &str) -> Result<String> {
+    #[derive(serde::Serialize)]
+    struct ModClaims<'a> {
+        sub: &'a str,
+        exp: u64,
+        role: &'a str,
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &ModClaims {
+            sub: "bench-moderator",
+            exp: now_ns() / 1_000_000_000 + 86_400,
+            role: "moderator",
+        },
+        &key,
+    )?)
+}
+
 pub struct Publisher {
     pub kind: Kind,
     /// Full publish URL per post.

@@ -117,6 +117,57 @@ pub struct IngestArgs {
     /// Target rate (0: as fast as it goes).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Active bans to create first (global bans of users who do not post, as a moderator):
+    /// what POST pays for the ban check (CONTRACT §8).
+    #[arg(long, default_value_t = 0)]
+    pub bans: usize,
+}
+
+/// Creates `n` global bans of users `banned-<i>` through `POST /moderation/bans` with a
+/// moderator token, 32 at a time.
+async fn create_bans(base: &str, secret: &str, n: usize) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let token = crate::publish::moderator_token(secret)?;
+    let url = Url::parse(base)?;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (url, token, next) = (url.clone(), token.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = crate::http::Client::new(url, None);
+            let auth = format!("Bearer {token}");
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let body = format!("{{\"user_id\": \"banned-{i}\", \"reason\": \"bench\"}}");
+                let st = c
+                    .request(
+                        "POST",
+                        "/moderation/bans",
+                        &[
+                            ("Authorization", &auth),
+                            ("Content-Type", "application/json"),
+                        ],
+                        body.as_bytes(),
+                        Duration::from_secs(10),
+                    )
+                    .await?;
+                if st != 201 {
+                    bail!("ban {i}: status {st}");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    eprintln!("bans: {n} created in {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -605,6 +656,13 @@ pub async fn ingest(a: IngestArgs) -> Result<bool> {
         } else {
             ctx.common.users
         };
+        let first_base = ctx.pub_base.split(',').next().unwrap_or_default();
+        create_bans(
+            first_base,
+            ctx.secret.as_deref().unwrap_or_default(),
+            a.bans,
+        )
+        .await?;
         let mut publisher = ctx.publisher(a.posts, a.conns, users)?;
         let c0 = ctx.server_cpu();
         let g0 = stats::cpu_secs(std::process::id()).unwrap_or(0.0);
@@ -613,6 +671,7 @@ pub async fn ingest(a: IngestArgs) -> Result<bool> {
             .await?;
         let wall = pr.elapsed.as_secs_f64();
         o.set("posts", json!(a.posts));
+        o.set("active_bans", json!(a.bans));
         o.set("users", json!(users));
         o.set("conns", json!(a.conns));
         o.set("accepted", json!(pr.accepted));

@@ -17,11 +17,17 @@ pub enum ErrorCode {
     InvalidCursor,
     InvalidToken,
     Forbidden,
+    /// CONTRACT §8: the user is banned (from the post, or from every post).
+    Banned,
+    /// CONTRACT §9: the post is closed to new comments.
+    PostClosed,
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
     UnsupportedMediaType,
     RateLimited,
+    /// CONTRACT §9: the post's slow mode.
+    SlowMode,
     TooManyConnections,
     Unavailable,
 }
@@ -39,12 +45,12 @@ impl ErrorCode {
             | InvalidParameter
             | InvalidCursor => 400,
             InvalidToken => 401,
-            Forbidden => 403,
+            Forbidden | Banned | PostClosed => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
-            RateLimited | TooManyConnections => 429,
+            RateLimited | SlowMode | TooManyConnections => 429,
             Unavailable => 503,
         }
     }
@@ -62,11 +68,14 @@ impl ErrorCode {
             InvalidCursor => "invalid_cursor",
             InvalidToken => "invalid_token",
             Forbidden => "forbidden",
+            Banned => "banned",
+            PostClosed => "post_closed",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             RateLimited => "rate_limited",
+            SlowMode => "slow_mode",
             TooManyConnections => "too_many_connections",
             Unavailable => "unavailable",
         }

@@ -74,6 +74,13 @@ pub fn millis_of(s: &str) -> Option<i64> {
     Ulid::from_string(s).ok().map(|u| u.timestamp_ms() as i64)
 }
 
+/// The id just below `id` (as a 128-bit number): "after `predecessor(id)`" starts at `id`
+/// itself, which lets a since-query (exclusive `after`) fetch one comment by id.
+pub fn predecessor(id: &str) -> Option<String> {
+    let u = Ulid::from_string(id).ok()?;
+    Some(Ulid(u.0.checked_sub(1)?).to_string())
+}
+
 /// The greatest id with time part `ms`: "newer than t" is "id greater than `max_at(t)`".
 pub fn max_at(ms: i64) -> String {
     Ulid::from_parts(ms.max(0) as u64, u128::MAX).to_string()
@@ -82,6 +89,15 @@ pub fn max_at(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_predecessor_sorts_just_below() {
+        let id = Ulid::from_parts(1_000, 5).to_string();
+        let p = predecessor(&id).unwrap();
+        assert!(p < id && is_valid(&p));
+        assert_eq!(p, Ulid::from_parts(1_000, 4).to_string());
+        assert!(predecessor(&Ulid(0).to_string()).is_none());
+    }
 
     #[test]
     fn strictly_increasing_even_when_clock_goes_back() {

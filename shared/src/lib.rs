@@ -12,6 +12,7 @@ pub mod comment;
 pub mod entry;
 pub mod error;
 pub mod id;
+pub mod moderation;
 pub mod names;
 pub mod position;
 pub mod time;

@@ -10,7 +10,9 @@ use crate::bus::{Bus, LocalBus, NatsBus};
 use crate::config::{Role, Settings};
 use crate::fanout::{Fanout, FanoutConfig};
 use crate::http::{self, Common, FanoutState, IngestState, ReaderState, RemoteDeletes, Rooms};
-use crate::ingest::{Pipeline, RateLimiter, UserLimit};
+use crate::ingest::{Pipeline, RateLimiter, SlowMode, UserLimit};
+use crate::moderation::sync::Syncer;
+use crate::moderation::{ModState, Moderator};
 use crate::reader::history::{LocalSource, NatsSource};
 use crate::reader::{History, RegionSource};
 use livecomments_store::Store;
@@ -148,6 +150,28 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         });
     }
 
+    // Bans and post settings (CONTRACT §8, §9): every role keeps them in memory; a node with
+    // the store loads them before it serves, so it never admits a banned user's POST.
+    let moderation = ModState::new();
+    if let Some(store) = &store {
+        crate::moderation::sync::load(&moderation, store.as_ref()).await?;
+    }
+    Syncer {
+        state: moderation.clone(),
+        store: store.clone(),
+        bus: bus.clone(),
+        rpc: rpc.clone(),
+        region: s.region.clone(),
+        // Without a store (a fanout) the node asks its own region too.
+        remote: s
+            .regions
+            .iter()
+            .filter(|r| store.is_none() || **r != s.region)
+            .cloned()
+            .collect(),
+    }
+    .spawn();
+
     let auth = Authenticator::from_args(&s.auth, role == Role::Standalone)?.map(Arc::new);
     if let Some(a) = &auth
         && let Some((token, _)) = a.dev_token("demo", 24 * 3600)
@@ -175,6 +199,17 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
                 common: common.clone(),
                 pipeline,
                 store: store.clone(),
+                moderation: Arc::new(Moderator {
+                    state: moderation.clone(),
+                    store: store.clone(),
+                    bus: bus.clone(),
+                    region: s.region.clone(),
+                }),
+                slow: match &cql {
+                    Some(store) => SlowMode::Shared(store.clone()),
+                    None => SlowMode::local(),
+                },
+                history: history.clone(),
                 rate: Arc::new(match cql {
                     Some(store) => UserLimit::Shared {
                         store,
@@ -205,7 +240,7 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
     let fanout = matches!(role, Role::Standalone | Role::Fanout).then(|| {
         Arc::new(FanoutState {
             common: common.clone(),
-            fanout: Fanout::new(
+            fanout: Fanout::with_pins(
                 bus.clone(),
                 history.clone(),
                 FanoutConfig {
@@ -215,6 +250,7 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
                     max_streams_per_ip: s.limits.max_streams_per_ip,
                     replay_max: 10_000,
                 },
+                moderation.clone(),
             ),
         })
     });

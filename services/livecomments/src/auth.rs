@@ -202,12 +202,23 @@ impl Authenticator {
 
     /// A token for `/dev/token` and the start-up log; `None` when a real key is configured.
     pub fn dev_token(&self, user_id: &str, ttl_secs: u64) -> Option<(String, u64)> {
+        self.dev_token_as(user_id, ttl_secs, false)
+    }
+
+    /// A dev token, with the claim `"role": "moderator"` when `moderator` (the demo page's
+    /// moderator view and the README's ban walk-through; dev tokens only).
+    pub fn dev_token_as(
+        &self,
+        user_id: &str,
+        ttl_secs: u64,
+        moderator: bool,
+    ) -> Option<(String, u64)> {
         let key = self.dev_signer.as_ref()?;
         let exp = now_secs() + ttl_secs;
         let claims = Claims {
             sub: user_id.to_string(),
             exp,
-            role: None,
+            role: moderator.then(|| "moderator".to_string()),
             posts: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)

@@ -12,6 +12,7 @@ pub mod fanout;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod moderation;
 pub mod reader;
 pub mod server;
 pub mod trace;

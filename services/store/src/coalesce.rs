@@ -236,6 +236,28 @@ impl<S: Store> Store for Coalesced<S> {
     async fn withdraw(&self, failed: &[Withdrawal]) -> StoreResult<()> {
         self.inner.withdraw(failed).await
     }
+
+    async fn put_moderation(
+        &self,
+        records: &[livecomments_shared::moderation::Record],
+    ) -> StoreResult<()> {
+        self.inner.put_moderation(records).await
+    }
+
+    async fn moderation(
+        &self,
+        limit: usize,
+    ) -> StoreResult<Vec<livecomments_shared::moderation::Record>> {
+        self.inner.moderation(limit).await
+    }
+
+    async fn moderation_since(
+        &self,
+        after_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<livecomments_shared::moderation::Record>> {
+        self.inner.moderation_since(after_ms, limit).await
+    }
 }
 
 #[cfg(test)]

@@ -15,11 +15,17 @@
 //! - `deletions`: `post_id 0x00 tombstone id` → MessagePack of the [`Tombstone`] (CONTRACT §10:
 //!   a deletion is an event of the post's stream, replayed on resume). A deletion removes the
 //!   comment and writes its tombstone in one transaction.
+//! - `moderation`: record key (`moderation::Record::key`) → MessagePack of the winning
+//!   [`Record`] (last writer wins, decided inside the write transaction).
+//! - `moderation_log`: `updated_at_ms (8 bytes BE) key` → the record as written, so "what
+//!   changed since t" is one range scan; entries older than 31 days are dropped on each write
+//!   (a node re-reads the last seconds of it, never more than a day).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use livecomments_shared::moderation::Record;
 use livecomments_shared::{Comment, CommentId, PostId, Tombstone, time::now_millis, wire};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -30,6 +36,11 @@ use super::{
 const COMMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("comments");
 const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
 const DELETIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("deletions");
+const MODERATION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("moderation");
+const MODERATION_LOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("moderation_log");
+/// How long `moderation_log` keeps an entry: readers ask for the last seconds, a fresh node
+/// reads `moderation` instead; 31 days bounds the table by a month of moderation changes.
+const MODERATION_LOG_KEEP_MS: i64 = 31 * 24 * 3600 * 1000;
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -89,6 +100,8 @@ impl EmbeddedStore {
             txn.open_table(COMMENTS)?;
             txn.open_table(IDEMPOTENCY)?;
             txn.open_table(DELETIONS)?;
+            txn.open_table(MODERATION)?;
+            txn.open_table(MODERATION_LOG)?;
             txn.commit()?;
             Ok(())
         };
@@ -131,6 +144,43 @@ fn created_ms(v: &[u8]) -> i64 {
         .and_then(|b| b.try_into().ok())
         .map(i64::from_be_bytes)
         .unwrap_or(0)
+}
+
+fn decode_record(bytes: &[u8]) -> StoreResult<Record> {
+    wire::decode(bytes).map_err(|e| StoreError::failed(format!("corrupt moderation record: {e}")))
+}
+
+fn log_key(at_ms: i64, key: &str) -> Vec<u8> {
+    [&at_ms.max(0).to_be_bytes()[..], key.as_bytes()].concat()
+}
+
+fn put_records(db: &Database, records: &[Record]) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    {
+        let mut state = txn.open_table(MODERATION).map_err(unavailable)?;
+        let mut log = txn.open_table(MODERATION_LOG).map_err(unavailable)?;
+        for r in records {
+            let key = r.key();
+            let newer = match state.get(key.as_bytes()).map_err(unavailable)? {
+                Some(v) => r.supersedes(&decode_record(v.value())?),
+                None => true,
+            };
+            if !newer {
+                continue;
+            }
+            let bytes = wire::encode(r).map_err(unavailable)?;
+            state
+                .insert(key.as_bytes(), bytes.as_slice())
+                .map_err(unavailable)?;
+            log.insert(log_key(r.updated_at_ms, &key).as_slice(), bytes.as_slice())
+                .map_err(unavailable)?;
+        }
+        let cutoff = log_key(now_millis() - MODERATION_LOG_KEEP_MS, "");
+        log.retain_in(..cutoff.as_slice(), |_, _| false)
+            .map_err(unavailable)?;
+    }
+    txn.commit().map_err(unavailable)?;
+    Ok(())
 }
 
 fn write_batch(db: &Database, batch: Vec<NewComment>) -> StoreResult<Vec<Inserted>> {
@@ -339,5 +389,39 @@ impl Store for EmbeddedStore {
     async fn ping(&self) -> StoreResult<()> {
         self.blocking(|db| db.begin_read().map(|_| ()).map_err(unavailable))
             .await
+    }
+
+    async fn put_moderation(&self, records: &[Record]) -> StoreResult<()> {
+        let records = records.to_vec();
+        self.blocking(move |db| put_records(db, &records)).await
+    }
+
+    async fn moderation(&self, limit: usize) -> StoreResult<Vec<Record>> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let t = txn.open_table(MODERATION).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(unavailable)?.take(limit) {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(decode_record(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn moderation_since(&self, after_ms: i64, limit: usize) -> StoreResult<Vec<Record>> {
+        let lo = log_key(after_ms.saturating_add(1), "");
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let t = txn.open_table(MODERATION_LOG).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in t.range(lo.as_slice()..).map_err(unavailable)?.take(limit) {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(decode_record(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
     }
 }

@@ -15,6 +15,7 @@ pub mod embedded;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use livecomments_shared::moderation::Record;
 use livecomments_shared::{Comment, CommentId, PostId, Tombstone};
 
 /// A comment ready to be written: validated, id and timestamp assigned by the ingest pipeline.
@@ -248,4 +249,29 @@ pub trait Store: Send + Sync + 'static {
     async fn withdraw(&self, _failed: &[Withdrawal]) -> StoreResult<()> {
         Ok(())
     }
+
+    /// Stores moderation records (bans, removals, post settings; CONTRACT §8, §9), each
+    /// replacing the stored record of its key only when it supersedes it (last writer wins
+    /// on `(updated_at_ms, origin)`, [`Record::supersedes`]): applying the same records in any
+    /// order, any number of times, leaves the same state. Durable when it returns `Ok`.
+    async fn put_moderation(&self, _records: &[Record]) -> StoreResult<()> {
+        Err(StoreError::failed("this store keeps no moderation records"))
+    }
+
+    /// The current record of every key (at most `limit`), in no particular order; expired
+    /// bans and old tombstones may be among them (the caller drops them).
+    async fn moderation(&self, _limit: usize) -> StoreResult<Vec<Record>> {
+        Err(StoreError::failed("this store keeps no moderation records"))
+    }
+
+    /// Records written with `updated_at_ms > after_ms` (possibly also older versions that
+    /// were superseded since), at most `limit`, oldest first. The cheap read a node repeats
+    /// every second to learn what other nodes of its region wrote.
+    async fn moderation_since(&self, _after_ms: i64, _limit: usize) -> StoreResult<Vec<Record>> {
+        Err(StoreError::failed("this store keeps no moderation records"))
+    }
 }
+
+/// Most moderation records a store is asked for at once: 10,000 active bans is the scale we
+/// measure (docs/BENCHMARKS.md) and 100,000 leaves room for every post's settings besides.
+pub const MODERATION_MAX_RECORDS: usize = 100_000;

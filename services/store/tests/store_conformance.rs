@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use livecomments_shared::moderation::{Ban, PostSettings, Record, RecordBody};
 use livecomments_shared::{Comment, CommentId, Tombstone, time::format_millis};
 use livecomments_store::coalesce::Coalesced;
 use livecomments_store::cql::{self as cqlstore, CqlOptions, CqlStore};
@@ -651,6 +652,104 @@ async fn cql() -> Option<Fixture> {
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Moderation records (CONTRACT §8, §9)
+// ---------------------------------------------------------------------------------------------
+
+fn ban_record(user: &str, post: Option<&str>, at: i64, origin: &str) -> Record {
+    Record {
+        updated_at_ms: at,
+        origin: origin.into(),
+        body: RecordBody::Ban(Ban {
+            user_id: user.into(),
+            post_id: post.map(Into::into),
+            expires_at_ms: None,
+            reason: Some(format!("at {at}")),
+            created_by: "mod".into(),
+            created_at_ms: at,
+        }),
+    }
+}
+
+fn by_key(mut v: Vec<Record>) -> BTreeMap<String, Record> {
+    v.drain(..).map(|r| (r.key(), r)).collect()
+}
+
+async fn moderation_records_merge_by_last_writer_wins(s: Arc<dyn Store>) {
+    let now = livecomments_shared::time::now_millis();
+    assert!(s.moderation(100).await.unwrap().is_empty());
+    let old = ban_record("u/1", Some("p"), now - 5_000, "eu");
+    let new = Record {
+        updated_at_ms: now,
+        origin: "eu".into(),
+        body: RecordBody::Unban {
+            user_id: "u/1".into(),
+            post_id: Some("p".into()),
+        },
+    };
+    let global = ban_record("u/1", None, now - 1_000, "us");
+    let settings = Record {
+        updated_at_ms: now,
+        origin: "us".into(),
+        body: RecordBody::Settings(PostSettings {
+            post_id: "p".into(),
+            slow_mode_secs: 30,
+            closed: true,
+            pinned: Some(comment_at("p", "a", BASE_MS, 1, "pinned")),
+        }),
+    };
+    s.put_moderation(&[new.clone(), settings.clone()])
+        .await
+        .unwrap();
+    // The older ban arrives after its removal (another region's late copy): the removal stays.
+    s.put_moderation(&[old.clone(), global.clone()])
+        .await
+        .unwrap();
+    s.put_moderation(&[old]).await.unwrap();
+    let all = by_key(s.moderation(100).await.unwrap());
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(all[&new.key()], new);
+    assert_eq!(all[&global.key()], global);
+    assert_eq!(
+        all[&settings.key()],
+        settings,
+        "the pinned comment is kept whole"
+    );
+    // Equal times: the region breaks the tie the same way everywhere.
+    let tie_eu = ban_record("t", None, now, "eu");
+    let tie_us = ban_record("t", None, now, "us");
+    s.put_moderation(std::slice::from_ref(&tie_us))
+        .await
+        .unwrap();
+    s.put_moderation(&[tie_eu]).await.unwrap();
+    let all = by_key(s.moderation(100).await.unwrap());
+    assert_eq!(all[&tie_us.key()].origin.as_str(), "us");
+    assert_eq!(s.moderation(2).await.unwrap().len(), 2, "limit");
+}
+
+async fn moderation_since_reads_what_changed(s: Arc<dyn Store>) {
+    let now = livecomments_shared::time::now_millis();
+    let a = ban_record("a", None, now - 20_000, "eu");
+    let b = ban_record("b", Some("p"), now - 2_000, "eu");
+    let c = ban_record("c", None, now, "us");
+    s.put_moderation(&[a.clone(), b.clone(), c.clone()])
+        .await
+        .unwrap();
+    let keys = |v: Vec<Record>| v.iter().map(Record::key).collect::<Vec<_>>();
+    let recent = s.moderation_since(now - 10_000, 100).await.unwrap();
+    assert_eq!(
+        keys(recent),
+        vec![b.key(), c.key()],
+        "oldest first, after the bound only"
+    );
+    assert!(s.moderation_since(now, 100).await.unwrap().is_empty());
+    assert_eq!(
+        s.moderation_since(now - 30_000, 2).await.unwrap().len(),
+        2,
+        "limit"
+    );
+}
+
 macro_rules! suite {
     ($($name:ident => $func:ident;)*) => {
         mod embedded {
@@ -689,6 +788,8 @@ suite! {
     missing_post => missing_post_reads_empty;
     paging_across_buckets => paging_across_many_buckets;
     after_from_start => after_none_reads_from_the_start;
+    moderation_last_writer_wins => moderation_records_merge_by_last_writer_wins;
+    moderation_since => moderation_since_reads_what_changed;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -733,8 +834,8 @@ async fn cql_migrate_is_repeatable_and_concurrent_and_connect_checks_the_version
     versions.sort();
     assert_eq!(
         versions,
-        (1..=cqlstore::SCHEMA_VERSION).collect::<Vec<_>>(),
-        "no lock row left behind"
+        cqlstore::MIGRATIONS.iter().map(|m| m.0).collect::<Vec<_>>(),
+        "every migration recorded, no lock row left behind"
     );
 
     // An older schema: connect refuses.

@@ -12,6 +12,7 @@ use std::pin::Pin;
 
 use async_trait::async_trait;
 use futures::Stream;
+use livecomments_shared::moderation::ModChange;
 use livecomments_shared::wire::{LiveEvent, WriterBeat};
 
 use crate::trace::RequestId;
@@ -22,6 +23,9 @@ pub use rpc::{Rpc, RpcError};
 
 /// Live events of one post from every region, decoded. Dropping it unsubscribes.
 pub type Subscription = Pin<Box<dyn Stream<Item = Delivery> + Send>>;
+
+/// Moderation changes of every region (`comments.moderation.*`), decoded and validated.
+pub type ModSubscription = Pin<Box<dyn Stream<Item = ModChange> + Send>>;
 
 /// A live event as it came off the bus, with the id of the request that caused it (from the
 /// message's `trace::BUS_HEADER`; the payload is the same MessagePack with or without it).
@@ -80,4 +84,16 @@ pub trait Bus: Send + Sync + 'static {
     /// on, so one that dies before this fanout heard a single announcement of it is still
     /// given up (and swept for) `WRITER_LOST_MS` later. In-process buses ignore it.
     fn heard_writer(&self, region: &str, writer: &str);
+
+    /// Publishes moderation changes made in `region` on `comments.moderation.<region>`
+    /// (CONTRACT §8, §9). In-process: nothing to do, the one process holds the whole state.
+    async fn publish_moderation(&self, _region: &str, _change: &ModChange) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    /// Every region's moderation changes, each record checked (`Record::is_sane`, its origin
+    /// the region of its subject). In-process: none ever arrive.
+    async fn subscribe_moderation(&self) -> Result<ModSubscription, BusError> {
+        Ok(Box::pin(futures::stream::pending()))
+    }
 }

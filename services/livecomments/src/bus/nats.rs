@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use livecomments_shared::moderation::{self, ModChange};
 use livecomments_shared::wire::{self, LiveEvent, WriterBeat};
 use tokio::sync::broadcast;
 
-use super::{Bus, BusError, Delivery, LostWriter, Subscription};
+use super::{Bus, BusError, Delivery, LostWriter, ModSubscription, Subscription};
 use crate::metrics::METRICS;
 use crate::trace::{self, RequestId};
 
@@ -273,6 +274,49 @@ impl Bus for NatsBus {
         let rx = self.lost.subscribe();
         self.monitor();
         rx
+    }
+
+    async fn publish_moderation(&self, region: &str, change: &ModChange) -> Result<(), BusError> {
+        let bytes = wire::encode(change).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let subject = moderation::changes_subject(region);
+        match tokio::time::timeout(PUBLISH_TIMEOUT, self.client.publish(subject, bytes.into()))
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+            Err(_) => Err(BusError::Unavailable("publish timed out".into())),
+        }
+    }
+
+    async fn subscribe_moderation(&self) -> Result<ModSubscription, BusError> {
+        let sub = self
+            .client
+            .subscribe(moderation::CHANGES_SUBJECT_ALL)
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        Ok(sub
+            .filter_map(|msg| {
+                // Foreign input: a record that does not decode, breaks a rule, or claims
+                // another region than its subject's is dropped and counted.
+                let region = msg.subject.split('.').nth(2).unwrap_or("").to_string();
+                let change = match wire::decode::<ModChange>(&msg.payload) {
+                    Ok(mut c) => {
+                        let before = c.records.len();
+                        c.records
+                            .retain(|r| r.is_sane() && r.origin.as_str() == region);
+                        if c.records.len() < before {
+                            METRICS.bus_decode_errors.inc();
+                        }
+                        Some(c)
+                    }
+                    Err(_) => {
+                        METRICS.bus_decode_errors.inc();
+                        None
+                    }
+                };
+                async move { change }
+            })
+            .boxed())
     }
 
     fn heard_writer(&self, region: &str, writer: &str) {

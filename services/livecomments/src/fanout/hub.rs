@@ -535,6 +535,13 @@ impl Hub {
         true
     }
 
+    /// Sends a control event (a pin, an unpin) to every viewer of the post, from outside the
+    /// hub's task: it goes out with the hub's next turn, which the nudge starts now.
+    pub(crate) fn control(&self, frame: Arc<Frame>) {
+        self.broadcast(frame);
+        self.nudge.notify_one();
+    }
+
     fn broadcast(&self, frame: Arc<Frame>) {
         self.outbox.lock().push(frame);
     }

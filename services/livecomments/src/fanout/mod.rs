@@ -22,10 +22,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use livecomments_shared::Comment;
 use parking_lot::Mutex;
+use std::sync::OnceLock;
 
 use crate::bus::Bus;
 use crate::metrics::METRICS;
+use crate::moderation::ModState;
 use crate::reader::History;
 use hub::Hub;
 
@@ -50,6 +53,9 @@ pub struct Fanout {
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
     /// Streams to close when their token expires (`--read-requires-token`).
     pub(crate) expiries: Arc<expiry::Expiries>,
+    /// Post settings as this process knows them (CONTRACT §9: the pinned comment), learned
+    /// over the bus; unset in fanouts made without them (tools, tests).
+    pins: OnceLock<Arc<ModState>>,
 }
 
 /// Why a stream was refused.
@@ -92,7 +98,56 @@ impl Fanout {
             total: Default::default(),
             closing: tokio::sync::watch::channel(false).0,
             expiries: Arc::default(),
+            pins: OnceLock::new(),
         })
+    }
+
+    /// A fanout that sends each post's pinned comment (from `pins`) first on every stream,
+    /// and `event: pin` / `event: unpin` to the post's streams when it changes.
+    pub fn with_pins(
+        bus: Arc<dyn Bus>,
+        history: Arc<History>,
+        cfg: FanoutConfig,
+        pins: Arc<ModState>,
+    ) -> Arc<Self> {
+        let fanout = Fanout::new(bus, history, cfg);
+        let mut changes = pins.pin_changes();
+        let _ = fanout.pins.set(pins);
+        let weak = Arc::downgrade(&fanout);
+        tokio::spawn(async move {
+            loop {
+                let change = changes.recv().await;
+                let Some(fanout) = weak.upgrade() else { return };
+                match change {
+                    Ok(c) => fanout.pin_changed(&c.post_id, c.pinned.as_ref()),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Changes were missed: every hub gets its post's pin as it is now.
+                        let posts: Vec<String> = fanout.hubs.lock().keys().cloned().collect();
+                        for post in posts {
+                            let pinned = fanout.pinned(&post);
+                            fanout.pin_changed(&post, pinned.as_ref());
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        fanout
+    }
+
+    /// The post's pinned comment, if any.
+    pub(crate) fn pinned(&self, post_id: &str) -> Option<Comment> {
+        self.pins.get()?.settings(&post_id.into()).pinned
+    }
+
+    fn pin_changed(&self, post_id: &str, pinned: Option<&Comment>) {
+        let hub = self.hubs.lock().get(post_id).cloned();
+        if let Some(hub) = hub {
+            hub.control(Arc::new(match pinned {
+                Some(c) => sse::Frame::pin(c),
+                None => sse::Frame::unpin(post_id),
+            }));
+        }
     }
 
     /// Takes a connection slot for `ip`, or says which limit refused it.

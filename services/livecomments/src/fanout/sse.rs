@@ -103,6 +103,17 @@ impl Frame {
         Frame::plain(Bytes::from(delete_body(&d.id, &d.post_id)))
     }
 
+    /// `event: pin` with the pinned comment (CONTRACT §9), live when a comment is pinned.
+    pub fn pin(c: &Comment) -> Frame {
+        Frame::plain(pin(c))
+    }
+
+    /// `event: unpin` with `{"post_id"}` when the post's pinned comment is unpinned.
+    pub fn unpin(post_id: &str) -> Frame {
+        let json = serde_json::json!({ "post_id": post_id });
+        Frame::plain(Bytes::from(format!("event: unpin\ndata: {json}\n\n")))
+    }
+
     pub fn ping() -> Frame {
         Frame::plain(Bytes::from_static(b": ping\n\n"))
     }
@@ -208,6 +219,12 @@ pub const RESPONSE_HEADERS: [(&str, &str); 3] = [
 /// The browser's reconnect delay, first on every stream.
 pub fn retry(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
+}
+
+/// The post's pinned comment: what a stream sends right after `retry:` (CONTRACT §9).
+pub fn pin(c: &Comment) -> Bytes {
+    let json = serde_json::to_string(c).unwrap_or_default();
+    Bytes::from(format!("event: pin\ndata: {json}\n\n"))
 }
 
 /// Closes a stream the viewer should resume elsewhere, saying why.

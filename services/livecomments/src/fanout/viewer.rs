@@ -82,6 +82,9 @@ impl Viewer {
         let retry_ms = 1000 + rand::random::<u64>() % 2000;
         let mut out = BytesMut::from(head);
         out.extend_from_slice(&sse::retry(retry_ms));
+        if let Some(pinned) = self.hub.fanout().pinned(self.hub.post_id()) {
+            out.extend_from_slice(&sse::pin(&pinned));
+        }
         if let Some(from) = self.resume.take() {
             let replay = self
                 .hub

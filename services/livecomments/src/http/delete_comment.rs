@@ -33,7 +33,11 @@ pub async fn handle(
         outcome = delete::delete_remote(&remote.rpc, &remote.regions, &req).await;
     }
     match outcome {
-        Outcome::Deleted => Ok(StatusCode::NO_CONTENT),
+        Outcome::Deleted => {
+            // Deleting the pinned comment unpins it (CONTRACT §9).
+            st.moderation.forget_comment(&req.post_id, &req.id).await;
+            Ok(StatusCode::NO_CONTENT)
+        }
         Outcome::NotFound => Err(ApiError::new(ErrorCode::NotFound, "no such comment")),
         Outcome::Forbidden => Err(ApiError::new(
             ErrorCode::Forbidden,

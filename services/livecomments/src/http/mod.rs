@@ -2,10 +2,15 @@
 //! so bodies and statuses match CONTRACT §2 everywhere.
 
 pub mod client_ip;
+mod delete_ban;
 mod delete_comment;
 mod get_comments;
+mod get_settings;
+mod list_bans;
 mod ops;
+mod post_ban;
 mod post_comment;
+mod put_settings;
 mod query;
 pub mod sse_conn;
 mod stream;
@@ -22,8 +27,9 @@ use livecomments_shared::{ErrorCode, Rejection};
 use crate::auth::{Authenticator, Caller};
 use crate::bus::{Bus, Rpc};
 use crate::fanout::Fanout;
-use crate::ingest::{Pipeline, UserLimit};
+use crate::ingest::{Pipeline, SlowMode, UserLimit};
 use crate::metrics::METRICS;
+use crate::moderation::Moderator;
 use crate::reader::History;
 use livecomments_store::Store;
 
@@ -51,6 +57,13 @@ pub struct IngestState {
     pub rate: Arc<UserLimit>,
     /// Where a DELETE of a comment this region does not hold goes; `None` with one region.
     pub remote_deletes: Option<RemoteDeletes>,
+    /// Bans and post settings (CONTRACT §8, §9): checked on every POST, changed by moderators.
+    pub moderation: Arc<Moderator>,
+    /// Slow mode's per-(user, post) window, where every writer of the region sees it.
+    pub slow: SlowMode,
+    /// Every region's comments: a pinned comment or a banned user's comments may live in
+    /// another region.
+    pub history: Arc<History>,
 }
 
 /// The other regions of the deployment, reached over NATS.
@@ -154,6 +167,18 @@ impl Common {
             .map_err(|why| ApiError::new(ErrorCode::InvalidToken, why))
     }
 
+    /// A moderator's token (claim `"role": "moderator"`), or 401 / 403 `forbidden`.
+    pub fn moderator(&self, headers: &HeaderMap) -> ApiResult<Caller> {
+        let caller = self.authenticate(headers)?;
+        if !caller.moderator {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "only moderators may do this",
+            ));
+        }
+        Ok(caller)
+    }
+
     /// For reads: a token only when the operator requires one (header, or `access_token` for
     /// EventSource, which cannot set headers). `None` when reads are public; the caller
     /// checks the post against the token's scope ([`Caller::require_post`]) once it has
@@ -201,6 +226,11 @@ const DEV_TOKENS: RouteTable<Arc<Common>> = routes!(
 const INGEST: RouteTable<Arc<IngestState>> = routes!(
     post "/comment" => post_comment::handle,
     delete "/comment/{id}" => delete_comment::handle,
+    post "/moderation/bans" => post_ban::handle,
+    get "/moderation/bans" => list_bans::handle,
+    delete "/moderation/bans/{user_id}" => delete_ban::handle,
+    get "/posts/{post_id}/settings" => get_settings::handle,
+    put "/posts/{post_id}/settings" => put_settings::handle,
 );
 const READER: RouteTable<Arc<ReaderState>> = routes!(
     get "/comments" => get_comments::handle,

@@ -57,7 +57,8 @@ pub async fn openapi() -> impl IntoResponse {
     )
 }
 
-/// `GET /dev/token?user_id=...` (standalone without a configured key only).
+/// `GET /dev/token?user_id=...&role=moderator` (standalone without a configured key only;
+/// `role=moderator` adds the moderator claim).
 pub async fn dev_token(
     State(st): State<std::sync::Arc<super::Common>>,
     RawQuery(raw): RawQuery,
@@ -70,12 +71,22 @@ pub async fn dev_token(
             "user_id must be 1 to 128 printable characters",
         ));
     }
+    let moderator = match q.get("role")? {
+        None | Some("") => false,
+        Some("moderator") => true,
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                "role must be moderator (or absent)",
+            ));
+        }
+    };
     let auth = st
         .auth
         .as_ref()
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such route"))?;
     let (token, exp) = auth
-        .dev_token(user, 24 * 3600)
+        .dev_token_as(user, 24 * 3600, moderator)
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such route"))?;
     Ok(axum::Json(serde_json::json!({"token": token, "user_id": user, "expires_at": livecomments_shared::time::format_millis(exp as i64 * 1000)})).into_response())
 }

@@ -37,12 +37,50 @@ pub async fn handle(
             Some(validate::idempotency_key(s)?.to_string())
         }
     };
-    let allowed = st
-        .rate
-        .check(&caller.user_id)
+    // Moderation (CONTRACT §8, §9), from this node's memory: no I/O on the POST path.
+    if let Some(ban) = st.moderation.state.ban_of(&caller.user_id, &post_id) {
+        return Err(ApiError::new(ErrorCode::Banned, banned_message(&ban)));
+    }
+    let settings = st.moderation.state.settings(&post_id);
+    if settings.closed {
+        return Err(ApiError::new(
+            ErrorCode::PostClosed,
+            "this post is closed to new comments",
+        ));
+    }
+    // Moderators are exempt from slow mode (CONTRACT §9), not from the rate limit.
+    let slow_secs = if caller.moderator {
+        0
+    } else {
+        settings.slow_mode_secs
+    };
+    let refusal = match st
+        .slow
+        .check(&caller.user_id, &post_id, slow_secs)
         .await
-        .map_err(|_| ApiError::unavailable("the rate-limit store"))?;
-    if let Err(wait) = allowed {
+        .map_err(|_| ApiError::unavailable("the slow-mode store"))?
+    {
+        Err(wait) => Some(ApiError {
+            retry_after: Some(wait),
+            ..ApiError::new(
+                ErrorCode::SlowMode,
+                format!("slow mode: one comment every {slow_secs} s on this post"),
+            )
+        }),
+        Ok(()) => match st
+            .rate
+            .check(&caller.user_id)
+            .await
+            .map_err(|_| ApiError::unavailable("the rate-limit store"))?
+        {
+            Err(wait) => Some(ApiError {
+                retry_after: Some(wait),
+                ..ApiError::new(ErrorCode::RateLimited, "too many comments; slow down")
+            }),
+            Ok(()) => None,
+        },
+    };
+    if let Some(refusal) = refusal {
         // A retry of a comment already stored is not a new comment: it gets its comment
         // back (CONTRACT §2: same key, same comment), not a 429 for the requests before it.
         if let Some(key) = &idempotency_key
@@ -55,14 +93,12 @@ pub async fn handle(
             return Ok((StatusCode::CREATED, axum::Json(c)).into_response());
         }
         METRICS.rate_limited.inc();
-        return Err(ApiError {
-            retry_after: Some(wait),
-            ..ApiError::new(ErrorCode::RateLimited, "too many comments; slow down")
-        });
+        return Err(refusal);
     }
     // The request counts against the limit before the answer, whichever node the user's
     // next request reaches; recorded while the comment is written.
-    let (inserted, recorded) = tokio::join!(
+    let slow_post = post_id.clone();
+    let (inserted, recorded, slowed) = tokio::join!(
         st.pipeline.submit(Submission {
             post_id,
             user_id: caller.user_id.clone(),
@@ -71,7 +107,8 @@ pub async fn handle(
             idempotency_key,
             request_id: crate::trace::current(),
         }),
-        st.rate.record(&caller.user_id)
+        st.rate.record(&caller.user_id),
+        st.slow.record(&caller.user_id, &slow_post, slow_secs)
     );
     let inserted = inserted.map_err(|e| match e {
         SubmitError::QueueFull => ApiError {
@@ -91,7 +128,7 @@ pub async fn handle(
         },
         _ => ApiError::unavailable("the comment store"),
     })?;
-    if let Err(e) = recorded {
+    if let Err(e) = recorded.and(slowed) {
         // The comment is durable and will be published: answering 503 now would invite a
         // second copy from a client retrying without a key. The limit misses one request.
         tracing::warn!(error = %e, "could not record the request in the rate-limit window");
@@ -102,6 +139,22 @@ pub async fn handle(
         .post_seconds
         .observe(accepted.elapsed().as_secs_f64());
     Ok((StatusCode::CREATED, axum::Json(inserted.comment())).into_response())
+}
+
+/// "You are banned ... until <expiry>" (CONTRACT §8: the message names the expiry).
+fn banned_message(ban: &livecomments_shared::moderation::Ban) -> String {
+    let scope = if ban.post_id.is_some() {
+        "from this post"
+    } else {
+        "from every post"
+    };
+    match ban.expires_at_ms {
+        Some(t) => format!(
+            "you are banned {scope} until {}",
+            livecomments_shared::time::format_millis(t)
+        ),
+        None => format!("you are banned {scope} permanently"),
+    }
 }
 
 /// Reads a JSON body of at most [`MAX_BODY`] bytes with `Content-Type: application/json`.
@@ -157,7 +210,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidJson,
-            format!("body is not a valid comment: {}", json_reason(&e)),
+            format!("body is not valid: {}", json_reason(&e)),
         )
     })
 }

@@ -2,7 +2,10 @@
 
 pub mod delete;
 pub mod pipeline;
+pub mod purge;
 pub mod ratelimit;
+pub mod slowmode;
 
 pub use pipeline::Pipeline;
 pub use ratelimit::{RateLimiter, UserLimit};
+pub use slowmode::SlowMode;

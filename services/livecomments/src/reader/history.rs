@@ -205,6 +205,50 @@ impl History {
         self.sources.iter().map(|s| s.region())
     }
 
+    /// One page of one region, as that region's source answers it.
+    pub async fn region_page(
+        &self,
+        region: &str,
+        q: &SinceRequest,
+    ) -> Result<RegionPage, HistoryError> {
+        match self.sources.iter().find(|s| s.region() == region) {
+            Some(s) => s.page(q).await,
+            None => Err(HistoryError::Unavailable {
+                region: region.to_string(),
+                reason: "not a region of this deployment".into(),
+            }),
+        }
+    }
+
+    /// One comment by id, from whichever region holds it (each region is asked for the
+    /// first comment after the id's predecessor).
+    pub async fn find(&self, post_id: &str, id: &str) -> Result<Option<Comment>, HistoryError> {
+        let Some(pred) = livecomments_shared::id::predecessor(id) else {
+            return Ok(None);
+        };
+        let q = SinceRequest {
+            post_id: post_id.to_string().into(),
+            after: Some(pred.into()),
+            before: None,
+            newest_first: false,
+            limit: 1,
+        };
+        let answers = join_all(self.sources.iter().map(|s| s.page(&q))).await;
+        let mut failed = None;
+        for a in answers {
+            match a {
+                Ok(page) => {
+                    if let Some(c) = page.comments.into_iter().find(|c| c.id.as_str() == id) {
+                        return Ok(Some(c));
+                    }
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        // Not found anywhere that answered: unknown, unless a region could not be asked.
+        failed.map_or(Ok(None), Err)
+    }
+
     /// Newest first, ids below `before`, skipping `skip` (bounded by the caller), `limit` rows.
     pub async fn newest(
         &self,

@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0004_deletions",
         include_str!("../../../../cql/0004_deletions.cql"),
     ),
+    (
+        5,
+        "0005_moderation",
+        include_str!("../../../../cql/0005_moderation.cql"),
+    ),
 ];
 
 /// The schema version this binary needs.
@@ -222,7 +227,7 @@ mod tests {
             .iter()
             .flat_map(|(_, _, c)| statements(c, "ks1"))
             .collect();
-        assert_eq!(all.len(), 5);
+        assert_eq!(all.len(), 7);
         for s in &all {
             assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");
             assert!(!s.contains("{keyspace}") && !s.contains("--"), "{s}");

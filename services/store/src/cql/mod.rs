@@ -23,6 +23,7 @@
 
 mod idempotency;
 mod migrate;
+mod moderation;
 mod options;
 mod rate;
 mod walk;
@@ -232,6 +233,8 @@ pub struct CqlStore {
     /// writes its bucket's index row once per second, not once per comment.
     indexed_spans: Mutex<HashSet<(PostId, i64)>>,
     indexed_buckets: Mutex<HashSet<(PostId, i64)>>,
+    /// Bans and post settings (`moderation.rs`).
+    moderation: moderation::ModStatements,
 }
 
 impl CqlStore {
@@ -457,7 +460,9 @@ impl CqlStore {
             p.set_request_timeout(Some(LWT_TIMEOUT));
         }
         let ttl_secs = opts.ttl_secs();
+        let moderation = moderation::ModStatements::prepare(&session, &ks).await?;
         Ok(CqlStore {
+            moderation,
             session: Arc::new(session),
             st,
             keyspace: ks,
@@ -866,6 +871,28 @@ impl Store for CqlStore {
                 .await?;
         }
         Ok(())
+    }
+
+    async fn put_moderation(
+        &self,
+        records: &[livecomments_shared::moderation::Record],
+    ) -> StoreResult<()> {
+        self.put_records(records).await
+    }
+
+    async fn moderation(
+        &self,
+        limit: usize,
+    ) -> StoreResult<Vec<livecomments_shared::moderation::Record>> {
+        self.all_records(limit).await
+    }
+
+    async fn moderation_since(
+        &self,
+        after_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<livecomments_shared::moderation::Record>> {
+        self.records_since(after_ms, limit).await
     }
 }
 
