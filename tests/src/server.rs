@@ -275,7 +275,9 @@ impl Server {
 
     /// Deletes comment `id` of the post with `user`'s token (no moderator claim); the status.
     pub async fn delete(&self, post_id: &str, id: &str, user: &str) -> u16 {
-        delete_comment(&self.base, post_id, id, &token(user)).await.0
+        delete_comment(&self.base, post_id, id, &token(user))
+            .await
+            .0
     }
 
     /// The `/metrics` text.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use livecomments_shared::{
-    Entry, Position, id,
+    CommentId, Entry, Position, id,
     position::SETTLE_MS,
     time,
     wire::{Deletion, LiveComment, LiveEvent},
@@ -248,20 +248,22 @@ impl Hub {
         let history = &self.fanout.history;
         let floor = id::max_at(time::now_millis() - SETTLE_MS);
         let regions: Vec<String> = history.regions().map(str::to_string).collect();
-        let scans = futures::future::join_all(regions.iter().map(|region| {
-            history.region_newest_above(region, &self.post_id, &floor, START_SCAN_MAX)
-        }))
+        let scans = futures::future::join_all(
+            regions
+                .iter()
+                .map(|region| self.recent_writers(region, &floor)),
+        )
         .await;
         let mut pos = Position::new();
         for (region, scan) in regions.iter().zip(scans) {
             pos.raise_floor(region, &floor);
             match scan {
-                Ok((rows, cut)) => {
-                    for c in &rows {
-                        pos.advance(region, &c.id);
+                Ok((ids, cut_at)) => {
+                    for id in &ids {
+                        pos.advance(region, id);
                     }
-                    if let (true, Some(oldest)) = (cut, rows.last()) {
-                        pos.raise_floor(region, &oldest.id);
+                    if let Some(oldest) = cut_at {
+                        pos.raise_floor(region, &oldest);
                     }
                 }
                 Err(e) => {
@@ -272,6 +274,30 @@ impl Hub {
             }
         }
         pos
+    }
+
+    /// The ids of a region's events above `floor`, comments and deletions (a writer's last
+    /// event may be a deletion, and the hub must know it as its chain's end, or a resuming
+    /// viewer's replay would leave it to the hub). Read oldest first; past `START_SCAN_MAX`
+    /// (a post over ~1,000 events/s) the newest comments instead, and the floor is raised to
+    /// the oldest of them (returned as the cut).
+    async fn recent_writers(
+        &self,
+        region: &str,
+        floor: &str,
+    ) -> Result<(Vec<CommentId>, Option<CommentId>), crate::reader::history::HistoryError> {
+        let history = &self.fanout.history;
+        let (rows, cut) = history
+            .region_after_where(region, &self.post_id, Some(floor), START_SCAN_MAX, |_| true)
+            .await?;
+        if !cut {
+            return Ok((rows.iter().map(|e| e.id().clone()).collect(), None));
+        }
+        let (rows, cut) = history
+            .region_newest_above(region, &self.post_id, floor, START_SCAN_MAX)
+            .await?;
+        let oldest = rows.last().filter(|_| cut).map(|c| c.id.clone());
+        Ok((rows.into_iter().map(|c| c.id).collect(), oldest))
     }
 
     async fn on_event(&self, ev: Option<Delivery>, sub: &mut Subscription) {

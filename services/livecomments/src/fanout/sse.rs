@@ -36,6 +36,8 @@ pub struct CommentRef {
     pub body_at: usize,
     /// False for a deletion (the publish → SSE histogram counts comments).
     pub is_comment: bool,
+    /// A deletion's comment (of the same region).
+    pub deletes: Option<String>,
 }
 
 impl Frame {
@@ -64,6 +66,10 @@ impl Frame {
                 id_millis: e.millis(),
                 body_at,
                 is_comment: matches!(e, Entry::Comment(_)),
+                deletes: match e {
+                    Entry::Comment(_) => None,
+                    Entry::Deleted(t) => Some(t.comment_id.to_string()),
+                },
             }),
             parts: Vec::new(),
         }
@@ -146,6 +152,13 @@ impl Frame {
         if pos.covers(&c.region, &c.id) {
             return None;
         }
+        // A resumed viewer out of step never saw a comment its position does not cover: the
+        // deletion of one made and deleted while it was away is not sent (CONTRACT §10), as
+        // in its replay; its position still moves past it.
+        let unseen = c
+            .deletes
+            .as_deref()
+            .is_some_and(|target| !pos.covers(&c.region, target));
         let own = Arc::make_mut(pos);
         own.advance(&c.region, &c.id);
         // The hub's floors cover what it delivered before this frame, which this viewer
@@ -154,7 +167,10 @@ impl Frame {
         if **pos == *span.after {
             // Back in step with the hub: later frames take the shared path.
             *pos = span.after.clone();
-            return Some(self.bytes.clone());
+            return (!unseen).then(|| self.bytes.clone());
+        }
+        if unseen {
+            return None;
         }
         Some(with_id_line(pos, &self.bytes[c.body_at..]).0)
     }
