@@ -579,11 +579,8 @@ impl CqlStore {
 
     /// The comment's row goes and its tombstone comes in one logged batch: both or neither,
     /// also when the coordinator dies after accepting it (the batchlog replays it).
-    fn record_deletion<'a>(
-        &'a self,
-        t: &'a Tombstone,
-    ) -> impl std::future::Future<Output = StoreResult<()>> + Send + 'a {
-        async move {
+    async fn record_deletion(&self, t: &Tombstone) -> StoreResult<()> {
+        {
             let bucket = bucket_of_id(t.comment_id.as_str()).ok_or_else(|| {
                 StoreError::failed(format!("comment id {:?} is not a ULID", t.comment_id))
             })?;
