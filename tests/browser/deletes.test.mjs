@@ -1,5 +1,5 @@
-// Deletions reach pages that were not connected when they happened: a deletion is only pushed to
-// open streams, so a page that reconnects checks what it shows against the newest page.
+// Deletions reach pages that were not connected when they happened: the server replays them on
+// resume (CONTRACT §10), and the page applies what the stream says.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {

@@ -198,7 +198,7 @@ export async function launchBrowser() {
  * Opens the demo page for `postId` in a new context (its own sessionStorage), records dialogs,
  * page errors and console errors, and waits until the stream is live.
  */
-export async function openPage(browser, base, postId, { viewport = { width: 1000, height: 800 }, waitLive = true } = {}) {
+export async function openPage(browser, base, postId, { viewport = { width: 1000, height: 800 }, waitLive = true, query = '' } = {}) {
   const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
@@ -208,7 +208,7 @@ export async function openPage(browser, base, postId, { viewport = { width: 1000
   page.on('console', (m) => { if (m.type() === 'error') page.consoleErrors.push(m.text()); });
   page.on('dialog', (d) => { page.dialogs.push(d.message()); d.dismiss().catch(() => {}); });
   page.on('pageerror', (e) => page.errors.push(e.message));
-  await page.goto(`${base}/?post=${encodeURIComponent(postId)}`);
+  await page.goto(`${base}/?post=${encodeURIComponent(postId)}${query}`);
   if (waitLive) await waitState(page, ['live', 'caught-up']);
   return page;
 }

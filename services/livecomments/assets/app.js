@@ -10,6 +10,8 @@ import { connect, LivecommentsError } from '/client.js';
   const $ = (id) => document.getElementById(id);
 
   const params = new URLSearchParams(location.search);
+  // ?moderator=1: the moderator view (demo tokens carry the moderator claim; dev tokens only).
+  const moderatorView = params.get('moderator') === '1';
   const wanted = params.get('post') || 'welcome';
   const postId = POST_RE.test(wanted) ? wanted : 'welcome';
 
@@ -17,7 +19,11 @@ import { connect, LivecommentsError } from '/client.js';
     postInput: $('post-id'), postTitle: $('post-title'), conn: $('conn'), notice: $('notice'),
     composer: $('composer'), user: $('user-name'), text: $('comment-text'), send: $('send'),
     list: $('comments'), more: $('more'), older: $('load-older'), end: $('end'),
+    postState: $('post-state'), pinned: $('pinned'), pinnedAuthor: $('pinned-author'),
+    pinnedText: $('pinned-text'), modTools: $('mod-tools'), slow: $('slow-mode'),
+    applySlow: $('apply-slow'), toggleClosed: $('toggle-closed'),
   };
+  let settings = { slow_mode_secs: 0, closed: false, pinned_comment_id: null };
 
   const items = new Map(); // comment id -> <li>
   const deleted = new Set(); // ids deleted while this page was open (history may still return them briefly)
@@ -50,6 +56,10 @@ import { connect, LivecommentsError } from '/client.js';
   // The status line's wording of an API error (a LivecommentsError from the client).
   function errorText(e) {
     if (!(e instanceof LivecommentsError)) return e.message;
+    // Moderation refusals (CONTRACT §8, §9) in words; the server's message names a ban's expiry.
+    if (e.code === 'banned') return `you are banned from commenting here (${e.message})`;
+    if (e.code === 'post_closed') return 'comments are closed on this post';
+    if (e.code === 'slow_mode') return `slow mode is on: wait ${e.retryAfter ?? settings.slow_mode_secs} s between comments`;
     if (e.status === 429) return `Rate limited${e.retryAfter != null ? ` — try again in ${e.retryAfter} s` : ''}: ${e.message}`;
     return e.message;
   }
@@ -103,8 +113,88 @@ import { connect, LivecommentsError } from '/client.js';
     text.textContent = c.text; // never innerHTML
 
     li.append(meta, text);
-    if (session && session.user === c.user_id) li.append(deleteButton(c));
+    if (moderatorView) li.append(modButtons(c));
+    else if (session && session.user === c.user_id) li.append(deleteButton(c));
     return li;
+  }
+
+  // ---- moderation (the moderator view, and what every viewer sees of it) --------------------
+  async function modFetch(path, init = {}) {
+    const token = await getToken({ force: false });
+    const res = await fetch(path, {
+      ...init,
+      headers: { 'Content-Type': 'application/json', ...(token ? { Authorization: `Bearer ${token}` } : {}) },
+    });
+    if (!res.ok) throw new Error(await apiError(res));
+    return res.status === 204 ? null : res.json();
+  }
+
+  function modButtons(c) {
+    const box = document.createElement('span');
+    box.className = 'mod-actions';
+    const action = (label, aria, run) => {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.textContent = label;
+      b.setAttribute('aria-label', `${aria} ${c.user_id}: ${c.text.slice(0, 40)}`);
+      b.addEventListener('click', async () => {
+        b.disabled = true;
+        try { await run(); } catch (e) { notify(`Not done: ${errorText(e)}`, true); } finally { b.disabled = false; }
+      });
+      box.append(b);
+    };
+    action('Delete', 'Delete the comment of', () => removeComment(c, box.firstChild));
+    action('Ban 60 s', 'Ban for 60 seconds', async () => {
+      await modFetch('/moderation/bans', { method: 'POST', body: JSON.stringify({ user_id: c.user_id, post_id: postId, duration_secs: 60 }) });
+      notify(`${c.user_id} is banned from this post for 60 s.`);
+    });
+    action('Ban', 'Ban for good', async () => {
+      await modFetch('/moderation/bans', { method: 'POST', body: JSON.stringify({ user_id: c.user_id }) });
+      notify(`${c.user_id} is banned everywhere.`);
+    });
+    action('Pin', 'Pin the comment of', async () => {
+      await putSettings({ pinned_comment_id: c.id });
+      notify('Pinned.');
+    });
+    return box;
+  }
+
+  async function putSettings(change) {
+    showSettings(await modFetch(`/posts/${postId}/settings`, { method: 'PUT', body: JSON.stringify(change) }));
+  }
+
+  function showSettings(s) {
+    if (!s) return;
+    settings = s;
+    const parts = [];
+    if (s.closed) parts.push('Comments are closed');
+    if (s.slow_mode_secs > 0) parts.push(`Slow mode: ${s.slow_mode_secs} s`);
+    el.postState.textContent = parts.join(' · ');
+    el.postState.hidden = parts.length === 0;
+    el.send.disabled = s.closed; // closed holds for moderators too (docs/MODERATION.md)
+    el.toggleClosed.textContent = s.closed ? 'Open comments' : 'Close comments';
+    if (document.activeElement !== el.slow) el.slow.value = String(s.slow_mode_secs);
+  }
+
+  async function loadSettings() {
+    try {
+      const res = await fetch(`/posts/${postId}/settings`);
+      if (res.ok) showSettings(await res.json());
+    } catch { /* shown again at the next look */ }
+  }
+
+  function showPin(c) {
+    el.pinned.hidden = !c;
+    el.pinnedAuthor.textContent = c ? c.user_id : '';
+    el.pinnedText.textContent = c ? c.text : ''; // never innerHTML
+  }
+
+  if (moderatorView) {
+    el.modTools.hidden = false;
+    el.applySlow.addEventListener('click', () => putSettings({ slow_mode_secs: Number(el.slow.value) || 0 })
+      .then(() => notify('Slow mode set.'), (e) => notify(`Not set: ${errorText(e)}`, true)));
+    el.toggleClosed.addEventListener('click', () => putSettings({ closed: !settings.closed })
+      .catch((e) => notify(`Not changed: ${errorText(e)}`, true)));
   }
 
   function deleteButton(c) {
@@ -227,7 +317,8 @@ import { connect, LivecommentsError } from '/client.js';
     const fresh = session && session.user === user && session.token
       && (!session.expiresAt || Date.parse(session.expiresAt) - Date.now() > 30_000);
     if (fresh && !force) return session.token;
-    const res = await fetch(`/dev/token?${new URLSearchParams({ user_id: user })}`);
+    const q = { user_id: user, ...(moderatorView ? { role: 'moderator' } : {}) };
+    const res = await fetch(`/dev/token?${new URLSearchParams(q)}`);
     if (res.status === 404) throw new Error('this server does not hand out demo tokens (a JWT key is configured)');
     if (!res.ok) throw new Error(await apiError(res));
     const body = await res.json();
@@ -299,9 +390,17 @@ import { connect, LivecommentsError } from '/client.js';
     },
     onComment: add,
     onDelete: ({ id }) => drop(id),
+    // `pin` (the pinned comment) opens the stream and comes live; `unpin` clears it (§9).
+    onEvent: ({ type, data }) => {
+      if (type === 'pin') showPin(data);
+      else if (type === 'unpin') showPin(null);
+    },
     // More was missed than one replay carries: reload the history from the newest page.
     onReset: resync,
   });
   // If the stream cannot open at all, still show the history.
   setTimeout(startHistory, 3000);
+  // Slow mode and closed are settings, not stream events: read them now and every 10 s.
+  loadSettings();
+  setInterval(loadSettings, 10_000);
 })();
