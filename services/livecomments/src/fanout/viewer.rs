@@ -125,7 +125,7 @@ impl Viewer {
         self.drain_queue().await;
     }
 
-    /// Writes the replayed events the viewer lacks into `out`; returns how many. A deletion
+    /// Writes the replayed events the viewer lacks into `out`; returns how many comments. A deletion
     /// goes out only when the viewer was shown its comment (CONTRACT §10: a comment both
     /// created and deleted while the viewer was away is not replayed at all); either way
     /// the viewer's position moves past it.
@@ -153,8 +153,11 @@ impl Viewer {
                 continue;
             }
             out.extend_from_slice(&sse::replayed(e, &st.pos));
-            METRICS.sse_replayed.inc();
-            replayed += 1;
+            // The replay metrics count comments (docs/METRICS.md); deletions ride along.
+            if matches!(e, Entry::Comment(_)) {
+                METRICS.sse_replayed.inc();
+                replayed += 1;
+            }
         }
         drop(st);
         for region in hub_lacks {
