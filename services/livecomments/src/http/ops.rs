@@ -71,8 +71,9 @@ pub async fn dev_token(
             "user_id must be 1 to 128 printable characters",
         ));
     }
+    // Exactly `moderator` or absent (the OpenAPI enum): an empty `role=` is refused too.
     let moderator = match q.get("role")? {
-        None | Some("") => false,
+        None => false,
         Some("moderator") => true,
         Some(_) => {
             return Err(ApiError::new(

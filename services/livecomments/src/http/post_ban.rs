@@ -21,7 +21,7 @@ struct BanBody {
     user_id: String,
     #[serde(default)]
     post_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_seconds")]
     duration_secs: Option<u64>,
     #[serde(default)]
     reason: Option<String>,
@@ -90,4 +90,20 @@ pub async fn handle(
         tracing::info!(user_id = %ban.user_id, post_id = %post, deleted = n, "banned user's comments deleted");
     }
     Ok((StatusCode::CREATED, axum::Json(ban.to_json())).into_response())
+}
+
+/// A JSON number that is a whole number of seconds: `60` or `60.0` (JSON Schema's `integer`
+/// takes both, and so do clients that only have doubles); `60.5` and negatives are refused.
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let n: Option<serde_json::Number> = Option::deserialize(d)?;
+    let Some(n) = n else { return Ok(None) };
+    if let Some(u) = n.as_u64() {
+        return Ok(Some(u));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => Ok(Some(f as u64)),
+        _ => Err(serde::de::Error::custom(
+            "duration_secs must be a whole number of seconds",
+        )),
+    }
 }

@@ -35,7 +35,12 @@ pub async fn handle(
         match (k.as_str(), v) {
             ("post_id", Value::String(p)) if *p == post_id.as_str() => {}
             ("post_id", _) => return Err(bad("post_id in the body must be the path's post")),
-            ("slow_mode_secs", v) => match v.as_u64() {
+            // A whole number, also written `30.0` (JSON Schema's integer takes both).
+            ("slow_mode_secs", v) => match v.as_u64().or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            }) {
                 Some(n) if n <= u64::from(SLOW_MODE_MAX_SECS) => s.slow_mode_secs = n as u32,
                 _ => {
                     return Err(bad(format!(
