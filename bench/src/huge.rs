@@ -308,7 +308,14 @@ async fn run_probes(
 }
 
 pub async fn reactions(a: ReactionsArgs) -> Result<bool> {
-    let ctx = Ctx::new(a.common.clone()).await?;
+    let mut common = a.common.clone();
+    // A server started here gets the per-user reaction limit (20/s) lifted as well.
+    if common.server_bin.is_some() && !common.server_arg.iter().any(|x| x == "--reaction-limit") {
+        common
+            .server_arg
+            .extend(["--reaction-limit".into(), "1000000000".into()]);
+    }
+    let ctx = Ctx::new(common).await?;
     let res = reactions_inner(&ctx, &a).await;
     ctx.finish().await;
     res
