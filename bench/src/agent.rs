@@ -96,6 +96,9 @@ pub struct AgentReport {
     /// `event: sampling` received.
     #[serde(default)]
     pub sampling_events: u64,
+    /// Events with an `id:` and no data (a sample's position past comments left out).
+    #[serde(default)]
+    pub id_only_events: u64,
 }
 
 /// The six reaction kinds of CONTRACT §11, in the order of `reactions_sum`.
@@ -128,6 +131,7 @@ impl AgentReport {
         self.viewers_events += o.viewers_events;
         self.viewers_last = self.viewers_last.max(o.viewers_last);
         self.sampling_events += o.sampling_events;
+        self.id_only_events += o.id_only_events;
         for (dst, src) in [
             (&mut self.lat_us, &o.lat_us),
             (&mut self.connect_us, &o.connect_us),
@@ -178,6 +182,7 @@ struct Shared {
     viewers_events: u64,
     viewers_last: u64,
     sampling_events: u64,
+    id_only_events: u64,
 }
 
 impl Shared {
@@ -213,6 +218,7 @@ impl Shared {
             viewers_events: 0,
             viewers_last: 0,
             sampling_events: 0,
+            id_only_events: 0,
         }
     }
 
@@ -252,6 +258,7 @@ impl Shared {
             viewers_events: self.viewers_events,
             viewers_last: self.viewers_last,
             sampling_events: self.sampling_events,
+            id_only_events: self.id_only_events,
         }
     }
 }
@@ -725,12 +732,16 @@ impl Viewer {
     }
 
     fn dispatch(&mut self, shared: &Rc<RefCell<Shared>>) {
-        if self.pending.has_id {
+        let had_id = self.pending.has_id;
+        if had_id {
             std::mem::swap(&mut self.last_id, &mut self.pending.id);
             self.pending.has_id = false;
         }
         let kind = std::mem::take(&mut self.pending.kind);
         if !self.pending.data {
+            if had_id {
+                shared.borrow_mut().id_only_events += 1;
+            }
             return;
         }
         self.pending.data = false;
@@ -869,6 +880,7 @@ mod tests {
             assert_eq!(s.wow_lag.max() / 1000, 350, "lag in ms");
             assert_eq!((s.viewers_events, s.viewers_last), (1, 49_999));
             assert_eq!(s.sampling_events, 1);
+            assert_eq!(s.id_only_events, 1);
             assert_eq!(s.foreign, 0, "none of these is a comment");
             assert_eq!(v.last_id, "x.1", "an id-only event moves the resume token");
         }

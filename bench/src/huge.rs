@@ -646,6 +646,10 @@ async fn sampling_run(
         &k("sampling_events"),
         json!(fin.sampling_events - before.sampling_events),
     );
+    o.set(
+        &k("id_only_events"),
+        json!(fin.id_only_events - before.id_only_events),
+    );
     let lat = hist_from_pairs(&fin.lat_us);
     o.set(&k("latency_p50_ms"), q_ms(&lat, 0.5));
     o.set(&k("latency_p99_ms"), q_ms(&lat, 0.99));
