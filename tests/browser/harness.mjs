@@ -248,7 +248,7 @@ export async function waitState(page, states) {
 
 /**
  * Waits until the text of `selector` is `want` (a string, or a RegExp it must match); the wait
- * runs in the page on every DOM change, so a short-lived text is not missed. `timeout` in ms.
+ * runs in the page at every animation frame, so a short-lived text is not missed. `timeout` in ms.
  */
 export async function waitText(page, selector, want, { timeout = TIMEOUT } = {}) {
   const pattern = want instanceof RegExp ? { source: want.source, flags: want.flags } : null;
@@ -258,7 +258,7 @@ export async function waitText(page, selector, want, { timeout = TIMEOUT } = {})
       if (!e) return false;
       const got = e.textContent;
       return pattern ? new RegExp(pattern.source, pattern.flags).test(got) : got === text;
-    }, { selector, text: pattern ? null : want, pattern }, { timeout, polling: 'mutation' });
+    }, { selector, text: pattern ? null : want, pattern }, { timeout, polling: 'raf' });
   } catch (e) {
     const got = await page.$eval(selector, (x) => x.textContent).catch((x) => `(${x.message})`);
     e.message += `\nwaiting for ${selector} to read ${want}; it reads “${got}”`;

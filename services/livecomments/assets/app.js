@@ -42,6 +42,14 @@ import { connect, LivecommentsError } from '/client.js';
   let session = null; // { user, token, expiresAt }: the demo identity of this tab
 
   el.postInput.value = postId;
+  if (rate) {
+    // Opening another post keeps the sampling rate.
+    const keep = document.createElement('input');
+    keep.type = 'hidden';
+    keep.name = 'rate';
+    keep.value = String(rate);
+    el.postInput.form.append(keep);
+  }
   el.postTitle.textContent = postId;
   document.title = `${postId} · livecomments`;
   if (wanted !== postId) notify(`“${wanted}” is not a valid post id; showing “${postId}”.`, true);
