@@ -7,6 +7,7 @@ use crate::comment::Comment;
 use crate::entry::Tombstone;
 use crate::names::{CommentId, PostId, Region};
 use crate::position::Position;
+use crate::reaction::Counts;
 
 /// Largest since-reply page; keeps one NATS message well under the 1 MB default payload limit
 /// (a comment is at most ~10 KB of JSON-equivalent data).
@@ -192,6 +193,80 @@ pub struct SinceReply {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deletions: Vec<Tombstone>,
     /// Set instead of comments when the request was refused or the store failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `comments.viewers.<region>`: each fanout's open streams per post (CONTRACT §11), once
+/// every [`VIEWER_BEAT_MS`]. One message per fanout node per beat (more only past
+/// [`VIEWER_BEAT_MAX_POSTS`] posts), never one per viewer: the cost grows with fanout nodes
+/// and active posts, not with viewers.
+pub fn viewers_subject(region: &str) -> String {
+    format!("comments.viewers.{region}")
+}
+
+/// Every region's viewer counts.
+pub const VIEWERS_SUBJECT_ALL: &str = "comments.viewers.*";
+
+/// How often a fanout reports its counts, and after how long without a report its counts stop
+/// counting (it died or froze): a killed fanout's viewers leave the total within 3–4 s.
+pub const VIEWER_BEAT_MS: u64 = 1_000;
+pub const VIEWER_STALE_MS: u64 = 3_000;
+/// Posts per viewer beat message: 4,000 posts of ~70 bytes stay far below NATS's 1 MB.
+pub const VIEWER_BEAT_MAX_POSTS: usize = 4_000;
+
+/// Payload on `comments.viewers.<region>`: `posts` is `[[post_id, n], ...]`, the streams this
+/// node holds open per post, including once a `0` for a post whose last stream just closed
+/// (so the total drops at the next beat, not when the entry goes stale).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewerBeat {
+    pub region: Region,
+    /// The reporting fanout process, made at its start (any string of 1..=64 characters).
+    pub node: String,
+    pub posts: Vec<(PostId, u32)>,
+}
+
+/// `comments.reactions.<region>`: each ingest node's reaction counts of one wall-clock second,
+/// published when the second is over.
+pub fn reactions_subject(region: &str) -> String {
+    format!("comments.reactions.{region}")
+}
+
+/// Every region's reaction counts.
+pub const REACTIONS_SUBJECT_ALL: &str = "comments.reactions.*";
+
+/// Posts per reaction beat message (a post's entry is ~80 bytes).
+pub const REACTION_BEAT_MAX_POSTS: usize = 4_000;
+
+/// Payload on `comments.reactions.<region>`: the reactions one ingest node accepted in the
+/// second starting at `second` (Unix seconds), per post, as `[[post_id, [like, love, haha,
+/// wow, sad, angry]], ...]`. Posts with none are left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionBeat {
+    pub region: Region,
+    pub node: String,
+    pub second: i64,
+    pub posts: Vec<(PostId, Counts)>,
+}
+
+/// `comments.reaction-totals.<region>`: "the totals of post P in your region", asked by
+/// another region's `GET /posts/<id>/reactions` and answered by that region's readers
+/// (queue group [`SINCE_QUEUE_GROUP`]).
+pub fn reaction_totals_subject(region: &str) -> String {
+    format!("comments.reaction-totals.{region}")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionTotalsRequest {
+    pub post_id: PostId,
+}
+
+/// Reply to a [`ReactionTotalsRequest`]: the answering region's durable totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionTotalsReply {
+    pub region: Region,
+    pub totals: Counts,
+    /// Set (and `totals` zero) when the store could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

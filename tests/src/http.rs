@@ -24,6 +24,19 @@ pub async fn post_comment(base: &str, post_id: &str, token: &str, text: &str) ->
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `POST /reaction?post_id=...` with a token and a raw JSON body (CONTRACT §11).
+pub async fn post_reaction(base: &str, post_id: &str, token: &str, body: Value) -> (u16, Value) {
+    let r = client()
+        .post(format!("{base}/reaction?post_id={post_id}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /reaction");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 /// `DELETE /comment/<id>?post_id=...` with a token.
 pub async fn delete_comment(base: &str, post_id: &str, id: &str, token: &str) -> (u16, Value) {
     let r = client()

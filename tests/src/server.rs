@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::proc::{StartError, await_log, fresh_log, serving_addr};
-use crate::{SECRET, bin, client, delete_comment, get_json, post_comment, token};
+use crate::{SECRET, bin, client, delete_comment, get_json, post_comment, post_reaction, token};
 
 /// `args[LISTEN]` is the value of `--listen`.
 const LISTEN: usize = 2;
@@ -271,6 +271,32 @@ impl Server {
 
     pub async fn post(&self, post_id: &str, user: &str, text: &str) -> (u16, Value) {
         post_comment(&self.base, post_id, &token(user), text).await
+    }
+
+    /// One reaction of `kind` by `user`; the status.
+    pub async fn react(&self, post_id: &str, user: &str, kind: &str) -> u16 {
+        post_reaction(
+            &self.base,
+            post_id,
+            &token(user),
+            serde_json::json!({ "kind": kind }),
+        )
+        .await
+        .0
+    }
+
+    /// `GET /posts/<id>/viewers`' count.
+    pub async fn viewers(&self, post_id: &str) -> u64 {
+        let (status, body) = self.get_json(&format!("/posts/{post_id}/viewers")).await;
+        assert_eq!(status, 200, "{body}");
+        body["viewers"].as_u64().expect("viewers")
+    }
+
+    /// `GET /posts/<id>/reactions`' totals.
+    pub async fn reactions(&self, post_id: &str) -> Value {
+        let (status, body) = self.get_json(&format!("/posts/{post_id}/reactions")).await;
+        assert_eq!(status, 200, "{body}");
+        body["reactions"].clone()
     }
 
     /// Deletes comment `id` of the post with `user`'s token (no moderator claim); the status.

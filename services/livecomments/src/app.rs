@@ -10,11 +10,15 @@ use crate::bus::{Bus, LocalBus, NatsBus};
 use crate::config::{Role, Settings};
 use crate::fanout::{Fanout, FanoutConfig};
 use crate::http::{self, Common, FanoutState, IngestState, ReaderState, RemoteDeletes, Rooms};
+use crate::ingest::reactions::Reactions;
 use crate::ingest::{Pipeline, RateLimiter, SlowMode, UserLimit};
 use crate::moderation::sync::Syncer;
 use crate::moderation::{ModState, Moderator};
+use crate::presence::ViewerCounts;
 use crate::reader::history::{LocalSource, NatsSource};
+use crate::reader::reactions::ReactionTotals;
 use crate::reader::{History, RegionSource};
+use livecomments_shared::Region;
 use livecomments_store::Store;
 use livecomments_store::coalesce::Coalesced;
 use livecomments_store::cql::CqlStore;
@@ -125,6 +129,24 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         });
     }
 
+    // Other regions' reaction totals queries (CONTRACT §11), answered beside since-queries.
+    if let (Some(rpc), Some(store), true) = (
+        &rpc,
+        &store,
+        matches!(role, Role::Standalone | Role::Reader),
+    ) {
+        let (rpc, store, region) = (rpc.clone(), store.clone(), s.region.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::reader::reactions::serve(rpc, region, store).await {
+                tracing::error!(error = %e, "reaction totals responder stopped");
+            }
+        });
+    }
+    // Viewer counts of every fanout (CONTRACT §11): readers answer GET .../viewers with them,
+    // fanouts send `event: viewers`.
+    let viewer_counts = matches!(role, Role::Standalone | Role::Reader | Role::Fanout)
+        .then(|| ViewerCounts::listen(bus.clone(), &Region::trusted(s.region.clone())));
+
     // The writer of this process (ingest roles): comments and deletions.
     let pipeline = match (&store, role) {
         (Some(store), Role::Standalone | Role::Ingest) => Some(Pipeline::start(
@@ -210,7 +232,7 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
                     None => SlowMode::local(),
                 },
                 history: history.clone(),
-                rate: Arc::new(match cql {
+                rate: Arc::new(match cql.clone() {
                     Some(store) => UserLimit::Shared {
                         store,
                         limit: s.limits.rate_limit,
@@ -221,6 +243,22 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
                         Duration::from_secs(s.limits.rate_window_secs),
                     )),
                 }),
+                reactions: Reactions::start(
+                    Region::trusted(s.region.clone()),
+                    store.clone(),
+                    bus.clone(),
+                    match &cql {
+                        Some(store) => UserLimit::Shared {
+                            store: store.clone(),
+                            limit: s.limits.reaction_limit,
+                            window: Duration::from_secs(1),
+                        },
+                        None => UserLimit::Local(RateLimiter::new(
+                            s.limits.reaction_limit,
+                            Duration::from_secs(1),
+                        )),
+                    },
+                ),
                 remote_deletes: rpc.clone().filter(|_| !others.is_empty()).map(|rpc| {
                     RemoteDeletes {
                         rpc,
@@ -231,16 +269,34 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let reader = matches!(role, Role::Standalone | Role::Reader).then(|| {
-        Arc::new(ReaderState {
+    let reader = match (&store, &viewer_counts, role) {
+        (Some(store), Some(viewers), Role::Standalone | Role::Reader) => {
+            let others: Vec<String> = s
+                .regions
+                .iter()
+                .filter(|r| **r != s.region)
+                .cloned()
+                .collect();
+            Some(Arc::new(ReaderState {
+                common: common.clone(),
+                history: history.clone(),
+                viewers: viewers.clone(),
+                reactions: ReactionTotals {
+                    store: store.clone(),
+                    remote: rpc
+                        .clone()
+                        .filter(|_| !others.is_empty())
+                        .map(|rpc| (rpc, others)),
+                    timeout: REMOTE_TIMEOUT,
+                },
+            }))
+        }
+        _ => None,
+    };
+    let fanout = match (&viewer_counts, role) {
+        (Some(counts), Role::Standalone | Role::Fanout) => Some(Arc::new(FanoutState {
             common: common.clone(),
-            history: history.clone(),
-        })
-    });
-    let fanout = matches!(role, Role::Standalone | Role::Fanout).then(|| {
-        Arc::new(FanoutState {
-            common: common.clone(),
-            fanout: Fanout::with_pins(
+            fanout: Fanout::start(
                 bus.clone(),
                 history.clone(),
                 FanoutConfig {
@@ -251,9 +307,20 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
                     replay_max: 10_000,
                 },
                 moderation.clone(),
+                counts.clone(),
             ),
-        })
-    });
+        })),
+        _ => None,
+    };
+    if let Some(f) = &fanout {
+        crate::presence::report(
+            Arc::downgrade(&f.fanout),
+            bus.clone(),
+            Region::trusted(s.region.clone()),
+            &f.fanout.counts,
+        );
+        crate::fanout::reactions::relay(Arc::downgrade(&f.fanout), bus.clone());
+    }
     let rooms = Rooms {
         common,
         ingest,

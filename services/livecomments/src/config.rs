@@ -187,6 +187,10 @@ pub struct LimitArgs {
     #[arg(long, env = "LIVECOMMENTS_RATE_WINDOW_SECS", default_value_t = 10)]
     pub rate_window_secs: u64,
 
+    /// Reactions a user may send per second (CONTRACT §11: 20); benchmarks lift it.
+    #[arg(long, env = "LIVECOMMENTS_REACTION_LIMIT", default_value_t = 20)]
+    pub reaction_limit: u32,
+
     /// Seconds between `: ping` heartbeats on idle streams.
     #[arg(long, env = "LIVECOMMENTS_HEARTBEAT_SECS", default_value_t = 15)]
     pub heartbeat_secs: u64,
@@ -259,8 +263,13 @@ impl Settings {
         if role == Role::Migrate && self.cql.cql_nodes.is_empty() {
             return Err("migrate needs --cql-nodes".into());
         }
-        if self.limits.rate_limit == 0 || self.limits.rate_window_secs == 0 {
-            return Err("--rate-limit and --rate-window-secs must be positive".into());
+        if self.limits.rate_limit == 0
+            || self.limits.rate_window_secs == 0
+            || self.limits.reaction_limit == 0
+        {
+            return Err(
+                "--rate-limit, --rate-window-secs and --reaction-limit must be positive".into(),
+            );
         }
         if self.limits.heartbeat_secs == 0 || self.limits.viewer_buffer == 0 {
             return Err("--heartbeat-secs and --viewer-buffer must be positive".into());

@@ -13,6 +13,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod moderation;
+pub mod presence;
 pub mod reader;
 pub mod server;
 pub mod trace;

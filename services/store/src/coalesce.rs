@@ -258,6 +258,17 @@ impl<S: Store> Store for Coalesced<S> {
     ) -> StoreResult<Vec<livecomments_shared::moderation::Record>> {
         self.inner.moderation_since(after_ms, limit).await
     }
+
+    async fn add_reactions(
+        &self,
+        counts: &[(PostId, livecomments_shared::Counts)],
+    ) -> StoreResult<()> {
+        self.inner.add_reactions(counts).await
+    }
+
+    async fn reactions(&self, post_id: &PostId) -> StoreResult<livecomments_shared::Counts> {
+        self.inner.reactions(post_id).await
+    }
 }
 
 #[cfg(test)]

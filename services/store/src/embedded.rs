@@ -20,13 +20,15 @@
 //! - `moderation_log`: `updated_at_ms (8 bytes BE) key` → the record as written, so "what
 //!   changed since t" is one range scan; entries older than 31 days are dropped on each write
 //!   (a node re-reads the last seconds of it, never more than a day).
+//! - `reactions`: `post_id` → the post's totals, six u64 BE in `ReactionKind::ALL` order
+//!   (CONTRACT §11); a second's counts are added in one transaction.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use livecomments_shared::moderation::Record;
-use livecomments_shared::{Comment, CommentId, PostId, Tombstone, time::now_millis, wire};
+use livecomments_shared::{Comment, CommentId, Counts, PostId, Tombstone, time::now_millis, wire};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{
@@ -38,6 +40,7 @@ const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempot
 const DELETIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("deletions");
 const MODERATION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("moderation");
 const MODERATION_LOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("moderation_log");
+const REACTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reactions");
 /// How long `moderation_log` keeps an entry: readers ask for the last seconds, a fresh node
 /// reads `moderation` instead; 31 days bounds the table by a month of moderation changes.
 const MODERATION_LOG_KEEP_MS: i64 = 31 * 24 * 3600 * 1000;
@@ -102,6 +105,7 @@ impl EmbeddedStore {
             txn.open_table(DELETIONS)?;
             txn.open_table(MODERATION)?;
             txn.open_table(MODERATION_LOG)?;
+            txn.open_table(REACTIONS)?;
             txn.commit()?;
             Ok(())
         };
@@ -178,6 +182,42 @@ fn put_records(db: &Database, records: &[Record]) -> StoreResult<()> {
         let cutoff = log_key(now_millis() - MODERATION_LOG_KEEP_MS, "");
         log.retain_in(..cutoff.as_slice(), |_, _| false)
             .map_err(unavailable)?;
+    }
+    txn.commit().map_err(unavailable)?;
+    Ok(())
+}
+
+fn decode_counts(bytes: &[u8]) -> Counts {
+    let mut c = Counts::default();
+    for (slot, chunk) in c.0.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        *slot = u64::from_be_bytes(b);
+    }
+    c
+}
+
+fn encode_counts(c: &Counts) -> [u8; 48] {
+    let mut out = [0u8; 48];
+    for (chunk, n) in out.chunks_exact_mut(8).zip(c.0) {
+        chunk.copy_from_slice(&n.to_be_bytes());
+    }
+    out
+}
+
+fn add_counts(db: &Database, counts: &[(PostId, Counts)]) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    {
+        let mut t = txn.open_table(REACTIONS).map_err(unavailable)?;
+        for (post, c) in counts {
+            let mut total = match t.get(post.as_bytes()).map_err(unavailable)? {
+                Some(v) => decode_counts(v.value()),
+                None => Counts::default(),
+            };
+            total.merge(c);
+            t.insert(post.as_bytes(), encode_counts(&total).as_slice())
+                .map_err(unavailable)?;
+        }
     }
     txn.commit().map_err(unavailable)?;
     Ok(())
@@ -406,6 +446,23 @@ impl Store for EmbeddedStore {
                 out.push(decode_record(v.value())?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn add_reactions(&self, counts: &[(PostId, Counts)]) -> StoreResult<()> {
+        let counts = counts.to_vec();
+        self.blocking(move |db| add_counts(db, &counts)).await
+    }
+
+    async fn reactions(&self, post_id: &PostId) -> StoreResult<Counts> {
+        let post = post_id.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let t = txn.open_table(REACTIONS).map_err(unavailable)?;
+            Ok(t.get(post.as_bytes())
+                .map_err(unavailable)?
+                .map_or_else(Counts::default, |v| decode_counts(v.value())))
         })
         .await
     }

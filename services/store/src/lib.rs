@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use livecomments_shared::moderation::Record;
-use livecomments_shared::{Comment, CommentId, PostId, Tombstone};
+use livecomments_shared::{Comment, CommentId, Counts, PostId, Tombstone};
 
 /// A comment ready to be written: validated, id and timestamp assigned by the ingest pipeline.
 #[derive(Debug, Clone)]
@@ -269,6 +269,18 @@ pub trait Store: Send + Sync + 'static {
     /// every second to learn what other nodes of its region wrote.
     async fn moderation_since(&self, _after_ms: i64, _limit: usize) -> StoreResult<Vec<Record>> {
         Err(StoreError::failed("this store keeps no moderation records"))
+    }
+
+    /// Adds one second's reaction counts to posts' totals (CONTRACT §11). At most once: a
+    /// failed call is not retried by anyone (the counts of that second are lost, never
+    /// counted twice). Durable when it returns `Ok`.
+    async fn add_reactions(&self, _counts: &[(PostId, Counts)]) -> StoreResult<()> {
+        Err(StoreError::failed("this store keeps no reactions"))
+    }
+
+    /// A post's reaction totals in this region.
+    async fn reactions(&self, _post_id: &PostId) -> StoreResult<Counts> {
+        Err(StoreError::failed("this store keeps no reactions"))
     }
 }
 

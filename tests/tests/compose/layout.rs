@@ -143,6 +143,11 @@ pub(crate) fn check_proxy(c: &Value, proxy: &str, conf: &str) -> Findings {
         ("/comment/01JDQ7Z8XK3M4N5P6Q7R8S9T0V", "ingest"),
         ("/comments", "reader"),
         ("/comments/stream", "fanout"),
+        ("/posts/match-42/settings", "ingest"),
+        ("/posts/match-42/viewers", "reader"),
+        ("/posts/match-42/reactions", "reader"),
+        ("/reaction", "ingest"),
+        ("/moderation/bans", "ingest"),
     ] {
         let loc = location(server, path);
         let body = loc.block.as_deref().unwrap_or(&[]);

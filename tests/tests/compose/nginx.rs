@@ -74,27 +74,48 @@ pub(crate) fn nginx_conf(text: &str) -> Vec<Directive> {
     block(&toks, &mut i)
 }
 
-/// The location nginx picks for `path`: exact match, else the longest prefix (regex locations
-/// are not used here and are refused, so the answer is certain).
+/// The location nginx picks for `path`, by nginx's rules: an exact match; else the longest
+/// prefix, unless it is a plain prefix (no `^~`) and a regex location matches (the first one
+/// in the file, `~` case-sensitive, `~*` not).
 pub(crate) fn location<'a>(server: &'a [Directive], path: &str) -> &'a Directive {
     let locs: Vec<&Directive> = server.iter().filter(|d| d.name == "location").collect();
-    for l in &locs {
-        assert!(
-            !l.args.iter().any(|a| a == "~" || a == "~*"),
-            "regex locations are not checked: use exact or prefix locations"
-        );
-        if l.args.len() == 2 && l.args[0] == "=" && l.args[1] == path {
-            return l;
-        }
+    if let Some(exact) = locs
+        .iter()
+        .find(|l| l.args.len() == 2 && l.args[0] == "=" && l.args[1] == path)
+    {
+        return exact;
     }
-    locs.into_iter()
+    let is_regex = |l: &Directive| l.args.first().is_some_and(|a| a == "~" || a == "~*");
+    let prefix = locs
+        .iter()
         .filter(|l| {
             l.args
                 .first()
                 .is_some_and(|a| a != "=" && !a.starts_with('@'))
+                && !is_regex(l)
         })
         .filter(|l| path.starts_with(l.args.last().unwrap().as_str()))
-        .max_by_key(|l| l.args.last().unwrap().len())
+        .max_by_key(|l| l.args.last().unwrap().len());
+    if let Some(p) = prefix
+        && p.args[0] == "^~"
+    {
+        return p;
+    }
+    let regex = locs.iter().find(|l| {
+        is_regex(l) && {
+            let pattern = if l.args[0] == "~*" {
+                format!("(?i){}", l.args[1])
+            } else {
+                l.args[1].clone()
+            };
+            regex::Regex::new(&pattern)
+                .unwrap_or_else(|e| panic!("location {pattern}: {e}"))
+                .is_match(path)
+        }
+    });
+    regex
+        .or(prefix)
+        .copied()
         .unwrap_or_else(|| panic!("no location matches {path}"))
 }
 

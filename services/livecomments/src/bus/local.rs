@@ -5,25 +5,36 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use livecomments_shared::wire::{LiveEvent, WriterBeat};
+use livecomments_shared::wire::{LiveEvent, ReactionBeat, ViewerBeat, WriterBeat};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::{Bus, BusError, Delivery, LostWriter, Subscription};
+use super::{Beats, Bus, BusError, Delivery, LostWriter, Subscription};
 use crate::metrics::METRICS;
 use crate::trace::RequestId;
 
 /// Events buffered per post for its subscribers. A subscriber further behind loses events
 /// (counted in `livecomments_bus_dropped_total`); its viewers repair from the store.
 const CHANNEL_CAPACITY: usize = 4096;
+/// Beats buffered for their listeners: one process sends a few a second.
+const BEATS_CAPACITY: usize = 64;
 
-#[derive(Default)]
 pub struct LocalBus {
     posts: Mutex<HashMap<String, broadcast::Sender<Arc<Delivery>>>>,
     reconnects: Option<tokio::sync::watch::Sender<u64>>,
     /// Never sent on: kept so receivers stay open.
     lost: Option<broadcast::Sender<LostWriter>>,
+    /// The one process's own beats, looped back: the same code counts viewers and
+    /// reactions in standalone as over NATS.
+    viewers: broadcast::Sender<ViewerBeat>,
+    reactions: broadcast::Sender<ReactionBeat>,
+}
+
+impl Default for LocalBus {
+    fn default() -> Self {
+        LocalBus::new()
+    }
 }
 
 impl LocalBus {
@@ -32,6 +43,8 @@ impl LocalBus {
             posts: Mutex::default(),
             reconnects: Some(tokio::sync::watch::channel(0).0),
             lost: Some(broadcast::channel(1).0),
+            viewers: broadcast::channel(BEATS_CAPACITY).0,
+            reactions: broadcast::channel(BEATS_CAPACITY).0,
         }
     }
 }
@@ -105,4 +118,28 @@ impl Bus for LocalBus {
             None => broadcast::channel(1).1,
         }
     }
+
+    async fn publish_viewers(&self, beat: &ViewerBeat) -> Result<(), BusError> {
+        let _ = self.viewers.send(beat.clone());
+        Ok(())
+    }
+
+    async fn subscribe_viewers(&self) -> Result<Beats<ViewerBeat>, BusError> {
+        Ok(beats(self.viewers.subscribe()))
+    }
+
+    async fn publish_reactions(&self, beat: &ReactionBeat) -> Result<(), BusError> {
+        let _ = self.reactions.send(beat.clone());
+        Ok(())
+    }
+
+    async fn subscribe_reactions(&self) -> Result<Beats<ReactionBeat>, BusError> {
+        Ok(beats(self.reactions.subscribe()))
+    }
+}
+
+fn beats<T: Clone + Send + 'static>(rx: broadcast::Receiver<T>) -> Beats<T> {
+    BroadcastStream::new(rx)
+        .filter_map(|item| async move { item.ok() })
+        .boxed()
 }

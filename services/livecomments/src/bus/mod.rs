@@ -13,7 +13,7 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use futures::Stream;
 use livecomments_shared::moderation::ModChange;
-use livecomments_shared::wire::{LiveEvent, WriterBeat};
+use livecomments_shared::wire::{LiveEvent, ReactionBeat, ViewerBeat, WriterBeat};
 
 use crate::trace::RequestId;
 
@@ -26,6 +26,10 @@ pub type Subscription = Pin<Box<dyn Stream<Item = Delivery> + Send>>;
 
 /// Moderation changes of every region (`comments.moderation.*`), decoded and validated.
 pub type ModSubscription = Pin<Box<dyn Stream<Item = ModChange> + Send>>;
+
+/// Counts that every node of every region reports each second (viewers, reactions),
+/// decoded and checked. Dropping it unsubscribes.
+pub type Beats<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
 
 /// A live event as it came off the bus, with the id of the request that caused it (from the
 /// message's `trace::BUS_HEADER`; the payload is the same MessagePack with or without it).
@@ -96,4 +100,18 @@ pub trait Bus: Send + Sync + 'static {
     async fn subscribe_moderation(&self) -> Result<ModSubscription, BusError> {
         Ok(Box::pin(futures::stream::pending()))
     }
+
+    /// Publishes a fanout's viewer counts on `comments.viewers.<region>` (CONTRACT §11).
+    async fn publish_viewers(&self, beat: &ViewerBeat) -> Result<(), BusError>;
+
+    /// Every region's viewer counts, each beat checked (`wire::ViewerBeat`; its region the
+    /// one of its subject).
+    async fn subscribe_viewers(&self) -> Result<Beats<ViewerBeat>, BusError>;
+
+    /// Publishes an ingest node's reaction counts of one second on
+    /// `comments.reactions.<region>`.
+    async fn publish_reactions(&self, beat: &ReactionBeat) -> Result<(), BusError>;
+
+    /// Every region's reaction counts, checked like viewer beats.
+    async fn subscribe_reactions(&self) -> Result<Beats<ReactionBeat>, BusError>;
 }

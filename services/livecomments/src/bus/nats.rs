@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use livecomments_shared::moderation::{self, ModChange};
-use livecomments_shared::wire::{self, LiveEvent, WriterBeat};
+use livecomments_shared::validate;
+use livecomments_shared::wire::{self, LiveEvent, ReactionBeat, ViewerBeat, WriterBeat};
 use tokio::sync::broadcast;
 
-use super::{Bus, BusError, Delivery, LostWriter, ModSubscription, Subscription};
+use super::{Beats, Bus, BusError, Delivery, LostWriter, ModSubscription, Subscription};
 use crate::metrics::METRICS;
 use crate::trace::{self, RequestId};
 
@@ -319,12 +320,96 @@ impl Bus for NatsBus {
             .boxed())
     }
 
+    async fn publish_viewers(&self, beat: &ViewerBeat) -> Result<(), BusError> {
+        self.publish_plain(wire::viewers_subject(&beat.region), beat)
+            .await
+    }
+
+    async fn subscribe_viewers(&self) -> Result<Beats<ViewerBeat>, BusError> {
+        self.subscribe_checked(wire::VIEWERS_SUBJECT_ALL, |b: &ViewerBeat, region| {
+            b.region.as_str() == region
+                && node_is_sane(&b.node)
+                && b.posts.len() <= wire::VIEWER_BEAT_MAX_POSTS
+                && b.posts.iter().all(|(p, _)| validate::post_id(p).is_ok())
+        })
+        .await
+    }
+
+    async fn publish_reactions(&self, beat: &ReactionBeat) -> Result<(), BusError> {
+        self.publish_plain(wire::reactions_subject(&beat.region), beat)
+            .await
+    }
+
+    async fn subscribe_reactions(&self) -> Result<Beats<ReactionBeat>, BusError> {
+        self.subscribe_checked(wire::REACTIONS_SUBJECT_ALL, |b: &ReactionBeat, region| {
+            b.region.as_str() == region
+                && node_is_sane(&b.node)
+                && b.posts.len() <= wire::REACTION_BEAT_MAX_POSTS
+                && b.posts.iter().all(|(p, _)| validate::post_id(p).is_ok())
+        })
+        .await
+    }
+
     fn heard_writer(&self, region: &str, writer: &str) {
         // Bounded: when the monitor is behind, the writer's own announcements still count.
         let _ = self
             .monitor()
             .try_send((region.to_string(), writer.to_string()));
     }
+}
+
+impl NatsBus {
+    /// Publishes `msg` (MessagePack) on `subject` with no headers, within `PUBLISH_TIMEOUT`.
+    async fn publish_plain<T: serde::Serialize>(
+        &self,
+        subject: String,
+        msg: &T,
+    ) -> Result<(), BusError> {
+        let bytes = wire::encode(msg).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        match tokio::time::timeout(PUBLISH_TIMEOUT, self.client.publish(subject, bytes.into()))
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+            Err(_) => Err(BusError::Unavailable("publish timed out".into())),
+        }
+    }
+
+    /// Subscribes to `subject` (`comments.<kind>.*`): what decodes and passes `sane` (given
+    /// the region of the message's subject) comes through; the rest is dropped and counted.
+    async fn subscribe_checked<T, F>(
+        &self,
+        subject: &'static str,
+        sane: F,
+    ) -> Result<Beats<T>, BusError>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+        F: Fn(&T, &str) -> bool + Send + Sync + 'static,
+    {
+        let sub = self
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        Ok(sub
+            .filter_map(move |msg| {
+                let region = msg.subject.split('.').nth(2).unwrap_or("");
+                let beat = match wire::decode::<T>(&msg.payload) {
+                    Ok(b) if sane(&b, region) => Some(b),
+                    _ => {
+                        METRICS.bus_decode_errors.inc();
+                        None
+                    }
+                };
+                async move { beat }
+            })
+            .boxed())
+    }
+}
+
+/// A node name in a beat: 1..=64 visible ASCII characters.
+fn node_is_sane(node: &str) -> bool {
+    (1..=64).contains(&node.len()) && node.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// The NATS headers carrying `id`.

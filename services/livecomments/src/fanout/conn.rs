@@ -25,6 +25,8 @@ use crate::metrics::METRICS;
 
 pub struct Conn {
     state: Mutex<ConnState>,
+    /// What the stream asked for (`rate`, `viewers`): which frames the hub offers it.
+    pub(super) opts: super::StreamOptions,
     /// Wakes the viewer's task: bytes or frames are waiting, or the connection ended.
     pub(super) wake: Notify,
 }
@@ -54,8 +56,9 @@ pub(super) struct ConnState {
 }
 
 impl Conn {
-    pub fn new(socket: Option<Arc<TcpStream>>) -> Conn {
+    pub fn new(socket: Option<Arc<TcpStream>>, opts: super::StreamOptions) -> Conn {
         Conn {
+            opts,
             state: Mutex::new(ConnState {
                 socket,
                 pos: Arc::default(),

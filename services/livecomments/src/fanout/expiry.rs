@@ -137,12 +137,14 @@ mod tests {
     async fn entries_of_viewers_gone_are_compacted_away() {
         let e = Arc::new(Expiries::default());
         let far = 4_000_000_000;
-        let kept: Vec<_> = (0..10).map(|_| Arc::new(Conn::new(None))).collect();
+        let kept: Vec<_> = (0..10)
+            .map(|_| Arc::new(Conn::new(None, Default::default())))
+            .collect();
         for c in &kept {
             e.watch(c, far);
         }
         for _ in 0..10 * COMPACT_SLACK {
-            let gone = Arc::new(Conn::new(None));
+            let gone = Arc::new(Conn::new(None, Default::default()));
             e.watch(&gone, far);
             // Live at a compaction: the 10 kept and the one being registered.
             assert!(e.len() <= 2 * 11 + COMPACT_SLACK, "{}", e.len());
@@ -153,8 +155,8 @@ mod tests {
     async fn a_stream_past_its_exp_is_finished_with_reconnect() {
         let e = Arc::new(Expiries::default());
         let now = livecomments_shared::time::now_millis() as u64 / 1000;
-        let expired = Arc::new(Conn::new(None));
-        let later = Arc::new(Conn::new(None));
+        let expired = Arc::new(Conn::new(None, Default::default()));
+        let later = Arc::new(Conn::new(None, Default::default()));
         // Live viewers (not replaying): what the hub writes goes straight to them.
         expired.lock().queue = None;
         later.lock().queue = None;

@@ -29,6 +29,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::Fanout;
 use super::conn::{Conn, End};
+use super::sample::{Rate, Sampler};
 use super::sse::Frame;
 use crate::bus::{Delivery, LostWriter, Subscription};
 use crate::metrics::METRICS;
@@ -69,7 +70,24 @@ pub struct Hub {
     /// Wakes the hub's task to look at `later` now (a viewer's replay found comments the hub
     /// does not have).
     nudge: tokio::sync::Notify,
+    /// Rate sampling (CONTRACT §11): one sampler per rate its viewers asked for.
+    samples: Mutex<Samples>,
 }
+
+#[derive(Default)]
+struct Samples {
+    samplers: HashMap<Rate, Sampler>,
+    /// This turn's frame as each rate sees it (`None`: nothing left out), decided once per
+    /// rate and turn by the first viewer of that rate the walk meets.
+    this_turn: HashMap<Rate, Option<Arc<Frame>>>,
+}
+
+/// A sample's `id:`-only line (the resume token past comments left out) goes out at most
+/// this often per rate: one per frame would cost a write per frame per viewer, which is what
+/// sampling saves. A client that drops in between resumes at most this much earlier.
+const SAMPLE_POSITION_EVERY: Duration = Duration::from_millis(100);
+/// `event: viewers` at most this often (CONTRACT §11).
+const VIEWERS_EVERY: Duration = Duration::from_secs(2);
 
 struct State {
     /// Viewers joined since the last walk: they get every frame written from then on.
@@ -104,6 +122,7 @@ impl Hub {
             outbox: Mutex::default(),
             ready: watch::channel(false).0,
             nudge: tokio::sync::Notify::new(),
+            samples: Mutex::default(),
         });
         let task = tokio::spawn(hub.clone().run());
         hub.state.lock().task = Some(task.abort_handle());
@@ -116,6 +135,11 @@ impl Hub {
 
     pub(super) fn fanout(&self) -> &Arc<Fanout> {
         &self.fanout
+    }
+
+    /// Viewers joined and not yet gone.
+    pub fn viewers(&self) -> usize {
+        self.state.lock().viewers
     }
 
     pub fn is_closed(&self) -> bool {
@@ -198,6 +222,9 @@ impl Hub {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reconnects = fanout.bus.reconnects();
         reconnects.mark_unchanged();
+        let mut viewers_tick = tokio::time::interval(VIEWERS_EVERY);
+        viewers_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut viewers_sent: Option<u64> = None;
         let mut lost = fanout.bus.lost_writers();
         let mut lost_open = true;
         let mut closing = fanout.closing.subscribe();
@@ -214,7 +241,13 @@ impl Hub {
                     }
                 }
                 _ = heartbeat.tick() => self.broadcast(Arc::new(Frame::ping())),
-                _ = retry.tick(), if self.has_work_later() => self.retry_later().await,
+                _ = viewers_tick.tick() => self.send_viewer_count(&mut viewers_sent),
+                _ = retry.tick() => {
+                    self.report_sampling();
+                    if self.has_work_later() {
+                        self.retry_later().await;
+                    }
+                }
                 _ = self.nudge.notified() => self.retry_later().await,
                 _ = sweep.tick() => self.sweep_all().await,
                 Ok(()) = reconnects.changed() => self.sweep_all().await,
@@ -580,21 +613,10 @@ impl Hub {
             return;
         }
         let frame = Frame::batch(frames);
+        self.samples.lock().this_turn.clear();
         // Joiners are taken only now: one that joined after a frame was dispatched already
         // has it in its position (or its replay), and the render skips it.
-        let joining = std::mem::take(&mut self.state.lock().joining);
-        let mut total = 0;
-        {
-            let mut shards: Vec<_> = self.shards.iter().map(|s| s.lock()).collect();
-            for conn in joining {
-                if let Some(smallest) = shards.iter_mut().min_by_key(|s| s.len()) {
-                    smallest.push(conn);
-                }
-            }
-            for s in &shards {
-                total += s.len();
-            }
-        }
+        let total = self.take_joiners();
         let delivered = if total < PARALLEL_WALK_MIN {
             let mut n = 0;
             for i in 0..self.shards.len() {
@@ -650,7 +672,11 @@ impl Hub {
         while at < walk.len() {
             let end = (at + WALK_SLICE).min(walk.len());
             for i in at..end {
-                if walk[i].offer(frame, max) {
+                let taken = match walk[i].opts.rate {
+                    None => walk[i].offer(frame, max),
+                    Some(rate) => walk[i].offer(&self.sample(rate, frame), max),
+                };
+                if taken {
                     walk.swap(kept, i);
                     kept += 1;
                 }
@@ -663,6 +689,109 @@ impl Hub {
         walk.truncate(kept);
         *self.shards[shard].lock() = walk;
         kept
+    }
+}
+
+impl Hub {
+    /// `frame` as viewers at `rate` get it: decided once per rate and turn.
+    fn sample(&self, rate: Rate, frame: &Arc<Frame>) -> Arc<Frame> {
+        let mut samples = self.samples.lock();
+        let Samples {
+            samplers,
+            this_turn,
+        } = &mut *samples;
+        let decided = this_turn.entry(rate).or_insert_with(|| {
+            let now = Instant::now();
+            let sampler = samplers
+                .entry(rate)
+                .or_insert_with(|| Sampler::new(rate, now));
+            let mark = sampler
+                .position_sent
+                .is_none_or(|at| now.duration_since(at) >= SAMPLE_POSITION_EVERY);
+            let sampled = frame.sampled(|c| sampler.admit(&c.user_id, now), mark);
+            match &sampled {
+                Some(f) => {
+                    if f.marked {
+                        sampler.position_sent = Some(now);
+                    }
+                    sampler.unmarked = f.unmarked();
+                }
+                // Nothing left out: its last event's `id:` is the position.
+                None if frame.span.is_some() => sampler.unmarked = false,
+                None => {}
+            }
+            sampled
+        });
+        decided.clone().unwrap_or_else(|| frame.clone())
+    }
+
+    /// Once a second: `event: sampling` to the viewers of each rate that left comments out
+    /// in the last second, and the hub's position to those whose resume token lags behind
+    /// comments left out (so a resume never replays them); samplers idle for a minute are
+    /// forgotten.
+    fn report_sampling(&self) {
+        let now = Instant::now();
+        let pos = self.state.lock().pos.clone();
+        let reports: Vec<(Rate, Arc<Frame>)> = {
+            let mut samples = self.samples.lock();
+            samples.samplers.retain(|_, s| !s.idle(now));
+            let mut out = Vec::new();
+            for (rate, s) in samples.samplers.iter_mut() {
+                if let Some((shown, total)) = s.skipping(now) {
+                    out.push((*rate, Arc::new(Frame::sampling(rate.get(), shown, total))));
+                }
+                if std::mem::take(&mut s.unmarked) {
+                    s.position_sent = Some(now);
+                    out.push((*rate, Arc::new(Frame::position(pos.clone()))));
+                }
+            }
+            out
+        };
+        for (rate, frame) in reports {
+            self.offer_where(&frame, |c| c.opts.rate == Some(rate));
+        }
+    }
+
+    /// Every 2 s at most: `event: viewers` to the viewers that asked (`viewers=1`) when the
+    /// post's count over every fanout changed.
+    fn send_viewer_count(&self, sent: &mut Option<u64>) {
+        let n = self
+            .fanout
+            .counts
+            .viewers_with_own(&self.post_id, self.viewers());
+        if *sent == Some(n) {
+            return;
+        }
+        if self.offer_where(&Arc::new(Frame::viewers(n)), |c| c.opts.viewers) > 0 {
+            *sent = Some(n);
+        }
+    }
+
+    /// Moves the viewers joined since the last walk into the shards (the smallest first);
+    /// returns how many viewers the shards hold.
+    fn take_joiners(&self) -> usize {
+        let joining = std::mem::take(&mut self.state.lock().joining);
+        let mut shards: Vec<_> = self.shards.iter().map(|s| s.lock()).collect();
+        for conn in joining {
+            if let Some(smallest) = shards.iter_mut().min_by_key(|s| s.len()) {
+                smallest.push(conn);
+            }
+        }
+        shards.iter().map(|s| s.len()).sum()
+    }
+
+    /// Offers a frame of no position (a count, a note) to the viewers `to` picks, on the
+    /// hub's task between turns; returns how many took it.
+    fn offer_where(&self, frame: &Arc<Frame>, to: impl Fn(&Conn) -> bool) -> usize {
+        self.take_joiners();
+        let max = self.fanout.cfg.viewer_buffer;
+        let mut n = 0;
+        for shard in &self.shards {
+            for conn in shard.lock().iter().filter(|c| to(c)) {
+                n += usize::from(conn.offer(frame, max));
+            }
+        }
+        n
     }
 }
 

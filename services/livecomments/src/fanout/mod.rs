@@ -14,6 +14,8 @@
 pub mod conn;
 pub mod expiry;
 pub mod hub;
+pub mod reactions;
+pub mod sample;
 pub mod sse;
 pub mod viewer;
 
@@ -24,11 +26,11 @@ use std::time::Duration;
 
 use livecomments_shared::Comment;
 use parking_lot::Mutex;
-use std::sync::OnceLock;
 
 use crate::bus::Bus;
 use crate::metrics::METRICS;
 use crate::moderation::ModState;
+use crate::presence::ViewerCounts;
 use crate::reader::History;
 use hub::Hub;
 
@@ -54,8 +56,19 @@ pub struct Fanout {
     /// Streams to close when their token expires (`--read-requires-token`).
     pub(crate) expiries: Arc<expiry::Expiries>,
     /// Post settings as this process knows them (CONTRACT §9: the pinned comment), learned
-    /// over the bus; unset in fanouts made without them (tools, tests).
-    pins: OnceLock<Arc<ModState>>,
+    /// over the bus.
+    pins: Arc<ModState>,
+    /// Every fanout's viewer counts (CONTRACT §11), for `event: viewers`.
+    pub(crate) counts: Arc<ViewerCounts>,
+}
+
+/// What a stream asked for beside its post (CONTRACT §11).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// `rate=R`: at most R comments a second ([`sample`]).
+    pub rate: Option<sample::Rate>,
+    /// `viewers=1`: `event: viewers` when the post's count changes.
+    pub viewers: bool,
 }
 
 /// Why a stream was refused.
@@ -88,8 +101,18 @@ impl Drop for Slot {
 }
 
 impl Fanout {
-    pub fn new(bus: Arc<dyn Bus>, history: Arc<History>, cfg: FanoutConfig) -> Arc<Self> {
-        Arc::new(Fanout {
+    /// A fanout that sends each post's pinned comment (from `pins`) first on every stream,
+    /// and `event: pin` / `event: unpin` to the post's streams when it changes; viewer counts
+    /// come from `counts`.
+    pub fn start(
+        bus: Arc<dyn Bus>,
+        history: Arc<History>,
+        cfg: FanoutConfig,
+        pins: Arc<ModState>,
+        counts: Arc<ViewerCounts>,
+    ) -> Arc<Self> {
+        let mut changes = pins.pin_changes();
+        let fanout = Arc::new(Fanout {
             bus,
             history,
             cfg,
@@ -98,21 +121,9 @@ impl Fanout {
             total: Default::default(),
             closing: tokio::sync::watch::channel(false).0,
             expiries: Arc::default(),
-            pins: OnceLock::new(),
-        })
-    }
-
-    /// A fanout that sends each post's pinned comment (from `pins`) first on every stream,
-    /// and `event: pin` / `event: unpin` to the post's streams when it changes.
-    pub fn with_pins(
-        bus: Arc<dyn Bus>,
-        history: Arc<History>,
-        cfg: FanoutConfig,
-        pins: Arc<ModState>,
-    ) -> Arc<Self> {
-        let fanout = Fanout::new(bus, history, cfg);
-        let mut changes = pins.pin_changes();
-        let _ = fanout.pins.set(pins);
+            pins,
+            counts,
+        });
         let weak = Arc::downgrade(&fanout);
         tokio::spawn(async move {
             loop {
@@ -137,7 +148,7 @@ impl Fanout {
 
     /// The post's pinned comment, if any.
     pub(crate) fn pinned(&self, post_id: &str) -> Option<Comment> {
-        self.pins.get()?.settings(&post_id.into()).pinned
+        self.pins.settings(&post_id.into()).pinned
     }
 
     fn pin_changed(&self, post_id: &str, pinned: Option<&Comment>) {
@@ -207,6 +218,22 @@ impl Fanout {
     /// Streams open on this process right now.
     pub fn open_streams(&self) -> usize {
         self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The hub of `post_id` if this process has one.
+    pub(crate) fn hub_of(&self, post_id: &str) -> Option<Arc<Hub>> {
+        self.hubs.lock().get(post_id).cloned()
+    }
+
+    /// Open streams per post on this process (posts with at least one).
+    pub fn viewer_counts(&self) -> Vec<(livecomments_shared::PostId, u32)> {
+        let hubs: Vec<Arc<Hub>> = self.hubs.lock().values().cloned().collect();
+        hubs.iter()
+            .filter_map(|h| {
+                let n = h.viewers();
+                (n > 0).then(|| (livecomments_shared::PostId::trusted(h.post_id()), n as u32))
+            })
+            .collect()
     }
 
     pub fn active_posts(&self) -> usize {

@@ -4,7 +4,7 @@
 //! browser receives is a change to this file only.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use livecomments_shared::{Comment, Entry, Position, wire::Deletion};
+use livecomments_shared::{Comment, Counts, Entry, Position, wire::Deletion};
 use std::sync::Arc;
 
 /// What a viewer writes for one hub dispatch: a single event, or several that arrived
@@ -19,6 +19,12 @@ pub struct Frame {
     pub comment: Option<CommentRef>,
     /// For a batch: the frames whose bytes `bytes` concatenates (empty otherwise).
     pub parts: Vec<Arc<Frame>>,
+    /// For a sample ([`Frame::sampled`]): which of `parts` it leaves out (empty otherwise).
+    /// A left-out part still moves the viewer's position.
+    pub skipped: Vec<bool>,
+    /// A sample that ends with an `id:`-only line (its last comments were left out): a
+    /// viewer out of step ends with its own.
+    pub marked: bool,
 }
 
 pub struct Span {
@@ -38,6 +44,8 @@ pub struct CommentRef {
     pub is_comment: bool,
     /// A deletion's comment (of the same region).
     pub deletes: Option<String>,
+    /// A comment's author (what sampling spreads over); empty for a deletion.
+    pub user_id: String,
 }
 
 impl Frame {
@@ -47,6 +55,8 @@ impl Frame {
             span: None,
             comment: None,
             parts: Vec::new(),
+            skipped: Vec::new(),
+            marked: false,
         }
     }
 
@@ -70,8 +80,14 @@ impl Frame {
                     Entry::Comment(_) => None,
                     Entry::Deleted(t) => Some(t.comment_id.to_string()),
                 },
+                user_id: match e {
+                    Entry::Comment(c) => c.user_id.clone(),
+                    Entry::Deleted(_) => String::new(),
+                },
             }),
             parts: Vec::new(),
+            skipped: Vec::new(),
+            marked: false,
         }
     }
 
@@ -95,12 +111,114 @@ impl Frame {
             span,
             comment: None,
             parts,
+            skipped: Vec::new(),
+            marked: false,
         })
     }
 
-    /// Events in this frame (for the delivery counter).
+    /// The events of this frame, one frame each (a single frame is its own only part).
+    pub fn each(self: &Arc<Self>) -> &[Arc<Frame>] {
+        if self.parts.is_empty() {
+            std::slice::from_ref(self)
+        } else {
+            &self.parts
+        }
+    }
+
+    /// This frame without the parts `keep` refuses (CONTRACT §11's sample: only comments
+    /// are ever refused). A viewer in step writes the kept parts' bytes and ends where the
+    /// whole frame ends; with `mark_position`, an `id:`-only line after the last kept part
+    /// carries that end to the client when the frame's last comments were left out (so its
+    /// resume token covers what it was not shown). `None` when nothing is left out.
+    pub fn sampled(
+        self: &Arc<Self>,
+        mut keep: impl FnMut(&CommentRef) -> bool,
+        mark_position: bool,
+    ) -> Option<Arc<Frame>> {
+        let parts = self.each();
+        let skipped: Vec<bool> = parts
+            .iter()
+            .map(|p| p.comment.as_ref().is_some_and(|c| c.is_comment && !keep(c)))
+            .collect();
+        if !skipped.contains(&true) {
+            return None;
+        }
+        let mut b = BytesMut::new();
+        for (p, skip) in parts.iter().zip(&skipped) {
+            if !skip {
+                b.put_slice(&p.bytes);
+            }
+        }
+        let ends_skipped = ends_skipped(parts, &skipped);
+        let marked = mark_position && ends_skipped;
+        if let (true, Some(span)) = (marked, &self.span) {
+            b.put_slice(&position_only(&span.after));
+        }
+        Some(Arc::new(Frame {
+            bytes: b.freeze(),
+            span: self.span.as_ref().map(|s| Span {
+                before: s.before.clone(),
+                after: s.after.clone(),
+            }),
+            comment: None,
+            parts: parts.to_vec(),
+            skipped,
+            marked,
+        }))
+    }
+
+    /// A sample whose last comments were left out and that carries no `id:`-only line for
+    /// them: its viewers' resume tokens lag until one follows ([`Frame::position`]).
+    pub fn unmarked(&self) -> bool {
+        !self.marked && ends_skipped(&self.parts, &self.skipped)
+    }
+
+    /// An `id:`-only line with the hub's position `pos`, for viewers in step with it (a
+    /// viewer out of step gets nothing: its next comment carries its own).
+    pub fn position(pos: Arc<Position>) -> Frame {
+        Frame {
+            bytes: position_only(&pos),
+            span: Some(Span {
+                before: pos.clone(),
+                after: pos,
+            }),
+            comment: None,
+            parts: Vec::new(),
+            skipped: Vec::new(),
+            marked: false,
+        }
+    }
+
+    /// Events in this frame (for the delivery counter): a sample counts what it kept.
     pub fn events(&self) -> usize {
-        self.parts.len().max(1)
+        if self.skipped.is_empty() {
+            self.parts.len().max(1)
+        } else {
+            self.skipped.iter().filter(|s| !**s).count()
+        }
+    }
+
+    /// `event: viewers` (CONTRACT §11): the post's open streams over every fanout.
+    pub fn viewers(n: u64) -> Frame {
+        Frame::plain(Bytes::from(format!(
+            "event: viewers\ndata: {{\"viewers\":{n}}}\n\n"
+        )))
+    }
+
+    /// `event: reactions` with every kind's count since the previous one.
+    pub fn reactions(counts: &Counts) -> Frame {
+        Frame::plain(Bytes::from(format!(
+            "event: reactions\ndata: {}\n\n",
+            counts.to_json()
+        )))
+    }
+
+    /// `event: sampling`: a `rate=R` stream was shown `shown` of the `total` comments of the
+    /// last second (what the demo page's "showing N of M comments per second" says).
+    pub fn sampling(rate: u16, shown: u32, total: u32) -> Frame {
+        Frame::plain(Bytes::from(format!(
+            "event: sampling\ndata: {{\"rate\":{rate},\"shown\":{shown},\"total\":{total}}}\n\n"
+        )))
     }
 
     /// A deletion from a publisher that gives it no id (older than tombstones): passed on
@@ -137,14 +255,25 @@ impl Frame {
         };
         if Arc::ptr_eq(pos, &span.before) {
             *pos = span.after.clone();
-            return Some(self.bytes.clone());
+            return (!self.bytes.is_empty()).then(|| self.bytes.clone());
         }
         if !self.parts.is_empty() {
             let mut out = BytesMut::new();
-            for p in &self.parts {
+            let mut unmarked = false;
+            for (i, p) in self.parts.iter().enumerate() {
+                let skip = self.skipped.get(i).copied().unwrap_or(false);
                 if let Some(b) = p.render(pos) {
-                    out.put_slice(&b);
+                    if skip {
+                        // Left out by the sample: the position moves, nothing is written.
+                        unmarked = true;
+                    } else {
+                        out.put_slice(&b);
+                        unmarked = false;
+                    }
                 }
+            }
+            if unmarked && self.marked {
+                out.put_slice(&position_only(pos));
             }
             return (!out.is_empty()).then(|| out.freeze());
         }
@@ -174,6 +303,16 @@ impl Frame {
         }
         Some(with_id_line(pos, &self.bytes[c.body_at..]).0)
     }
+}
+
+/// True when the last part that moves a position is one `skipped` leaves out.
+fn ends_skipped(parts: &[Arc<Frame>], skipped: &[bool]) -> bool {
+    parts
+        .iter()
+        .zip(skipped)
+        .rev()
+        .find(|(p, _)| p.span.is_some())
+        .is_some_and(|(_, skip)| *skip)
 }
 
 /// `event: comment` or `event: delete` with its `data:`, without the `id:` line.
@@ -257,6 +396,7 @@ pub fn truncated() -> Bytes {
 /// An `id:` with no data: sets the browser's Last-Event-ID without firing an event, so a
 /// stream that drops before its first comment still resumes from here.
 pub fn position_only(pos: &Position) -> Bytes {
+    // (Also what a sample ends with when its last comments were left out.)
     Bytes::from(format!("id: {pos}\n\n"))
 }
 

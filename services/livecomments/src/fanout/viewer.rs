@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use super::conn::{Conn, End};
 use super::hub::Hub;
 use super::sse::{self, Frame};
-use super::{Fanout, Slot};
+use super::{Fanout, Slot, StreamOptions};
 use crate::metrics::METRICS;
 
 pub struct Viewer {
@@ -52,12 +52,13 @@ impl Viewer {
         fanout: Arc<Fanout>,
         post_id: String,
         resume: Option<Position>,
+        opts: StreamOptions,
         slot: Slot,
         socket: Option<Arc<TcpStream>>,
     ) -> Viewer {
         loop {
             let hub = fanout.hub(&post_id);
-            let conn = Arc::new(Conn::new(socket.clone()));
+            let conn = Arc::new(Conn::new(socket.clone(), opts));
             if let Some(hub_at_join) = hub.join(&conn, resume.as_ref()).await {
                 return Viewer {
                     conn,
@@ -84,6 +85,15 @@ impl Viewer {
         out.extend_from_slice(&sse::retry(retry_ms));
         if let Some(pinned) = self.hub.fanout().pinned(self.hub.post_id()) {
             out.extend_from_slice(&sse::pin(&pinned));
+        }
+        if self.conn.opts.viewers {
+            // The count as it stands; the hub sends changes (CONTRACT §11).
+            let n = self
+                .hub
+                .fanout()
+                .counts
+                .viewers_with_own(self.hub.post_id(), self.hub.viewers());
+            out.extend_from_slice(&Frame::viewers(n).bytes);
         }
         if let Some(from) = self.resume.take() {
             let replay = self

@@ -5,11 +5,14 @@ pub mod client_ip;
 mod delete_ban;
 mod delete_comment;
 mod get_comments;
+mod get_reactions;
 mod get_settings;
+mod get_viewers;
 mod list_bans;
 mod ops;
 mod post_ban;
 mod post_comment;
+mod post_reaction;
 mod put_settings;
 mod query;
 pub mod sse_conn;
@@ -27,10 +30,13 @@ use livecomments_shared::{ErrorCode, Rejection};
 use crate::auth::{Authenticator, Caller};
 use crate::bus::{Bus, Rpc};
 use crate::fanout::Fanout;
+use crate::ingest::reactions::Reactions;
 use crate::ingest::{Pipeline, SlowMode, UserLimit};
 use crate::metrics::METRICS;
 use crate::moderation::Moderator;
+use crate::presence::ViewerCounts;
 use crate::reader::History;
+use crate::reader::reactions::ReactionTotals;
 use livecomments_store::Store;
 
 /// Largest request body (CONTRACT §2: 413 above 16 KiB).
@@ -64,6 +70,8 @@ pub struct IngestState {
     /// Every region's comments: a pinned comment or a banned user's comments may live in
     /// another region.
     pub history: Arc<History>,
+    /// Reactions counted this second, written and published each second (CONTRACT §11).
+    pub reactions: Arc<Reactions>,
 }
 
 /// The other regions of the deployment, reached over NATS.
@@ -73,10 +81,13 @@ pub struct RemoteDeletes {
     pub regions: Vec<String>,
 }
 
-/// What the reader role runs: `GET /comments`.
+/// What the reader role runs: `GET /comments`, the viewer counts and reaction totals.
 pub struct ReaderState {
     pub common: Arc<Common>,
     pub history: Arc<History>,
+    /// Every fanout's reports (CONTRACT §11).
+    pub viewers: Arc<ViewerCounts>,
+    pub reactions: ReactionTotals,
 }
 
 /// What the fanout role runs: `GET /comments/stream` (also on the lean path, `sse_conn`).
@@ -231,9 +242,12 @@ const INGEST: RouteTable<Arc<IngestState>> = routes!(
     delete "/moderation/bans/{user_id}" => delete_ban::handle,
     get "/posts/{post_id}/settings" => get_settings::handle,
     put "/posts/{post_id}/settings" => put_settings::handle,
+    post "/reaction" => post_reaction::handle,
 );
 const READER: RouteTable<Arc<ReaderState>> = routes!(
     get "/comments" => get_comments::handle,
+    get "/posts/{post_id}/viewers" => get_viewers::handle,
+    get "/posts/{post_id}/reactions" => get_reactions::handle,
 );
 const FANOUT: RouteTable<Arc<FanoutState>> = routes!(
     get "/comments/stream" => stream::handle,

@@ -142,7 +142,7 @@ pub async fn handle(
 }
 
 /// "You are banned ... until <expiry>" (CONTRACT §8: the message names the expiry).
-fn banned_message(ban: &livecomments_shared::moderation::Ban) -> String {
+pub(super) fn banned_message(ban: &livecomments_shared::moderation::Ban) -> String {
     let scope = if ban.post_id.is_some() {
         "from this post"
     } else {

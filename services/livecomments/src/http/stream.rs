@@ -13,8 +13,9 @@ use tokio::net::TcpStream;
 
 use super::query::Query;
 use super::{ApiError, ApiResult};
-use crate::fanout::Refusal;
+use crate::fanout::sample::Rate;
 use crate::fanout::viewer::Viewer;
+use crate::fanout::{Refusal, StreamOptions};
 
 pub async fn handle(
     State(st): State<Arc<super::FanoutState>>,
@@ -100,6 +101,27 @@ pub async fn open(
         }
         (None, None) => None,
     };
+    let opts = StreamOptions {
+        rate: match q.get("rate")? {
+            Some(r) => Some(Rate::parse(r).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    "rate must be a whole number of comments per second from 1 to 1000",
+                )
+            })?),
+            None => None,
+        },
+        viewers: match q.get("viewers")? {
+            None | Some("0" | "false") => false,
+            Some("1" | "true") => true,
+            Some(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    "viewers must be 1, true, 0 or false",
+                ));
+            }
+        },
+    };
     let ip = super::client_ip::client_ip(peer.ip(), headers, &st.common.trusted_proxies);
     let slot = fanout.admit(ip).map_err(|r| {
         let msg = match r {
@@ -114,7 +136,7 @@ pub async fn open(
         }
     })?;
     let expiries = fanout.expiries.clone();
-    let viewer = Viewer::open(fanout, post_id.to_string(), resume, slot, socket).await;
+    let viewer = Viewer::open(fanout, post_id.to_string(), resume, opts, slot, socket).await;
     if let Some(exp) = expires_at {
         expiries.watch(viewer.conn(), exp);
     }

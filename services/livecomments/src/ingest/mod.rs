@@ -4,6 +4,7 @@ pub mod delete;
 pub mod pipeline;
 pub mod purge;
 pub mod ratelimit;
+pub mod reactions;
 pub mod slowmode;
 
 pub use pipeline::Pipeline;

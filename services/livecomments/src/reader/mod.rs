@@ -4,6 +4,7 @@
 //! a store.
 
 pub mod history;
+pub mod reactions;
 pub mod responder;
 
 pub use history::{History, MergedPage, RegionSource};

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0005_moderation",
         include_str!("../../../../cql/0005_moderation.cql"),
     ),
+    (
+        6,
+        "0006_reactions",
+        include_str!("../../../../cql/0006_reactions.cql"),
+    ),
 ];
 
 /// The schema version this binary needs.

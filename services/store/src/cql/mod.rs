@@ -26,6 +26,7 @@ mod migrate;
 mod moderation;
 mod options;
 mod rate;
+mod reactions;
 mod walk;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -235,6 +236,8 @@ pub struct CqlStore {
     indexed_buckets: Mutex<HashSet<(PostId, i64)>>,
     /// Bans and post settings (`moderation.rs`).
     moderation: moderation::ModStatements,
+    /// Reaction totals (`reactions.rs`).
+    reactions: reactions::ReactionStatements,
 }
 
 impl CqlStore {
@@ -461,8 +464,10 @@ impl CqlStore {
         }
         let ttl_secs = opts.ttl_secs();
         let moderation = moderation::ModStatements::prepare(&session, &ks).await?;
+        let reactions = reactions::ReactionStatements::prepare(&session, &ks).await?;
         Ok(CqlStore {
             moderation,
+            reactions,
             session: Arc::new(session),
             st,
             keyspace: ks,
@@ -890,6 +895,17 @@ impl Store for CqlStore {
         limit: usize,
     ) -> StoreResult<Vec<livecomments_shared::moderation::Record>> {
         self.records_since(after_ms, limit).await
+    }
+
+    async fn add_reactions(
+        &self,
+        counts: &[(PostId, livecomments_shared::Counts)],
+    ) -> StoreResult<()> {
+        self.add_counts(counts).await
+    }
+
+    async fn reactions(&self, post_id: &PostId) -> StoreResult<livecomments_shared::Counts> {
+        self.totals(post_id).await
     }
 }
 
