@@ -432,3 +432,61 @@ async fn rate_sampling_caps_a_fast_post_keeps_deletions_and_resume_skips_what_it
         "nothing to replay"
     );
 }
+
+#[tokio::test]
+async fn reactions_on_cql_with_two_ingest_nodes_share_the_limit_and_the_totals() {
+    let Some(node) = cql_node() else { return };
+    let ks = fresh_keyspace("reactions");
+    migrate_keyspace(&node, &ks);
+    let cql = ["--cql-nodes", node.as_str(), "--cql-keyspace", ks.as_str()];
+    let nats = Nats::start().await;
+    let mut ingest = Vec::new();
+    for _ in 0..2 {
+        ingest.push(
+            Server::role("ingest")
+                .nats(&nats.url)
+                .args(cql)
+                .start()
+                .await,
+        );
+    }
+    let reader = Server::role("reader")
+        .nats(&nats.url)
+        .args(cql)
+        .start()
+        .await;
+    let fanout = Server::role("fanout").nats(&nats.url).start().await;
+    let mut v = Sse::connect(&fanout.base, "rxc", None).await;
+    assert!(v.started(T).await);
+    // One user, alternating nodes, each request waiting for its answer: 20 a second over the
+    // region, not per node (CONTRACT §7).
+    let mut accepted = 0;
+    let t0 = Instant::now();
+    let mut refused = false;
+    for i in 0..40 {
+        match ingest[i % 2].react("rxc", "erin", "love").await {
+            202 => accepted += 1,
+            429 => {
+                refused = true;
+                break;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(refused, "the region's limit refuses the 21st");
+    let refill = (t0.elapsed().as_secs_f64() * 20.0).ceil() as usize;
+    assert!(
+        (20..=20 + refill).contains(&accepted),
+        "{accepted} in {:?}",
+        t0.elapsed()
+    );
+    let want = json!({"like": 0, "love": accepted, "haha": 0, "wow": 0, "sad": 0, "angry": 0});
+    let (sum, _) = reactions_until(&mut v, &want, T).await;
+    assert_eq!(sum, want, "both nodes' counts reach the fanout's stream");
+    let totals = eventually(T, || async {
+        let t = reader.reactions("rxc").await;
+        (t == want).then_some(t)
+    })
+    .await;
+    assert_eq!(totals, Some(want), "durable in the CQL counters");
+}
