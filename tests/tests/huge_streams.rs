@@ -285,12 +285,20 @@ async fn reactions_refuse_bad_input_and_limit_each_user_to_20_a_second() {
 }
 
 #[tokio::test]
-async fn reactions_are_merged_over_regions() {
+async fn reactions_and_viewer_counts_are_merged_over_regions() {
     let sc = Supercluster::start(&["eu", "us"]).await;
     let eu = region_server(&sc, "eu").await;
     let us = region_server(&sc, "us").await;
     let mut v = Sse::connect(&eu.base, "rxr", None).await;
     assert!(v.started(T).await);
+    let mut in_us = Sse::connect(&us.base, "rxr", None).await;
+    assert!(in_us.started(T).await);
+    for s in [&eu, &us] {
+        assert!(
+            count_becomes(s, "rxr", 2, T).await.is_some(),
+            "every region's fanouts count in every region"
+        );
+    }
     // Gateways learn interest asynchronously: until eu hears one of us's seconds, keep
     // sending one reaction a second from us (each counted; the sum is checked below).
     let mut sent_us = 0;
