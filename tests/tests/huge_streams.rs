@@ -443,27 +443,10 @@ async fn rate_sampling_caps_a_fast_post_keeps_deletions_and_resume_skips_what_it
 
 #[tokio::test]
 async fn reactions_on_cql_with_two_ingest_nodes_share_the_limit_and_the_totals() {
-    let Some(node) = cql_node() else { return };
-    let ks = fresh_keyspace("reactions");
-    migrate_keyspace(&node, &ks);
-    let cql = ["--cql-nodes", node.as_str(), "--cql-keyspace", ks.as_str()];
-    let nats = Nats::start().await;
-    let mut ingest = Vec::new();
-    for _ in 0..2 {
-        ingest.push(
-            Server::role("ingest")
-                .nats(&nats.url)
-                .args(cql)
-                .start()
-                .await,
-        );
-    }
-    let reader = Server::role("reader")
-        .nats(&nats.url)
-        .args(cql)
-        .start()
-        .await;
-    let fanout = Server::role("fanout").nats(&nats.url).start().await;
+    let Some(r) = CqlRegion::start("reactions", 2).await else {
+        return;
+    };
+    let (ingest, reader, fanout) = (&r.ingest, &r.reader, &r.fanout);
     let mut v = Sse::connect(&fanout.base, "rxc", None).await;
     assert!(v.started(T).await);
     // One user, alternating nodes, each request waiting for its answer: 20 a second over the
