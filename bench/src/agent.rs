@@ -2,9 +2,15 @@
 //! hold at most ~20,000 fds). The coordinator starts one or more agents, talks to each over
 //! stdin/stdout in JSON lines, and aggregates what they report.
 //!
-//! Commands (one per line on stdin): `report`, `reset` (clears the latency histogram),
+//! Commands (one per line on stdin): `report`, `reset` (clears the latency histograms),
 //! `drop <window_ms>` (every viewer closes its stream and reconnects with Last-Event-ID at a
-//! random moment within the window), `quit`.
+//! random moment within the window), `probe <t0_ns>` (a `wow` reaction was posted at t0: the
+//! first `event: reactions` with `wow` > 0 after it records its lag behind the end of t0's
+//! second), `quit`.
+//!
+//! Besides comments (the `lcb1` marker), viewers read `event: reactions` (counts per kind,
+//! summed; the `wow` probes' lag), `event: viewers` (the last count) and `event: sampling`
+//! (how often), and count comments per viewer per second of arrival (what `rate=R` promises).
 
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -59,7 +65,44 @@ pub struct AgentReport {
     pub reconnect_us: Vec<(u64, u64)>,
     /// Viewers that reconnected successfully after the latest `drop`.
     pub resumed: u64,
+    /// Wall-clock time (ns) the latest stream was established.
+    #[serde(default)]
+    pub last_connect_ns: u64,
+    /// `event: reactions` received, and the counts they carried summed per kind (in
+    /// [`REACTION_KINDS`] order) over every viewer.
+    #[serde(default)]
+    pub reactions_events: u64,
+    #[serde(default)]
+    pub reactions_sum: [u64; 6],
+    /// Probes seen (a viewer's first `wow` > 0 after a probe), seen again, seen before the end
+    /// of the probe's second; the lag of the first sighting behind that end, µs.
+    #[serde(default)]
+    pub wow_seen: u64,
+    #[serde(default)]
+    pub wow_repeat: u64,
+    #[serde(default)]
+    pub wow_early: u64,
+    #[serde(default)]
+    pub wow_lag_us: Vec<(u64, u64)>,
+    /// Comments a viewer received within one second of arrival time, one sample per
+    /// (viewer, second with comments), since the last `reset`.
+    #[serde(default)]
+    pub per_sec: Vec<(u64, u64)>,
+    /// `event: viewers` received and the latest count one carried.
+    #[serde(default)]
+    pub viewers_events: u64,
+    #[serde(default)]
+    pub viewers_last: u64,
+    /// `event: sampling` received.
+    #[serde(default)]
+    pub sampling_events: u64,
+    /// Events with an `id:` and no data (a sample's position past comments left out).
+    #[serde(default)]
+    pub id_only_events: u64,
 }
+
+/// The six reaction kinds of CONTRACT §11, in the order of `reactions_sum`.
+pub const REACTION_KINDS: [&str; 6] = ["like", "love", "haha", "wow", "sad", "angry"];
 
 impl AgentReport {
     pub fn merge(&mut self, o: &AgentReport) {
@@ -77,10 +120,24 @@ impl AgentReport {
         self.distinct.extend_from_slice(&o.distinct);
         self.last_rx_ns = self.last_rx_ns.max(o.last_rx_ns);
         self.resumed += o.resumed;
+        self.last_connect_ns = self.last_connect_ns.max(o.last_connect_ns);
+        self.reactions_events += o.reactions_events;
+        for (a, b) in self.reactions_sum.iter_mut().zip(&o.reactions_sum) {
+            *a += b;
+        }
+        self.wow_seen += o.wow_seen;
+        self.wow_repeat += o.wow_repeat;
+        self.wow_early += o.wow_early;
+        self.viewers_events += o.viewers_events;
+        self.viewers_last = self.viewers_last.max(o.viewers_last);
+        self.sampling_events += o.sampling_events;
+        self.id_only_events += o.id_only_events;
         for (dst, src) in [
             (&mut self.lat_us, &o.lat_us),
             (&mut self.connect_us, &o.connect_us),
             (&mut self.reconnect_us, &o.reconnect_us),
+            (&mut self.wow_lag_us, &o.wow_lag_us),
+            (&mut self.per_sec, &o.per_sec),
         ] {
             let mut h = hist_from_pairs(dst);
             h.add(hist_from_pairs(src)).ok();
@@ -112,6 +169,20 @@ struct Shared {
     reconnect: Histogram<u64>,
     resumed: u64,
     drop_gen: u64,
+    last_connect_ns: u64,
+    reactions_events: u64,
+    reactions_sum: [u64; 6],
+    /// Send times of the `wow` probes, oldest first.
+    probes: Vec<u64>,
+    wow_seen: u64,
+    wow_repeat: u64,
+    wow_early: u64,
+    wow_lag: Histogram<u64>,
+    per_sec: Histogram<u64>,
+    viewers_events: u64,
+    viewers_last: u64,
+    sampling_events: u64,
+    id_only_events: u64,
 }
 
 impl Shared {
@@ -135,6 +206,59 @@ impl Shared {
             reconnect: new_hist(),
             resumed: 0,
             drop_gen: 0,
+            last_connect_ns: 0,
+            reactions_events: 0,
+            reactions_sum: [0; 6],
+            probes: Vec::new(),
+            wow_seen: 0,
+            wow_repeat: 0,
+            wow_early: 0,
+            wow_lag: new_hist(),
+            per_sec: new_hist(),
+            viewers_events: 0,
+            viewers_last: 0,
+            sampling_events: 0,
+            id_only_events: 0,
+        }
+    }
+
+    fn report(&self, total: u64) -> AgentReport {
+        AgentReport {
+            viewers: total,
+            connected: self.connected,
+            ever_connected: self.ever_connected,
+            connect_errors: self.connect_errors,
+            http_errors: self.http_errors,
+            disconnects: self.disconnects,
+            reconnects: self.reconnects,
+            events: self.events,
+            dups: self.dups,
+            wrong_post: self.wrong_post,
+            foreign: self.foreign,
+            distinct: self
+                .distinct
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, c)| (self.posts[i], *c))
+                .collect(),
+            last_rx_ns: self.last_rx_ns,
+            lat_us: hist_pairs(&self.lat),
+            connect_us: hist_pairs(&self.connect),
+            reconnect_us: hist_pairs(&self.reconnect),
+            resumed: self.resumed,
+            last_connect_ns: self.last_connect_ns,
+            reactions_events: self.reactions_events,
+            reactions_sum: self.reactions_sum,
+            wow_seen: self.wow_seen,
+            wow_repeat: self.wow_repeat,
+            wow_early: self.wow_early,
+            wow_lag_us: hist_pairs(&self.wow_lag),
+            per_sec: hist_pairs(&self.per_sec),
+            viewers_events: self.viewers_events,
+            viewers_last: self.viewers_last,
+            sampling_events: self.sampling_events,
+            id_only_events: self.id_only_events,
         }
     }
 }
@@ -177,6 +301,9 @@ async fn agent_main(cfg: AgentConfig) -> Result<()> {
                 seen: Vec::new(),
                 last_id: cfg.initial_last_event_id.clone().unwrap_or_default(),
                 seed: 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(n as u64 + 1),
+                sec: 0,
+                in_sec: 0,
+                probes_seen: 0,
             };
             tokio::task::spawn_local(v.run(
                 shared.clone(),
@@ -193,41 +320,26 @@ async fn agent_main(cfg: AgentConfig) -> Result<()> {
         let mut it = line.split_whitespace();
         match it.next() {
             Some("report") => {
-                let r = {
-                    let s = shared.borrow();
-                    AgentReport {
-                        viewers: total,
-                        connected: s.connected,
-                        ever_connected: s.ever_connected,
-                        connect_errors: s.connect_errors,
-                        http_errors: s.http_errors,
-                        disconnects: s.disconnects,
-                        reconnects: s.reconnects,
-                        events: s.events,
-                        dups: s.dups,
-                        wrong_post: s.wrong_post,
-                        foreign: s.foreign,
-                        distinct: s
-                            .distinct
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, c)| **c > 0)
-                            .map(|(i, c)| (s.posts[i], *c))
-                            .collect(),
-                        last_rx_ns: s.last_rx_ns,
-                        lat_us: hist_pairs(&s.lat),
-                        connect_us: hist_pairs(&s.connect),
-                        reconnect_us: hist_pairs(&s.reconnect),
-                        resumed: s.resumed,
-                    }
-                };
+                let r = shared.borrow().report(total);
                 let mut j = serde_json::to_vec(&r)?;
                 j.push(b'\n');
                 out.write_all(&j).await?;
                 out.flush().await?;
             }
             Some("reset") => {
-                shared.borrow_mut().lat.reset();
+                {
+                    let mut s = shared.borrow_mut();
+                    s.lat.reset();
+                    s.per_sec.reset();
+                    s.wow_lag.reset();
+                }
+                out.write_all(b"{}\n").await?;
+                out.flush().await?;
+            }
+            Some("probe") => {
+                if let Some(t0) = it.next().and_then(|w| w.parse::<u64>().ok()) {
+                    shared.borrow_mut().probes.push(t0);
+                }
                 out.write_all(b"{}\n").await?;
                 out.flush().await?;
             }
@@ -251,6 +363,27 @@ async fn agent_main(cfg: AgentConfig) -> Result<()> {
     Ok(())
 }
 
+/// What an `event:` line named; anything else (or none: nchan) is read for the comment marker.
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+enum EventKind {
+    #[default]
+    Message,
+    Reactions,
+    Viewers,
+    Sampling,
+}
+
+impl EventKind {
+    fn parse(name: &[u8]) -> EventKind {
+        match http::trim(name) {
+            b"reactions" => EventKind::Reactions,
+            b"viewers" => EventKind::Viewers,
+            b"sampling" => EventKind::Sampling,
+            _ => EventKind::Message,
+        }
+    }
+}
+
 /// The event being read: it takes effect at its blank line.
 #[derive(Default)]
 struct Pending {
@@ -258,7 +391,28 @@ struct Pending {
     has_id: bool,
     data: bool,
     rx: u64,
+    kind: EventKind,
     marker: Option<[u64; 3]>,
+    /// `event: reactions`: the counts per kind; `event: viewers`: the count in `counts[0]`.
+    counts: [u64; 6],
+}
+
+/// The unsigned integer after `"key":` in a flat JSON object (no allocation; `None` if absent).
+fn json_u64(data: &[u8], key: &str) -> Option<u64> {
+    let mut from = 0;
+    while let Some(i) = memchr::memmem::find(&data[from..], key.as_bytes()) {
+        let at = from + i;
+        from = at + key.len();
+        // The key must be quoted: `"key"`.
+        if at == 0 || data[at - 1] != b'"' || data.get(from) != Some(&b'"') {
+            continue;
+        }
+        let rest = http::trim(&data[from + 1..]);
+        let rest = http::trim(rest.strip_prefix(b":")?);
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        return std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
+    }
+    None
 }
 
 /// `lcb1 <post> <seq> <send-ns>` somewhere in a data line.
@@ -308,6 +462,11 @@ struct Viewer {
     /// Last SSE `id:` received (the resume token).
     last_id: String,
     seed: u64,
+    /// The arrival second being counted and the comments that arrived in it.
+    sec: u64,
+    in_sec: u32,
+    /// Probes accounted for: the index of the latest one seen, plus one.
+    probes_seen: usize,
 }
 
 enum End {
@@ -326,6 +485,28 @@ impl Viewer {
         x ^= x >> 27;
         self.seed = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A `wow` > 0 arrived at `rx`: it answers the latest probe sent before `rx`; its lag is
+    /// measured from the end of the probe's second (when the ingest publishes that second).
+    fn saw_wow(&mut self, rx: u64, sh: &mut Shared) {
+        let n = sh.probes.partition_point(|&p| p <= rx);
+        if n == 0 {
+            sh.wow_early += 1;
+            return;
+        }
+        if n <= self.probes_seen {
+            sh.wow_repeat += 1;
+            return;
+        }
+        self.probes_seen = n;
+        let end = sh.probes[n - 1].div_ceil(1_000_000_000) * 1_000_000_000;
+        if rx < end {
+            sh.wow_early += 1;
+        } else {
+            sh.wow_seen += 1;
+            sh.wow_lag.saturating_record(((rx - end) / 1000).max(1));
+        }
     }
 
     async fn run(
@@ -444,6 +625,7 @@ impl Viewer {
             let us = started.elapsed().as_micros() as u64;
             let mut sh = shared.borrow_mut();
             sh.connected += 1;
+            sh.last_connect_ns = now_ns();
             if first {
                 sh.ever_connected += 1;
                 sh.connect.saturating_record(us.max(1));
@@ -460,6 +642,7 @@ impl Viewer {
         self.pending.has_id = false;
         self.pending.data = false;
         self.pending.marker = None;
+        self.pending.kind = EventKind::Message;
         let mut dechunk = Dechunk::default();
         // Payload bytes after the head.
         let raw_end = have;
@@ -522,7 +705,20 @@ impl Viewer {
             } else if let Some(rest) = line.strip_prefix(b"data:") {
                 self.pending.data = true;
                 self.pending.rx = rx;
-                self.pending.marker = parse_marker(rest);
+                match self.pending.kind {
+                    EventKind::Message => self.pending.marker = parse_marker(rest),
+                    EventKind::Reactions => {
+                        for (c, k) in self.pending.counts.iter_mut().zip(REACTION_KINDS) {
+                            *c = json_u64(rest, k).unwrap_or(0);
+                        }
+                    }
+                    EventKind::Viewers => {
+                        self.pending.counts[0] = json_u64(rest, "viewers").unwrap_or(0);
+                    }
+                    EventKind::Sampling => {}
+                }
+            } else if let Some(rest) = line.strip_prefix(b"event:") {
+                self.pending.kind = EventKind::parse(rest);
             } else if let Some(rest) = line.strip_prefix(b"id:") {
                 let rest = rest.strip_prefix(b" ").unwrap_or(rest);
                 self.pending.id.clear();
@@ -536,17 +732,48 @@ impl Viewer {
     }
 
     fn dispatch(&mut self, shared: &Rc<RefCell<Shared>>) {
-        if self.pending.has_id {
+        let had_id = self.pending.has_id;
+        if had_id {
             std::mem::swap(&mut self.last_id, &mut self.pending.id);
             self.pending.has_id = false;
         }
+        let kind = std::mem::take(&mut self.pending.kind);
         if !self.pending.data {
+            if had_id {
+                shared.borrow_mut().id_only_events += 1;
+            }
             return;
         }
         self.pending.data = false;
         let rx = self.pending.rx;
         let marker = self.pending.marker.take();
         let mut sh = shared.borrow_mut();
+        match kind {
+            EventKind::Message => {}
+            EventKind::Reactions => {
+                sh.events += 1;
+                sh.reactions_events += 1;
+                let counts = self.pending.counts;
+                for (a, c) in sh.reactions_sum.iter_mut().zip(counts) {
+                    *a += c;
+                }
+                if counts[3] > 0 {
+                    self.saw_wow(rx, &mut sh);
+                }
+                return;
+            }
+            EventKind::Viewers => {
+                sh.events += 1;
+                sh.viewers_events += 1;
+                sh.viewers_last = self.pending.counts[0];
+                return;
+            }
+            EventKind::Sampling => {
+                sh.events += 1;
+                sh.sampling_events += 1;
+                return;
+            }
+        }
         sh.events += 1;
         sh.last_rx_ns = rx;
         let Some([post, seq, sent]) = marker else {
@@ -588,6 +815,15 @@ impl Viewer {
         self.last_seq = seq;
         self.stream_events += 1;
         sh.distinct[self.local] += 1;
+        let sec = rx / 1_000_000_000;
+        if sec != self.sec {
+            if self.in_sec > 0 {
+                sh.per_sec.saturating_record(self.in_sec as u64);
+            }
+            self.sec = sec;
+            self.in_sec = 0;
+        }
+        self.in_sec += 1;
         sh.lat
             .saturating_record((rx.saturating_sub(sent) / 1000).max(1));
     }
@@ -610,7 +846,74 @@ mod tests {
             seen: Vec::new(),
             last_id: String::new(),
             seed: 1,
+            sec: 0,
+            in_sec: 0,
+            probes_seen: 0,
         }
+    }
+
+    #[test]
+    fn reads_reactions_viewers_sampling_and_wow_probes() {
+        let sh = Rc::new(RefCell::new(Shared::new(vec![0])));
+        let mut v = viewer(0);
+        // A probe at 100.4 s: the end of its second is 101 s.
+        sh.borrow_mut().probes.push(100_400_000_000);
+        let r = |like: u64, wow: u64| {
+            format!(
+                "event: reactions\ndata: {{\"like\": {like}, \"love\": 0, \"haha\": 0, \"wow\": {wow}, \"sad\": 0, \"angry\": 2}}\n\n"
+            )
+        };
+        v.parse_lines(r(5, 0).as_bytes(), 100_900_000_000, &sh);
+        v.parse_lines(r(7, 1).as_bytes(), 101_350_000_000, &sh);
+        // The next event of the same probe's second (another wow > 0) is a repeat.
+        v.parse_lines(r(1, 1).as_bytes(), 101_500_000_000, &sh);
+        v.parse_lines(
+            b"event: viewers\ndata: {\"viewers\": 49999}\n\nevent: sampling\ndata: {\"rate\": 10, \"shown\": 10, \"total\": 1000}\n\nid: x.1\n\n",
+            101_600_000_000,
+            &sh,
+        );
+        {
+            let s = sh.borrow();
+            assert_eq!(s.reactions_events, 3);
+            assert_eq!(s.reactions_sum, [13, 0, 0, 2, 0, 6]);
+            assert_eq!((s.wow_seen, s.wow_repeat, s.wow_early), (1, 1, 0));
+            assert_eq!(s.wow_lag.max() / 1000, 350, "lag in ms");
+            assert_eq!((s.viewers_events, s.viewers_last), (1, 49_999));
+            assert_eq!(s.sampling_events, 1);
+            assert_eq!(s.id_only_events, 1);
+            assert_eq!(s.foreign, 0, "none of these is a comment");
+            assert_eq!(v.last_id, "x.1", "an id-only event moves the resume token");
+        }
+        // A comment after an event: the event name does not stick.
+        v.parse_lines(
+            b"id: x.2\ndata: {\"text\":\"lcb1 0 0 5\"}\n\n",
+            102_000_000_000,
+            &sh,
+        );
+        assert_eq!(sh.borrow().distinct[0], 1);
+        assert_eq!(json_u64(b"{\"awow\": 3, \"wow\":4}", "wow"), Some(4));
+        assert_eq!(json_u64(b"{\"like\": 3}", "wow"), None);
+    }
+
+    #[test]
+    fn counts_comments_per_viewer_second() {
+        let sh = Rc::new(RefCell::new(Shared::new(vec![0])));
+        let mut v = viewer(0);
+        for (seq, rx) in [
+            (0u64, 5_100u64),
+            (1, 5_200),
+            (2, 5_900),
+            (3, 6_100),
+            (4, 7_000),
+        ] {
+            let ev = format!("data: {{\"text\":\"lcb1 0 {seq} 1\"}}\n\n");
+            v.parse_lines(ev.as_bytes(), rx * 1_000_000, &sh);
+        }
+        let s = sh.borrow();
+        // Seconds 5 (3 comments) and 6 (1) are complete; second 7 is still being counted.
+        assert_eq!(s.per_sec.len(), 2);
+        assert_eq!(s.per_sec.max(), 3);
+        assert_eq!(s.per_sec.min(), 1);
     }
 
     #[test]

@@ -97,16 +97,21 @@ impl Ctx {
     }
 
     pub fn publisher(&self, posts: usize, conns: usize, users: usize) -> Result<Publisher> {
+        self.publisher_to(&self.pub_template, posts, conns, users)
+    }
+
+    /// A publisher to another URL template (e.g. `{base}/reaction?post_id={post}`).
+    pub fn publisher_to(
+        &self,
+        template: &str,
+        posts: usize,
+        conns: usize,
+        users: usize,
+    ) -> Result<Publisher> {
         // Several publish bases (ingest nodes of one region): post p goes to base p mod n.
         let bases: Vec<&str> = self.pub_base.split(',').map(str::trim).collect();
         let urls = (0..posts)
-            .map(|p| {
-                Url::parse(&fill(
-                    &self.pub_template,
-                    bases[p % bases.len()],
-                    &self.post_name(p),
-                ))
-            })
+            .map(|p| Url::parse(&fill(template, bases[p % bases.len()], &self.post_name(p))))
             .collect::<Result<Vec<_>>>()?;
         let tokens = match (&self.kind, &self.secret) {
             (Kind::Lc, Some(s)) => make_tokens(s, users)?,
@@ -262,6 +267,11 @@ impl Agents {
         self.command("reset").await.map(|_| ())
     }
 
+    /// Tells every agent a `wow` probe was sent at `t0_ns`.
+    pub async fn probe(&mut self, t0_ns: u64) -> Result<()> {
+        self.command(&format!("probe {t0_ns}")).await.map(|_| ())
+    }
+
     pub async fn drop_all(&mut self, window_ms: u64) -> Result<()> {
         self.command(&format!("drop {window_ms}")).await.map(|_| ())
     }
@@ -340,6 +350,7 @@ impl Out {
         o.set("kind", json!(ctx.kind));
         o.set("label", json!(ctx.common.label));
         o.set("nofile_limit", json!(stats::nofile_limit()));
+        o.set("loadavg_start", json!(stats::loadavg()));
         o
     }
 
@@ -352,6 +363,11 @@ impl Out {
     }
 
     pub fn print(&self, ctx: &Ctx) -> Result<()> {
+        self.print_to(ctx.common.json_out.as_deref())
+    }
+
+    /// Prints the table and the JSON line, and appends the line to `json_out` if given.
+    pub fn print_to(&self, json_out: Option<&std::path::Path>) -> Result<()> {
         let w = self.fields.iter().map(|f| f.0.len()).max().unwrap_or(0);
         println!("{:-<1$}", "", w + 30);
         for (k, v) in &self.fields {
@@ -372,7 +388,7 @@ impl Out {
         }
         let line = Value::Object(m).to_string();
         println!("JSON {line}");
-        if let Some(p) = &ctx.common.json_out {
+        if let Some(p) = json_out {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new()
                 .create(true)

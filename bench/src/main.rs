@@ -10,6 +10,7 @@
 mod agent;
 mod coord;
 mod http;
+mod huge;
 mod limit;
 mod publish;
 mod scenarios;
@@ -47,6 +48,15 @@ enum Cmd {
     Ingest(scenarios::IngestArgs),
     /// GET newest page of a post (optionally filled first) under closed-loop load.
     Read(scenarios::ReadArgs),
+    /// POST /reaction throughput while viewers read `event: reactions` (and, with
+    /// --nchan-url, the same load against nchan's publish); the lag of `wow` probes.
+    Reactions(huge::ReactionsArgs),
+    /// Viewers with `rate=R` against the same viewers without, on a post receiving many
+    /// comments/s: server CPU, deliveries/s, comments per viewer-second.
+    Sampling(huge::SamplingArgs),
+    /// `GET /posts/<id>/viewers` over several fanouts: time to the right count, to the drop
+    /// after one fanout is killed, NATS messages/s it costs.
+    ViewerCount(huge::ViewerCountArgs),
     /// A few seconds, small N: exits nonzero when anything is missing or duplicated.
     Smoke(scenarios::SmokeArgs),
     /// The minimal SSE broadcaster `--kind limit` measures against (started by the
@@ -164,6 +174,9 @@ fn main() -> ExitCode {
             Cmd::Ingest(a) => scenarios::ingest(a).await,
             Cmd::Read(a) => scenarios::read(a).await,
             Cmd::Smoke(a) => scenarios::smoke(a).await,
+            Cmd::Reactions(a) => huge::reactions(a).await,
+            Cmd::Sampling(a) => huge::sampling(a).await,
+            Cmd::ViewerCount(a) => huge::viewer_count(a).await,
             Cmd::Agent | Cmd::LimitServer(_) => unreachable!(),
         }
     });

@@ -52,6 +52,17 @@ pub fn make_tokens(secret: &str, n: usize) -> Result<Vec<String>> {
         .collect()
 }
 
+/// One HS256 token for user `sub`, valid for a day.
+pub fn user_token(secret: &str, sub: &str) -> Result<String> {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    let exp = now_ns() / 1_000_000_000 + 86_400;
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &Claims { sub, exp },
+        &key,
+    )?)
+}
+
 /// A moderator's token (`"role": "moderator"`) signed with `secret`.
 pub fn moderator_token(secret: &str) -> Result<String> {
     #[derive(serde::Serialize)]
@@ -72,8 +83,18 @@ pub fn moderator_token(secret: &str) -> Result<String> {
     )?)
 }
 
+/// What each request carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// A comment whose text is the marker (`lcb1 <post> <seq> <send-ns>`).
+    Comment,
+    /// `{"kind": "<kind>"}` (POST /reaction; nchan relays the same body).
+    Reaction(&'static str),
+}
+
 pub struct Publisher {
     pub kind: Kind,
+    pub payload: Payload,
     /// Full publish URL per post.
     pub urls: Vec<Url>,
     pub tokens: Arc<Vec<String>>,
@@ -119,6 +140,7 @@ impl Publisher {
         let n = urls.len();
         Publisher {
             kind,
+            payload: Payload::Comment,
             urls,
             tokens: Arc::new(tokens),
             conns: conns.max(1),
@@ -163,6 +185,7 @@ impl Publisher {
             let tokens = self.tokens.clone();
             let accepted = self.accepted.clone();
             let kind = self.kind;
+            let payload = self.payload;
             let src = Some(crate::http::src_ip(self.src_first + c % 50));
             tasks.push(tokio::spawn(async move {
                 let posts = urls.len() as u64;
@@ -197,14 +220,17 @@ impl Publisher {
                     let sent = now_ns();
                     body.clear();
                     use std::fmt::Write;
-                    let _ = write!(
-                        body,
-                        "{{\"text\":\"{} {} {} {}\"}}",
-                        crate::MARKER_STR,
-                        post,
-                        seq,
-                        sent
-                    );
+                    let _ = match payload {
+                        Payload::Comment => write!(
+                            body,
+                            "{{\"text\":\"{} {} {} {}\"}}",
+                            crate::MARKER_STR,
+                            post,
+                            seq,
+                            sent
+                        ),
+                        Payload::Reaction(k) => write!(body, "{{\"kind\":\"{k}\"}}"),
+                    };
                     sh.first_send.fetch_min(sent, Ordering::Relaxed);
                     sh.last_send.fetch_max(sent, Ordering::Relaxed);
                     let auth;

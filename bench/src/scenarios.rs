@@ -325,7 +325,7 @@ async fn publish_phase(
 }
 
 /// Spawns the agents, waits for every viewer, and records connect time and RSS per viewer.
-async fn connect_viewers(
+pub(crate) async fn connect_viewers(
     ctx: &Ctx,
     o: &mut Out,
     viewers: usize,

@@ -112,3 +112,13 @@ pub fn lat_json(h: &Histogram<u64>) -> serde_json::Value {
         "max_ms": if h.is_empty() { serde_json::Value::Null } else { serde_json::json!(h.max() as f64 / 1000.0) },
     })
 }
+
+/// The 1, 5 and 15 minute load averages (`/proc/loadavg`), as the box's load beside a result.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
