@@ -668,6 +668,7 @@ impl Hub {
         let max = self.fanout.cfg.viewer_buffer;
         let mut kept = 0;
         let mut events = 0;
+        let mut samples: Vec<(Rate, Arc<Frame>)> = Vec::new();
         let mut at = 0;
         while at < walk.len() {
             let end = (at + WALK_SLICE).min(walk.len());
@@ -675,7 +676,17 @@ impl Hub {
                 let (taken, n) = match walk[i].opts.rate {
                     None => (walk[i].offer(frame, max), frame.events()),
                     Some(rate) => {
-                        let sample = self.sample(rate, frame);
+                        // The hub's decision for this rate, asked once per shard walk: a lock
+                        // and a map lookup per sampled viewer per frame made the cost grow
+                        // with the post's rate instead of with what is shown (BENCHMARKS.md).
+                        let sample = match samples.iter().find(|(r, _)| *r == rate) {
+                            Some((_, f)) => f.clone(),
+                            None => {
+                                let f = self.sample(rate, frame);
+                                samples.push((rate, f.clone()));
+                                f
+                            }
+                        };
                         (walk[i].offer(&sample, max), sample.events())
                     }
                 };
