@@ -17,9 +17,26 @@ export interface Deletion {
   post_id: string;
 }
 
+/** The kinds of reaction (CONTRACT §11). */
+export type ReactionKind = 'like' | 'love' | 'haha' | 'wow' | 'sad' | 'angry';
+export const REACTION_KINDS: readonly ReactionKind[];
+
+/** Counts per kind: every ReactionKind is present (0 when none); a newer server may add kinds. */
+export type ReactionCounts = Record<ReactionKind, number> & Record<string, number>;
+
+/** `event: sampling` of a stream opened with `rate` (CONTRACT §11), once a second while it skips. */
+export interface Sampling {
+  /** The stream's `rate`: at most this many comments a second. */
+  rate: number;
+  /** Comments of the last second sent to this stream. */
+  shown: number;
+  /** Comments the post received in that second. */
+  total: number;
+}
+
 /** Any event of the stream, as parsed: `data` is the JSON value, or the text when not JSON. */
 export interface StreamEvent {
-  /** `comment`, `delete`, `reconnect`, `truncated`, and kinds this version does not know (`pin`, `unpin`, `viewers`, `reactions`, ...). */
+  /** `comment`, `delete`, `reconnect`, `truncated`, `viewers`, `reactions`, `sampling`, and kinds this version does not know (`pin`, `unpin`, ...). */
   type: string;
   data: unknown;
   /** The event's `id:` (resume token), or null. */
@@ -57,9 +74,9 @@ export interface ConnectOptions {
   token?: string;
   /** Asked for a token when there is none, when it expires within `refreshMargin` s, and after a 401 (`force: true`). */
   getToken?: (opts: { force: boolean }) => string | Promise<string>;
-  /** Ask for `event: viewers` (CONTRACT §11); they arrive through `onEvent`. */
+  /** Ask for `event: viewers` (CONTRACT §11): `onViewers` gets the count at open and whenever it changed (at most every 2 s). */
   viewers?: boolean;
-  /** Rate sampling, 1..=1000 comments per second (CONTRACT §11). */
+  /** Rate sampling, 1..=1000 comments per second (CONTRACT §11): a faster post is sampled down to this for this stream (`onSampling` says so); deletions and the resume token are not affected. Outside 1..=1000 the server refuses the stream (400, fatal). */
   rate?: number;
   /** Start from this resume token instead of now. */
   lastEventId?: string;
@@ -86,8 +103,14 @@ export interface ConnectOptions {
   onComment?: (comment: Comment, info: { id: string | null }) => void;
   /** Each deletion, once. */
   onDelete?: (deletion: Deletion, info: { id: string | null }) => void;
-  /** Every event the server sends, before de-duplication, including kinds unknown to this version (`pin`, `viewers`). */
+  /** Every event the server sends, before de-duplication, including kinds unknown to this version (`pin`, `unpin`). */
   onEvent?: (event: StreamEvent) => void;
+  /** `event: viewers` (with `viewers: true`): open streams of the post, every node and region. */
+  onViewers?: (viewers: number) => void;
+  /** `event: reactions`: counts per kind since the previous such event (at most one a second, only when there were any). */
+  onReactions?: (counts: ReactionCounts) => void;
+  /** `event: sampling` (with `rate`): this stream is being sampled down. */
+  onSampling?: (sampling: Sampling) => void;
   onOpen?: (info: { resumed: boolean }) => void;
   onStateChange?: (state: ConnectionState) => void;
   /** A failed stream attempt (the client retries unless `error.fatal`). */
@@ -117,6 +140,12 @@ export class Connection {
   post(text: string, opts?: { idempotencyKey?: string; metadata?: Record<string, string> }): Promise<Comment>;
   delete(id: string): Promise<void>;
   history(opts?: { before?: string; limit?: number; since?: string | number }): Promise<HistoryPage>;
+  /** POST /reaction (202). Token, refresh on 401 and errors as post(): 400 `invalid_parameter` (kind), 401, 403 `forbidden`, 429 `rate_limited` with `retryAfter` (20 a second per user). */
+  react(kind: ReactionKind): Promise<{ post_id: string; kind: ReactionKind }>;
+  /** GET /posts/<id>/reactions: the post's totals. */
+  reactions(): Promise<ReactionCounts>;
+  /** GET /posts/<id>/viewers: open streams of the post now (right within ~5 s of a change). */
+  viewers(): Promise<number>;
   /** Replaces the token; the next request sends it (the open stream keeps its own until it reconnects). */
   setToken(token: string | null): void;
   /** Reopens the stream now, optionally from another position. */

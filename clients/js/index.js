@@ -38,6 +38,9 @@ export class LivecommentsError extends Error {
   }
 }
 
+/** The kinds of reaction, in the order apps usually show them (CONTRACT §11). */
+export const REACTION_KINDS = Object.freeze(['like', 'love', 'haha', 'wow', 'sad', 'angry']);
+
 const DEFAULTS = {
   minDelay: 500, // first reconnect delay, ms (the server's `retry:` replaces it)
   maxDelay: 30_000, // the backoff never waits longer
@@ -146,6 +149,43 @@ export class Connection {
     const comments = (page.comments || []).filter((c) => !this._deleted.has(c.id));
     for (const c of comments) this._remember(c.id);
     return { comments, nextCursor: page.next_cursor ?? null, partial: Boolean(page.partial), date: res.headers.get('Date') };
+  }
+
+  /**
+   * POST /reaction with `kind` (one of REACTION_KINDS). Resolves to the server's answer
+   * (`{post_id, kind}`, 202) once counted; reactions are counted, not stored, and every stream
+   * of the post gets them in its next `reactions` event (`onReactions`), this one's included.
+   * Token, refresh on 401 and errors as `post()`: 429 `rate_limited` (20 a second per user) has
+   * `retryAfter`.
+   */
+  async react(kind) {
+    const res = await this._authed(`/reaction?${this._q()}`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ kind }),
+    }, true);
+    if (res.status !== 202) throw await LivecommentsError.fromResponse(res);
+    try { return await res.json(); } catch { return { post_id: this.postId, kind }; }
+  }
+
+  /** GET /posts/<id>/reactions: the post's totals per kind, every kind of REACTION_KINDS present. */
+  async reactions() {
+    const body = await this._getJson(`/posts/${encodeURIComponent(this.postId)}/reactions`);
+    return reactionCounts(body && body.reactions);
+  }
+
+  /** GET /posts/<id>/viewers: how many streams of the post are open now, over every node and region. */
+  async viewers() {
+    const body = await this._getJson(`/posts/${encodeURIComponent(this.postId)}/viewers`);
+    const n = Number(body && body.viewers);
+    if (!Number.isFinite(n)) throw new LivecommentsError({ status: 200, code: 'invalid_response', message: 'no `viewers` number in the answer', body });
+    return n;
+  }
+
+  async _getJson(path) {
+    const res = await this._authed(path, { headers: { Accept: 'application/json' } }, false);
+    if (!res.ok) throw await LivecommentsError.fromResponse(res);
+    return res.json();
   }
 
   // ---- the stream --------------------------------------------------------------------------
@@ -292,11 +332,22 @@ export class Connection {
     try { parsed = text ? JSON.parse(text) : null; } catch { /* not JSON: hand over the text */ }
     this.stats.events += 1;
     // Every event reaches onEvent first, including kinds this client does not know yet
-    // (`pin`, `unpin`, `viewers`, `reactions`): apps handle new server features without an update.
+    // (`pin`, `unpin`, ...): apps handle new server features without an update.
     this._emit('onEvent', { type, data: parsed, id: id || null, raw: text });
     if (type === 'comment') this._comment(parsed, id);
     else if (type === 'delete') this._deletion(parsed, id);
     else if (type === 'truncated') this._emit('onReset', { reason: parsed?.reason || 'truncated' });
+    else if (type === 'viewers') {
+      const n = Number(parsed?.viewers);
+      if (Number.isFinite(n)) this._emit('onViewers', n);
+    } else if (type === 'reactions') {
+      if (parsed && typeof parsed === 'object') this._emit('onReactions', reactionCounts(parsed));
+    } else if (type === 'sampling') {
+      if (parsed && typeof parsed === 'object') {
+        const num = (v) => (Number.isFinite(Number(v)) ? Number(v) : 0);
+        this._emit('onSampling', { rate: num(parsed.rate), shown: num(parsed.shown), total: num(parsed.total) });
+      }
+    }
     else if (type === 'reconnect') {
       // The server closes this stream (shutdown, rebalancing, token expiry): resume elsewhere now.
       if (parsed?.reason === 'token_expired') this.token = null;
@@ -399,6 +450,19 @@ export class Connection {
     }
     return res;
   }
+}
+
+// Counts per kind: every known kind (0 when absent), plus any other kind a newer server sends.
+function reactionCounts(src) {
+  const out = {};
+  for (const kind of REACTION_KINDS) out[kind] = 0;
+  if (src && typeof src === 'object') {
+    for (const [kind, v] of Object.entries(src)) {
+      const n = Number(v);
+      if (Number.isFinite(n) && n >= 0) out[kind] = n;
+    }
+  }
+  return out;
 }
 
 const jitter = (ms) => Math.round(ms / 2 + Math.random() * (ms / 2));

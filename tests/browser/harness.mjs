@@ -181,6 +181,28 @@ export async function postComment(base, token, postId, text, { idempotencyKey = 
   return res.json();
 }
 
+/** POST /comment `n` times at once (a burst); returns the created comments, throws if any failed. */
+export async function postBurst(base, token, postId, n, text = (i) => `burst ${i}`) {
+  return Promise.all(Array.from({ length: n }, (_, i) => postComment(base, token, postId, text(i))));
+}
+
+/** POST /reaction; returns the response (202 when counted), so tests can look at refusals. */
+export async function postReaction(base, token, postId, kind) {
+  return fetch(`${base}/reaction?post_id=${encodeURIComponent(postId)}`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
+    body: JSON.stringify({ kind }),
+    signal: AbortSignal.timeout(10_000),
+  });
+}
+
+/** GET /posts/<id>/reactions → the totals per kind. */
+export async function reactionTotals(base, postId) {
+  const res = await fetch(`${base}/posts/${encodeURIComponent(postId)}/reactions`, { signal: AbortSignal.timeout(10_000) });
+  if (!res.ok) throw new Error(`GET /posts/${postId}/reactions: ${res.status} ${await res.text()}`);
+  return (await res.json()).reactions;
+}
+
 // ---- the browser ---------------------------------------------------------------------------------
 
 export async function launchBrowser() {
@@ -196,10 +218,12 @@ export async function launchBrowser() {
 
 /**
  * Opens the demo page for `postId` in a new context (its own sessionStorage), records dialogs,
- * page errors and console errors, and waits until the stream is live.
+ * page errors and console errors, and waits until the stream is live. `query` is appended to
+ * the URL (`&rate=2`), `context` goes to `browser.newContext` (`{ reducedMotion: 'reduce' }`).
+ * Every request the page makes is recorded in `page.requests` (`{method, url}`).
  */
-export async function openPage(browser, base, postId, { viewport = { width: 1000, height: 800 }, waitLive = true, query = '' } = {}) {
-  const context = await browser.newContext({ viewport });
+export async function openPage(browser, base, postId, { viewport = { width: 1000, height: 800 }, waitLive = true, query = '', context: contextOptions = {} } = {}) {
+  const context = await browser.newContext({ viewport, ...contextOptions });
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
   page.dialogs = [];
@@ -208,6 +232,8 @@ export async function openPage(browser, base, postId, { viewport = { width: 1000
   page.on('console', (m) => { if (m.type() === 'error') page.consoleErrors.push(m.text()); });
   page.on('dialog', (d) => { page.dialogs.push(d.message()); d.dismiss().catch(() => {}); });
   page.on('pageerror', (e) => page.errors.push(e.message));
+  page.requests = [];
+  page.on('request', (r) => page.requests.push({ method: r.method(), url: r.url() }));
   await page.goto(`${base}/?post=${encodeURIComponent(postId)}${query}`);
   if (waitLive) await waitState(page, ['live', 'caught-up']);
   return page;
@@ -218,6 +244,26 @@ export async function waitState(page, states) {
     (s) => s.includes(document.getElementById('conn').dataset.state),
     states, { timeout: TIMEOUT, polling: 50 },
   );
+}
+
+/**
+ * Waits until the text of `selector` is `want` (a string, or a RegExp it must match); the wait
+ * runs in the page at every animation frame, so a short-lived text is not missed. `timeout` in ms.
+ */
+export async function waitText(page, selector, want, { timeout = TIMEOUT } = {}) {
+  const pattern = want instanceof RegExp ? { source: want.source, flags: want.flags } : null;
+  try {
+    await page.waitForFunction(({ selector, text, pattern }) => {
+      const e = document.querySelector(selector);
+      if (!e) return false;
+      const got = e.textContent;
+      return pattern ? new RegExp(pattern.source, pattern.flags).test(got) : got === text;
+    }, { selector, text: pattern ? null : want, pattern }, { timeout, polling: 'raf' });
+  } catch (e) {
+    const got = await page.$eval(selector, (x) => x.textContent).catch((x) => `(${x.message})`);
+    e.message += `\nwaiting for ${selector} to read ${want}; it reads “${got}”`;
+    throw e;
+  }
 }
 
 export const connState = (page) => page.$eval('#conn', (e) => e.dataset.state);

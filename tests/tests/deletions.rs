@@ -183,22 +183,10 @@ async fn resume_sees_delete(eu: &Server, _us: &Server, c: &Value, last: &str) {
 
 #[tokio::test]
 async fn separate_roles_on_cql_replay_deletions() {
-    let Some(node) = cql_node() else { return };
-    let ks = fresh_keyspace("deletions");
-    migrate_keyspace(&node, &ks);
-    let cql = ["--cql-nodes", node.as_str(), "--cql-keyspace", ks.as_str()];
-    let nats = Nats::start().await;
-    let ingest = Server::role("ingest")
-        .nats(&nats.url)
-        .args(cql)
-        .start()
-        .await;
-    let _reader = Server::role("reader")
-        .nats(&nats.url)
-        .args(cql)
-        .start()
-        .await;
-    let fanout = Server::role("fanout").nats(&nats.url).start().await;
+    let Some(r) = CqlRegion::start("deletions", 1).await else {
+        return;
+    };
+    let (ingest, fanout) = (&r.ingest[0], &r.fanout);
     let mut v = Sse::connect(&fanout.base, "del-cql", None).await;
     assert!(v.started(T).await);
     let mut cs = Vec::new();

@@ -285,12 +285,20 @@ async fn reactions_refuse_bad_input_and_limit_each_user_to_20_a_second() {
 }
 
 #[tokio::test]
-async fn reactions_are_merged_over_regions() {
+async fn reactions_and_viewer_counts_are_merged_over_regions() {
     let sc = Supercluster::start(&["eu", "us"]).await;
     let eu = region_server(&sc, "eu").await;
     let us = region_server(&sc, "us").await;
     let mut v = Sse::connect(&eu.base, "rxr", None).await;
     assert!(v.started(T).await);
+    let mut in_us = Sse::connect(&us.base, "rxr", None).await;
+    assert!(in_us.started(T).await);
+    for s in [&eu, &us] {
+        assert!(
+            count_becomes(s, "rxr", 2, T).await.is_some(),
+            "every region's fanouts count in every region"
+        );
+    }
     // Gateways learn interest asynchronously: until eu hears one of us's seconds, keep
     // sending one reaction a second from us (each counted; the sum is checked below).
     let mut sent_us = 0;
@@ -431,4 +439,45 @@ async fn rate_sampling_caps_a_fast_post_keeps_deletions_and_resume_skips_what_it
             .is_empty(),
         "nothing to replay"
     );
+}
+
+#[tokio::test]
+async fn reactions_on_cql_with_two_ingest_nodes_share_the_limit_and_the_totals() {
+    let Some(r) = CqlRegion::start("reactions", 2).await else {
+        return;
+    };
+    let (ingest, reader, fanout) = (&r.ingest, &r.reader, &r.fanout);
+    let mut v = Sse::connect(&fanout.base, "rxc", None).await;
+    assert!(v.started(T).await);
+    // One user, alternating nodes, each request waiting for its answer: 20 a second over the
+    // region, not per node (CONTRACT §7).
+    let mut accepted = 0;
+    let t0 = Instant::now();
+    let mut refused = false;
+    for i in 0..40 {
+        match ingest[i % 2].react("rxc", "erin", "love").await {
+            202 => accepted += 1,
+            429 => {
+                refused = true;
+                break;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(refused, "the region's limit refuses the 21st");
+    let refill = (t0.elapsed().as_secs_f64() * 20.0).ceil() as usize;
+    assert!(
+        (20..=20 + refill).contains(&accepted),
+        "{accepted} in {:?}",
+        t0.elapsed()
+    );
+    let want = json!({"like": 0, "love": accepted, "haha": 0, "wow": 0, "sad": 0, "angry": 0});
+    let (sum, _) = reactions_until(&mut v, &want, T).await;
+    assert_eq!(sum, want, "both nodes' counts reach the fanout's stream");
+    let totals = eventually(T, || async {
+        let t = reader.reactions("rxc").await;
+        (t == want).then_some(t)
+    })
+    .await;
+    assert_eq!(totals, Some(want), "durable in the CQL counters");
 }

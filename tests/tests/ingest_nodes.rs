@@ -11,48 +11,32 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
 
-/// One region: `n` ingest nodes, a reader and a fanout on one keyspace and one nats-server.
-struct Region {
-    _nats: Nats,
-    ingest: Vec<Server>,
-    reader: Server,
-    fanout: Server,
+/// One region: `n` ingest nodes, a reader and a fanout on one keyspace and one nats-server,
+/// and what these tests do with it.
+struct Region(CqlRegion);
+
+impl std::ops::Deref for Region {
+    type Target = CqlRegion;
+    fn deref(&self) -> &CqlRegion {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Region {
+    fn deref_mut(&mut self) -> &mut CqlRegion {
+        &mut self.0
+    }
 }
 
 impl Region {
     async fn start(n: usize, prefix: &str, rate_limit: u32) -> Option<Region> {
-        let node = cql_node()?;
-        let ks = fresh_keyspace(prefix);
-        migrate_keyspace(&node, &ks);
-        let cql = ["--cql-nodes", node.as_str(), "--cql-keyspace", ks.as_str()];
-        let nats = Nats::start().await;
-        let mut ingest = Vec::new();
-        for _ in 0..n {
-            ingest.push(
-                Server::role("ingest")
-                    .nats(&nats.url)
-                    .args(cql)
-                    .rate_limit(rate_limit)
-                    .start()
-                    .await,
-            );
-        }
-        let reader = Server::role("reader")
-            .nats(&nats.url)
-            .args(cql)
-            .start()
-            .await;
-        let fanout = Server::role("fanout").nats(&nats.url).start().await;
-        Some(Region {
-            _nats: nats,
-            ingest,
-            reader,
-            fanout,
-        })
+        CqlRegion::start_with(prefix, n, |b| b.rate_limit(rate_limit))
+            .await
+            .map(Region)
     }
 
     fn bases(&self) -> Vec<String> {
-        self.ingest.iter().map(|s| s.base.clone()).collect()
+        self.ingest_bases()
     }
 
     /// `users` users (`<prefix><n>`) posting `n` comments each at once, each spreading its

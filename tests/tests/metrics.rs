@@ -191,6 +191,20 @@ async fn each_metric_moves_when_its_event_happens() {
     moved_by(&s, &before, "rate_limited_total", 1.0).await;
     moved_by(&s, &before, "comments_created_total", 2.0).await;
 
+    // A banned user's comment and reaction (CONTRACT §8): moderation refusals, not the limit.
+    let (status, _) = ban(
+        &s.base,
+        Some(&mod_token("mod")),
+        &serde_json::json!({"user_id": "troll", "post_id": "p"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let before = Scrape::of(&s).await;
+    assert_eq!(s.post("p", "troll", "hi").await.0, 403);
+    assert_eq!(s.react("p", "troll", "angry").await, 403);
+    moved_by(&s, &before, "moderation_refused_total", 2.0).await;
+    moved_by(&s, &before, "rate_limited_total", 0.0).await;
+
     // A deletion by the author.
     let before = Scrape::of(&s).await;
     let id = first["id"].as_str().unwrap();

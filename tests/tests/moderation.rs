@@ -456,42 +456,8 @@ async fn a_pinned_comment_opens_every_stream_and_pin_unpin_and_delete_reach_live
     );
 }
 
-/// A region of `n` ingest nodes (plus a reader and a fanout) on one CQL keyspace.
-struct CqlRegion {
-    _nats: Nats,
-    ingest: Vec<Server>,
-    _reader: Server,
-    fanout: Server,
-}
-
 async fn cql_region(n: usize, prefix: &str) -> Option<CqlRegion> {
-    let node = cql_node()?;
-    let ks = fresh_keyspace(prefix);
-    migrate_keyspace(&node, &ks);
-    let cql = ["--cql-nodes", node.as_str(), "--cql-keyspace", ks.as_str()];
-    let nats = Nats::start().await;
-    let mut ingest = Vec::new();
-    for _ in 0..n {
-        ingest.push(
-            Server::role("ingest")
-                .nats(&nats.url)
-                .args(cql)
-                .start()
-                .await,
-        );
-    }
-    let reader = Server::role("reader")
-        .nats(&nats.url)
-        .args(cql)
-        .start()
-        .await;
-    let fanout = Server::role("fanout").nats(&nats.url).start().await;
-    Some(CqlRegion {
-        _nats: nats,
-        ingest,
-        _reader: reader,
-        fanout,
-    })
+    CqlRegion::start(prefix, n).await
 }
 
 #[tokio::test]

@@ -146,8 +146,11 @@ export async function rawPost(base, token, postId, text) {
 
 /** Collects what a connection delivers, for the assertions. */
 export function recorder() {
-  const r = { comments: [], deletes: [], events: [], states: [], errors: [], resets: [] };
+  const r = { comments: [], deletes: [], events: [], states: [], errors: [], resets: [], viewers: [], reactions: [], samplings: [] };
   r.callbacks = {
+    onViewers: (n) => r.viewers.push(n),
+    onReactions: (c) => r.reactions.push(c),
+    onSampling: (s) => r.samplings.push(s),
     onComment: (c) => r.comments.push(c),
     onDelete: (d) => r.deletes.push(d),
     onEvent: (e) => r.events.push(e),

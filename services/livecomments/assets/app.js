@@ -1,4 +1,5 @@
-// livecomments demo page: history (GET /comments), live stream (SSE), posting and deleting.
+// livecomments demo page: history (GET /comments), live stream (SSE), posting and deleting,
+// the viewer count, reactions (buttons, totals, floating emoji) and the rate-sampling note.
 // An ES module, no build step. The API, the stream's reconnect/resume/de-duplication and the
 // deletions are the JavaScript client's (clients/js, served as /client.js); this file renders.
 // Comment text is only ever set with textContent.
@@ -12,6 +13,11 @@ import { connect, LivecommentsError } from '/client.js';
   const params = new URLSearchParams(location.search);
   // ?moderator=1: the moderator view (demo tokens carry the moderator claim; dev tokens only).
   const moderatorView = params.get('moderator') === '1';
+  // ?rate=R (1..=1000): ask the server to sample this page's stream down to R comments a second
+  // (CONTRACT §11). Any other value is ignored.
+  const rateParam = params.get('rate');
+  const rate = /^[0-9]{1,4}$/.test(rateParam || '') && Number(rateParam) >= 1 && Number(rateParam) <= 1000
+    ? Number(rateParam) : undefined;
   const wanted = params.get('post') || 'welcome';
   const postId = POST_RE.test(wanted) ? wanted : 'welcome';
 
@@ -22,6 +28,9 @@ import { connect, LivecommentsError } from '/client.js';
     postState: $('post-state'), pinned: $('pinned'), pinnedAuthor: $('pinned-author'),
     pinnedText: $('pinned-text'), modTools: $('mod-tools'), slow: $('slow-mode'),
     applySlow: $('apply-slow'), toggleClosed: $('toggle-closed'),
+    viewers: $('viewers'), viewerCount: $('viewer-count'), sampling: $('sampling'),
+    reactionButtons: $('reaction-buttons'), burst: $('reaction-burst'), reactNotice: $('react-notice'),
+    floats: $('floats'),
   };
   let settings = { slow_mode_secs: 0, closed: false, pinned_comment_id: null };
 
@@ -33,6 +42,14 @@ import { connect, LivecommentsError } from '/client.js';
   let session = null; // { user, token, expiresAt }: the demo identity of this tab
 
   el.postInput.value = postId;
+  if (rate) {
+    // Opening another post keeps the sampling rate.
+    const keep = document.createElement('input');
+    keep.type = 'hidden';
+    keep.name = 'rate';
+    keep.value = String(rate);
+    el.postInput.form.append(keep);
+  }
   el.postTitle.textContent = postId;
   document.title = `${postId} · livecomments`;
   if (wanted !== postId) notify(`“${wanted}” is not a valid post id; showing “${postId}”.`, true);
@@ -61,6 +78,9 @@ import { connect, LivecommentsError } from '/client.js';
     if (e.code === 'post_closed') return 'comments are closed on this post';
     if (e.code === 'slow_mode') return `slow mode is on: wait ${e.retryAfter ?? settings.slow_mode_secs} s between comments`;
     if (e.status === 429) return `Rate limited${e.retryAfter != null ? ` — try again in ${e.retryAfter} s` : ''}: ${e.message}`;
+    // After the client's one retry with a fresh token.
+    if (e.status === 401) return `the server did not accept your sign-in (${e.message})`;
+    if (e.status === 403) return `not allowed (${e.message})`;
     return e.message;
   }
   async function apiError(res) {
@@ -313,10 +333,18 @@ import { connect, LivecommentsError } from '/client.js';
   try { session = JSON.parse(sessionStorage.getItem(STORE_KEY)); } catch { session = null; }
   if (session && session.user) el.user.value = session.user;
 
-  async function tokenFor(user, force = false) {
+  let pendingToken = null; // { user, promise }: one /dev/token request at a time (reactions come in bursts)
+  function tokenFor(user, force = false) {
     const fresh = session && session.user === user && session.token
       && (!session.expiresAt || Date.parse(session.expiresAt) - Date.now() > 30_000);
-    if (fresh && !force) return session.token;
+    if (fresh && !force) return Promise.resolve(session.token);
+    if (pendingToken && pendingToken.user === user) return pendingToken.promise;
+    const promise = fetchToken(user).finally(() => { if (pendingToken && pendingToken.promise === promise) pendingToken = null; });
+    pendingToken = { user, promise };
+    return promise;
+  }
+
+  async function fetchToken(user) {
     const q = { user_id: user, ...(moderatorView ? { role: 'moderator' } : {}) };
     const res = await fetch(`/dev/token?${new URLSearchParams(q)}`);
     if (res.status === 404) throw new Error('this server does not hand out demo tokens (a JWT key is configured)');
@@ -374,6 +402,166 @@ import { connect, LivecommentsError } from '/client.js';
       button.disabled = false;
     }
   }
+  // ---- huge streams: viewers, reactions, sampling (CONTRACT §11) ----------------------------
+  function showViewers(n) {
+    el.viewers.hidden = false;
+    el.viewers.dataset.count = String(n);
+    el.viewerCount.textContent = `${n} watching`;
+  }
+
+  // "Showing n of m comments per second" while the server samples this stream; gone once no
+  // sampling event came for 3 s (the post calmed down).
+  let samplingTimer = null;
+  function showSampling({ shown, total }) {
+    el.sampling.textContent = `Showing ${shown} of ${total} comments per second`;
+    el.sampling.title = `This page asked for at most ${rate} comments a second (?rate=${rate}).`;
+    el.sampling.hidden = false;
+    clearTimeout(samplingTimer);
+    samplingTimer = setTimeout(() => { el.sampling.hidden = true; }, 3000);
+  }
+
+  const REACTIONS = [
+    { kind: 'like', emoji: '👍', label: 'Like' },
+    { kind: 'love', emoji: '❤️', label: 'Love' },
+    { kind: 'haha', emoji: '😆', label: 'Haha' },
+    { kind: 'wow', emoji: '😮', label: 'Wow' },
+    { kind: 'sad', emoji: '😢', label: 'Sad' },
+    { kind: 'angry', emoji: '😡', label: 'Angry' },
+  ];
+  const FLOATS_PER_EVENT = 20; // one event a second at most: a busy post shows a sample
+  const FLOATS_ON_SCREEN = 60;
+  const reducedMotion = window.matchMedia('(prefers-reduced-motion: reduce)');
+  const totals = Object.fromEntries(REACTIONS.map((r) => [r.kind, 0]));
+  const totalEls = {};
+
+  for (const r of REACTIONS) {
+    const wrap = document.createElement('span');
+    wrap.className = 'reaction';
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'react';
+    b.id = `react-${r.kind}`;
+    b.dataset.kind = r.kind;
+    b.setAttribute('aria-label', r.label);
+    b.setAttribute('aria-describedby', `total-${r.kind}`);
+    const face = document.createElement('span');
+    face.setAttribute('aria-hidden', 'true');
+    face.textContent = r.emoji;
+    b.append(face);
+    b.addEventListener('click', () => react(r.kind, b));
+    const total = document.createElement('span');
+    total.className = 'total';
+    total.id = `total-${r.kind}`;
+    totalEls[r.kind] = total;
+    wrap.append(b, total);
+    el.reactionButtons.append(wrap);
+  }
+  renderTotals();
+
+  function renderTotals() {
+    for (const r of REACTIONS) {
+      const n = totals[r.kind];
+      totalEls[r.kind].dataset.count = String(n);
+      totalEls[r.kind].textContent = n.toLocaleString('en');
+      totalEls[r.kind].title = `${n} × ${r.label}`;
+    }
+  }
+
+  // The totals: GET /posts/<id>/reactions at start and every 10 s (the server's are the truth,
+  // over every region); each `event: reactions` adds its counts in between. An answer during
+  // which an event arrived is ambiguous (it may or may not count that event): it is not used,
+  // and asked again shortly.
+  let reactionEvents = 0; // events received so far
+  async function loadTotals() {
+    const seen = reactionEvents;
+    try {
+      const t = await conn.reactions();
+      if (reactionEvents !== seen) { setTimeout(loadTotals, 1500); return; }
+      for (const r of REACTIONS) totals[r.kind] = t[r.kind] ?? 0;
+      renderTotals();
+      el.reactionButtons.dataset.loaded = 'true';
+    } catch { /* shown again at the next look */ }
+  }
+
+  function reactNotify(message, isError = false) {
+    el.reactNotice.textContent = message;
+    el.reactNotice.classList.toggle('error', isError);
+  }
+
+  // Reactions are signed like comments (the name's demo token), sent without waiting for one
+  // another (people tap fast). The reaction comes back in the next `event: reactions`, to this
+  // page as to every other, so nothing is counted here.
+  let reactErrorUntil = 0; // an error stays readable this long, even if later taps succeed
+  async function react(kind, button) {
+    const user = el.user.value.trim();
+    if (!user) {
+      reactNotify('Enter your name first: reactions are signed in, like comments.', true);
+      el.user.focus();
+      return;
+    }
+    button.classList.remove('sent');
+    void button.offsetWidth; // restart the press animation
+    button.classList.add('sent');
+    try {
+      if (!session || session.user !== user) conn.setToken(await tokenFor(user));
+      await conn.react(kind);
+      if (Date.now() >= reactErrorUntil) reactNotify('');
+    } catch (e) {
+      reactErrorUntil = Date.now() + Math.max(3, (e && e.retryAfter) || 0) * 1000;
+      reactNotify(`Reaction not sent: ${errorText(e)}`, true);
+    }
+  }
+
+  function onReactions(counts) {
+    reactionEvents += 1;
+    let any = false;
+    for (const r of REACTIONS) {
+      const n = counts[r.kind] || 0;
+      if (n > 0) { totals[r.kind] += n; any = true; }
+    }
+    if (!any) return;
+    renderTotals();
+    if (reducedMotion.matches) showBurst(counts);
+    else floatUp(counts);
+  }
+
+  // Up to FLOATS_PER_EVENT emoji, drawn in proportion to the counts, never more than
+  // FLOATS_ON_SCREEN at once; each floats up over the list and is removed when done.
+  function floatUp(counts) {
+    const kinds = REACTIONS.filter((r) => counts[r.kind] > 0).map((r) => ({ ...r, left: counts[r.kind] }));
+    let left = kinds.reduce((n, k) => n + k.left, 0);
+    const n = Math.max(0, Math.min(left, FLOATS_PER_EVENT, FLOATS_ON_SCREEN - el.floats.childElementCount));
+    for (let i = 0; i < n; i += 1) {
+      let x = Math.random() * left;
+      const k = kinds.find((c) => (x -= c.left) < 0) || kinds[kinds.length - 1];
+      k.left -= 1;
+      left -= 1;
+      const f = document.createElement('span');
+      f.className = 'float';
+      f.dataset.kind = k.kind;
+      f.textContent = k.emoji;
+      f.style.left = `${Math.round(Math.random() * 85)}%`;
+      // Spread over the second until the next event, as the reactions were.
+      f.style.animationDelay = `${Math.round((i / n) * 900)}ms`;
+      f.style.setProperty('--drift', `${Math.round((Math.random() - 0.5) * 80)}px`);
+      const done = () => f.remove();
+      f.addEventListener('animationend', done, { once: true });
+      setTimeout(done, 5000); // also when animations do not run
+      el.floats.append(f);
+    }
+    el.floats.dataset.shown = String(Number(el.floats.dataset.shown || 0) + n);
+  }
+
+  // With reduced motion: the counts of the last event in words, instead of floating emoji.
+  let burstTimer = null;
+  function showBurst(counts) {
+    el.burst.textContent = `Just now: ${REACTIONS.filter((r) => counts[r.kind] > 0)
+      .map((r) => `${r.emoji} ${counts[r.kind]}`).join(' · ')}`;
+    el.burst.hidden = false;
+    clearTimeout(burstTimer);
+    burstTimer = setTimeout(() => { el.burst.hidden = true; }, 3000);
+  }
+
   // ---- live stream and start ----------------------------------------------------------------
   // The client's states, in the words of the status line.
   const SHOWN_STATE = { connecting: 'connecting', open: 'live', reconnecting: 'reconnecting', resumed: 'caught-up', closed: 'offline' };
@@ -383,6 +571,11 @@ import { connect, LivecommentsError } from '/client.js';
     getToken,
     // A demo page cut off for long should come back soon after the server does.
     maxDelay: 5_000,
+    viewers: true,
+    rate,
+    onViewers: showViewers,
+    onReactions,
+    onSampling: showSampling,
     onStateChange: (state) => setState(SHOWN_STATE[state] || 'connecting'),
     onOpen: () => {
       startHistory(); // subscribed first, so nothing falls between history and stream
@@ -402,5 +595,6 @@ import { connect, LivecommentsError } from '/client.js';
   setTimeout(startHistory, 3000);
   // Slow mode and closed are settings, not stream events: read them now and every 10 s.
   loadSettings();
-  setInterval(loadSettings, 10_000);
+  loadTotals();
+  setInterval(() => { loadSettings(); loadTotals(); }, 10_000);
 })();

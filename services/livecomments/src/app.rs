@@ -115,33 +115,23 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
     }
     let history = Arc::new(History::new(sources));
 
-    // Readers (and standalone with NATS) answer other regions' since-queries.
+    // Readers (and standalone with NATS) answer other regions' since-queries and reaction
+    // totals queries (CONTRACT §11).
     if let (Some(rpc), Some(store), true) = (
         &rpc,
         &store,
         matches!(role, Role::Standalone | Role::Reader),
     ) {
-        let (rpc, store, region) = (rpc.clone(), store.clone(), s.region.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::reader::responder::serve(rpc, region, store).await {
-                tracing::error!(error = %e, "since-query responder stopped");
-            }
-        });
+        keep_serving(
+            "since-query",
+            crate::reader::responder::serve(rpc.clone(), s.region.clone(), store.clone()),
+        );
+        keep_serving(
+            "reaction totals",
+            crate::reader::reactions::serve(rpc.clone(), s.region.clone(), store.clone()),
+        );
     }
 
-    // Other regions' reaction totals queries (CONTRACT §11), answered beside since-queries.
-    if let (Some(rpc), Some(store), true) = (
-        &rpc,
-        &store,
-        matches!(role, Role::Standalone | Role::Reader),
-    ) {
-        let (rpc, store, region) = (rpc.clone(), store.clone(), s.region.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::reader::reactions::serve(rpc, region, store).await {
-                tracing::error!(error = %e, "reaction totals responder stopped");
-            }
-        });
-    }
     // Viewer counts of every fanout (CONTRACT §11): readers answer GET .../viewers with them,
     // fanouts send `event: viewers`.
     let viewer_counts = matches!(role, Role::Standalone | Role::Reader | Role::Fanout)
@@ -159,17 +149,15 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
 
     // Writers answer deletions forwarded by other regions.
     if let (Some(rpc), Some(store), Some(pipeline)) = (&rpc, &store, &pipeline) {
-        let (rpc, store, pipeline, region) = (
-            rpc.clone(),
-            store.clone(),
-            pipeline.clone(),
-            s.region.clone(),
+        keep_serving(
+            "deletion",
+            crate::ingest::delete::serve(
+                rpc.clone(),
+                s.region.clone(),
+                store.clone(),
+                pipeline.clone(),
+            ),
         );
-        tokio::spawn(async move {
-            if let Err(e) = crate::ingest::delete::serve(rpc, region, store, pipeline).await {
-                tracing::error!(error = %e, "deletion responder stopped");
-            }
-        });
     }
 
     // Bans and post settings (CONTRACT §8, §9): every role keeps them in memory; a node with
@@ -352,6 +340,18 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs a responder for the life of the process; one that stops is logged.
+fn keep_serving(
+    what: &'static str,
+    responder: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = responder.await {
+            tracing::error!(error = %e, "{what} responder stopped");
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub requests_rejected: Counter,
     pub rate_limited: Counter,
     pub reactions_accepted: Counter,
+    pub moderation_refused: Counter,
     pub reactions_lost: Counter,
     pub store_errors: Counter,
     pub write_queue_full: Counter,
@@ -111,6 +112,7 @@ impl Metrics {
             requests_rejected: Counter::default(),
             rate_limited: Counter::default(),
             reactions_accepted: Counter::default(),
+            moderation_refused: Counter::default(),
             reactions_lost: Counter::default(),
             store_errors: Counter::default(),
             write_queue_full: Counter::default(),
@@ -168,6 +170,11 @@ impl Metrics {
                 "rate_limited",
                 "POSTs refused by the per-user rate limit",
                 &self.rate_limited,
+            ),
+            (
+                "moderation_refused",
+                "POSTs refused by moderation: a ban, a closed post or slow mode (CONTRACT §8, §9)",
+                &self.moderation_refused,
             ),
             (
                 "reactions_accepted",

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use livecomments_shared::moderation::{Ban, PostSettings, Record, RecordBody};
-use livecomments_shared::{Comment, CommentId, Tombstone, time::format_millis};
+use livecomments_shared::{Comment, CommentId, PostId, Tombstone, time::format_millis};
 use livecomments_store::coalesce::Coalesced;
 use livecomments_store::cql::{self as cqlstore, CqlOptions, CqlStore};
 use livecomments_store::embedded::EmbeddedStore;
@@ -750,6 +750,34 @@ async fn moderation_since_reads_what_changed(s: Arc<dyn Store>) {
     );
 }
 
+// Reaction totals (CONTRACT §11)
+
+async fn reaction_counts_add_up_per_post_and_kind(s: Arc<dyn Store>) {
+    use livecomments_shared::{Counts, ReactionKind};
+    let (p, q) = (PostId::trusted("rx-p"), PostId::trusted("rx-q"));
+    assert!(
+        s.reactions(&p).await.unwrap().is_zero(),
+        "nothing counted yet"
+    );
+    let mut one = Counts::default();
+    one.add(ReactionKind::Like, 3);
+    one.add(ReactionKind::Angry, 1);
+    let mut two = Counts::default();
+    two.add(ReactionKind::Like, 2);
+    two.add(ReactionKind::Wow, 5);
+    s.add_reactions(&[(p.clone(), one), (q.clone(), two)])
+        .await
+        .unwrap();
+    s.add_reactions(&[(p.clone(), two)]).await.unwrap();
+    let got = s.reactions(&p).await.unwrap();
+    assert_eq!(got.get(ReactionKind::Like), 5);
+    assert_eq!(got.get(ReactionKind::Wow), 5);
+    assert_eq!(got.get(ReactionKind::Angry), 1);
+    assert_eq!(got.get(ReactionKind::Love), 0);
+    assert_eq!(s.reactions(&q).await.unwrap(), two, "posts apart");
+    s.add_reactions(&[]).await.unwrap();
+}
+
 macro_rules! suite {
     ($($name:ident => $func:ident;)*) => {
         mod embedded {
@@ -790,6 +818,7 @@ suite! {
     after_from_start => after_none_reads_from_the_start;
     moderation_last_writer_wins => moderation_records_merge_by_last_writer_wins;
     moderation_since => moderation_since_reads_what_changed;
+    reaction_totals => reaction_counts_add_up_per_post_and_kind;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -357,3 +357,60 @@ async fn garbage_delete_requests_delete_nothing() {
     );
     assert_eq!(s.get_json("/readyz").await.0, 200);
 }
+
+/// Viewer counts and reaction counts are foreign input too (CONTRACT §11): a beat that does
+/// not decode, claims another region than its subject's, names a bad post or a bad node is
+/// dropped and counted; the counts and the streams go on.
+#[tokio::test]
+async fn forged_viewer_and_reaction_beats_are_dropped() {
+    let nats = Nats::start().await;
+    let s = Server::standalone().nats(&nats.url).start().await;
+    let mut v = Sse::connect(&s.base, "beats", None).await;
+    assert!(v.started(T).await);
+    let before = s.metric(DECODE_ERRORS).await;
+    let mut evil = RawNats::connect(&nats.url).await;
+    let viewer_beats = [
+        b"garbage".to_vec(),
+        rmp_serde_named(&json!({"region": "us", "node": "n", "posts": [["beats", 1000]]})),
+        rmp_serde_named(&json!({"region": "local", "node": "", "posts": [["beats", 1000]]})),
+        rmp_serde_named(&json!({"region": "local", "node": "n", "posts": [["bad.post", 1000]]})),
+        rmp_serde_named(&json!({"region": "local", "node": "n", "posts": [["beats", -1]]})),
+    ];
+    for b in &viewer_beats {
+        evil.publish("comments.viewers.local", b).await;
+    }
+    let reaction_beats = [
+        rmp_serde_named(
+            &json!({"region": "local", "node": "n", "second": 1, "posts": [["beats", [1, 2]]]}),
+        ),
+        rmp_serde_named(
+            &json!({"region": "us", "node": "n", "second": 1, "posts": [["beats", [1, 0, 0, 0, 0, 0]]]}),
+        ),
+    ];
+    for b in &reaction_beats {
+        evil.publish("comments.reactions.local", b).await;
+    }
+    evil.flush().await;
+    let dropped = eventually(T, || async {
+        let n = s.metric(DECODE_ERRORS).await - before;
+        // Each forged beat is counted once, by the listener of its subject.
+        (n >= (viewer_beats.len() + reaction_beats.len()) as u64).then_some(n)
+    })
+    .await;
+    assert!(dropped.is_some(), "every forged beat counted");
+    // The count is the one real stream; the stream got no reactions event.
+    assert!(
+        eventually(T, || async {
+            (s.viewers("beats").await == 1).then_some(())
+        })
+        .await
+        .is_some()
+    );
+    let mut seen = Vec::new();
+    assert!(
+        v.until_event("reactions", Duration::from_millis(1500), &mut seen)
+            .await
+            .is_none()
+    );
+    assert_eq!(s.get_json("/healthz").await.0, 200);
+}

@@ -242,7 +242,7 @@ impl Hub {
                 }
                 _ = heartbeat.tick() => self.broadcast(Arc::new(Frame::ping())),
                 _ = viewers_tick.tick() => self.send_viewer_count(&mut viewers_sent),
-                _ = retry.tick() => {
+                _ = retry.tick(), if self.has_work_later() || self.is_sampling() => {
                     self.report_sampling();
                     if self.has_work_later() {
                         self.retry_later().await;
@@ -636,9 +636,7 @@ impl Hub {
             }
             n
         };
-        METRICS
-            .sse_events_delivered
-            .inc_by((delivered * frame.events()) as u64);
+        METRICS.sse_events_delivered.inc_by(delivered as u64);
         // Once per comment per hub, not per viewer: the histogram takes a lock.
         let now = time::now_millis();
         let parts = if frame.parts.is_empty() {
@@ -659,7 +657,8 @@ impl Hub {
         }
     }
 
-    /// Offers `frame` to one shard's viewers, forgetting those gone; returns how many took it.
+    /// Offers `frame` to one shard's viewers (a sample of it to `rate` viewers), forgetting
+    /// those gone; returns the events delivered.
     /// Yields between slices of the walk, so a walk of a big post does not hold a worker
     /// from everything else (POSTs, smaller posts) for tens of milliseconds.
     async fn walk_shard(&self, shard: usize, frame: &Arc<Frame>) -> usize {
@@ -668,17 +667,33 @@ impl Hub {
         let mut walk = std::mem::take(&mut *self.shards[shard].lock());
         let max = self.fanout.cfg.viewer_buffer;
         let mut kept = 0;
+        let mut events = 0;
+        let mut samples: Vec<(Rate, Arc<Frame>)> = Vec::new();
         let mut at = 0;
         while at < walk.len() {
             let end = (at + WALK_SLICE).min(walk.len());
             for i in at..end {
-                let taken = match walk[i].opts.rate {
-                    None => walk[i].offer(frame, max),
-                    Some(rate) => walk[i].offer(&self.sample(rate, frame), max),
+                let (taken, n) = match walk[i].opts.rate {
+                    None => (walk[i].offer(frame, max), frame.events()),
+                    Some(rate) => {
+                        // The hub's decision for this rate, asked once per shard walk: a lock
+                        // and a map lookup per sampled viewer per frame made the cost grow
+                        // with the post's rate instead of with what is shown (BENCHMARKS.md).
+                        let sample = match samples.iter().find(|(r, _)| *r == rate) {
+                            Some((_, f)) => f.clone(),
+                            None => {
+                                let f = self.sample(rate, frame);
+                                samples.push((rate, f.clone()));
+                                f
+                            }
+                        };
+                        (walk[i].offer(&sample, max), sample.events())
+                    }
                 };
                 if taken {
                     walk.swap(kept, i);
                     kept += 1;
+                    events += n;
                 }
             }
             at = end;
@@ -688,7 +703,7 @@ impl Hub {
         }
         walk.truncate(kept);
         *self.shards[shard].lock() = walk;
-        kept
+        events
     }
 }
 
@@ -723,6 +738,12 @@ impl Hub {
             sampled
         });
         decided.clone().unwrap_or_else(|| frame.clone())
+    }
+
+    /// True while some rate's sampler is kept (a `rate` viewer came in the last minute): the
+    /// hub's second tick then runs for it, and idle hubs are not woken every second.
+    fn is_sampling(&self) -> bool {
+        !self.samples.lock().samplers.is_empty()
     }
 
     /// Once a second: `event: sampling` to the viewers of each rate that left comments out

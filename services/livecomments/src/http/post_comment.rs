@@ -39,10 +39,12 @@ pub async fn handle(
     };
     // Moderation (CONTRACT §8, §9), from this node's memory: no I/O on the POST path.
     if let Some(ban) = st.moderation.state.ban_of(&caller.user_id, &post_id) {
+        METRICS.moderation_refused.inc();
         return Err(ApiError::new(ErrorCode::Banned, banned_message(&ban)));
     }
     let settings = st.moderation.state.settings(&post_id);
     if settings.closed {
+        METRICS.moderation_refused.inc();
         return Err(ApiError::new(
             ErrorCode::PostClosed,
             "this post is closed to new comments",
@@ -92,7 +94,10 @@ pub async fn handle(
                 .observe(accepted.elapsed().as_secs_f64());
             return Ok((StatusCode::CREATED, axum::Json(c)).into_response());
         }
-        METRICS.rate_limited.inc();
+        match refusal.rejection.code {
+            ErrorCode::SlowMode => METRICS.moderation_refused.inc(),
+            _ => METRICS.rate_limited.inc(),
+        };
         return Err(refusal);
     }
     // The request counts against the limit before the answer, whichever node the user's

@@ -42,6 +42,7 @@ pub async fn handle(
     // A banned user cannot react either (CONTRACT §8: "nothing is stored"); a closed post
     // still takes reactions, as a finished live video keeps its hearts.
     if let Some(ban) = st.moderation.state.ban_of(&caller.user_id, &post_id) {
+        METRICS.moderation_refused.inc();
         return Err(ApiError::new(
             ErrorCode::Banned,
             super::post_comment::banned_message(&ban),

@@ -232,7 +232,7 @@ mod tests {
             .iter()
             .flat_map(|(_, _, c)| statements(c, "ks1"))
             .collect();
-        assert_eq!(all.len(), 8);
+        assert_eq!(all.len(), 9);
         for s in &all {
             assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");
             assert!(!s.contains("{keyspace}") && !s.contains("--"), "{s}");

@@ -65,7 +65,7 @@ impl CqlStore {
             if n > 0 {
                 batch.append_statement(self.reactions.add.clone());
                 values.push((
-                    i64::try_from(n).unwrap_or(i64::MAX),
+                    scylla::value::Counter(i64::try_from(n).unwrap_or(i64::MAX)),
                     post.as_str(),
                     kind.as_str(),
                 ));
