@@ -125,6 +125,15 @@ impl Frame {
         }
     }
 
+    /// [`Frame::each`] with, for each, whether a sample leaves it out (it still moves the
+    /// viewer's position, but writes nothing).
+    pub fn each_with_skips(self: &Arc<Self>) -> impl Iterator<Item = (&Arc<Frame>, bool)> {
+        self.each()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p, self.skipped.get(i).copied().unwrap_or(false)))
+    }
+
     /// This frame without the parts `keep` refuses (CONTRACT §11's sample: only comments
     /// are ever refused). A viewer in step writes the kept parts' bytes and ends where the
     /// whole frame ends; with `mark_position`, an `id:`-only line after the last kept part
@@ -260,8 +269,11 @@ impl Frame {
         if !self.parts.is_empty() {
             let mut out = BytesMut::new();
             let mut unmarked = false;
-            for (i, p) in self.parts.iter().enumerate() {
-                let skip = self.skipped.get(i).copied().unwrap_or(false);
+            for (p, skip) in self
+                .parts
+                .iter()
+                .zip(self.skipped.iter().copied().chain(std::iter::repeat(false)))
+            {
                 if let Some(b) = p.render(pos) {
                     if skip {
                         // Left out by the sample: the position moves, nothing is written.
@@ -526,5 +538,36 @@ mod tests {
         assert!(pos.covers("us", "01JDQ7Z8XK3M4N5P6Q7R8S9001"));
         // A viewer whose replay already covered a frame skips it.
         assert!(frames[0].render(&mut pos).is_none());
+    }
+
+    #[test]
+    fn a_sample_moves_the_position_past_what_it_leaves_out() {
+        let start = Arc::new(Position::new());
+        let cs = [comment("eu", 1), comment("eu", 2), comment("eu", 3)];
+        let frames = dispatch(&start, &cs);
+        let batch = Frame::batch(frames.clone());
+        let end = frames[2].span.as_ref().unwrap().after.clone();
+        // Keep only c1: c2 and c3 are left out, and the frame ends with their position.
+        let sample = batch.sampled(|c| c.id.ends_with("001"), true).unwrap();
+        assert!(sample.marked && !sample.unmarked());
+        let mut in_step = start.clone();
+        let out = sample.render(&mut in_step).unwrap();
+        assert_eq!(texts(&out), ["c1"]);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.ends_with(&format!("id: {end}\n\n")), "{text}");
+        assert!(Arc::ptr_eq(&in_step, &end));
+        // A viewer out of step gets the same comments and its own position at the end.
+        let mut own = Position::new();
+        own.advance("us", "01JDQ7Z8XK3M4N5P6Q7R8S9001");
+        let mut pos = Arc::new(own);
+        let out = sample.render(&mut pos).unwrap();
+        assert_eq!(texts(&out), ["c1"]);
+        assert!(pos.covers("eu", &cs[2].id) && pos.covers("us", "01JDQ7Z8XK3M4N5P6Q7R8S9001"));
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.ends_with(&format!("id: {pos}\n\n")), "{text}");
+        let skips: Vec<bool> = sample.each_with_skips().map(|(_, s)| s).collect();
+        assert_eq!(skips, [false, true, true]);
+        // Nothing left out: no sample.
+        assert!(batch.sampled(|_| true, true).is_none());
     }
 }

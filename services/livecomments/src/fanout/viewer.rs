@@ -200,12 +200,10 @@ impl Viewer {
     }
 
     async fn render_queued(&mut self, f: &Arc<Frame>) {
-        let parts: &[Arc<Frame>] = if f.parts.is_empty() {
-            std::slice::from_ref(f)
-        } else {
-            &f.parts
-        };
-        for part in parts {
+        // A sample's left-out comments move the position and write nothing, as in
+        // `Frame::render`; an `id:`-only line follows when the frame ends with them.
+        let mut unmarked = false;
+        for (part, skip) in f.each_with_skips() {
             let held = part
                 .comment
                 .as_ref()
@@ -219,13 +217,22 @@ impl Viewer {
                 continue;
             }
             let mut st = self.conn.lock();
-            if let Some(bytes) = part.render(&mut st.pos)
+            let Some(bytes) = part.render(&mut st.pos) else {
+                continue;
+            };
+            unmarked = skip;
+            if !skip
                 && !self
                     .conn
                     .push_event(st, &bytes, self.hub.fanout().cfg.viewer_buffer)
             {
                 return;
             }
+        }
+        if unmarked && f.marked {
+            let mut st = self.conn.lock();
+            let line = sse::position_only(&st.pos);
+            Conn::push(&mut st, &line);
         }
     }
 
