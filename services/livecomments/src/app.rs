@@ -197,74 +197,71 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         trusted_proxies: s.limits.trusted_proxies.clone(),
         demo_page: role == Role::Standalone,
     });
+    // The deployment's other regions: where deletions are forwarded and reaction totals asked.
+    let others: Vec<String> = s
+        .regions
+        .iter()
+        .filter(|r| **r != s.region)
+        .cloned()
+        .collect();
     let ingest = match (&store, pipeline) {
-        (Some(store), Some(pipeline)) => {
-            let others: Vec<String> = s
-                .regions
-                .iter()
-                .filter(|r| **r != s.region)
-                .cloned()
-                .collect();
-            Some(Arc::new(IngestState {
-                common: common.clone(),
-                pipeline,
+        (Some(store), Some(pipeline)) => Some(Arc::new(IngestState {
+            common: common.clone(),
+            pipeline,
+            store: store.clone(),
+            moderation: Arc::new(Moderator {
+                state: moderation.clone(),
                 store: store.clone(),
-                moderation: Arc::new(Moderator {
-                    state: moderation.clone(),
-                    store: store.clone(),
-                    bus: bus.clone(),
-                    region: s.region.clone(),
-                }),
-                slow: match &cql {
-                    Some(store) => SlowMode::Shared(store.clone()),
-                    None => SlowMode::local(),
+                bus: bus.clone(),
+                region: s.region.clone(),
+            }),
+            slow: match &cql {
+                Some(store) => SlowMode::Shared(store.clone()),
+                None => SlowMode::local(),
+            },
+            history: history.clone(),
+            rate: Arc::new(match cql.clone() {
+                Some(store) => UserLimit::Shared {
+                    store,
+                    limit: s.limits.rate_limit,
+                    window: Duration::from_secs(s.limits.rate_window_secs),
+                    namespace: "",
                 },
-                history: history.clone(),
-                rate: Arc::new(match cql.clone() {
+                None => UserLimit::Local(RateLimiter::new(
+                    s.limits.rate_limit,
+                    Duration::from_secs(s.limits.rate_window_secs),
+                )),
+            }),
+            reactions: Reactions::start(
+                Region::trusted(s.region.clone()),
+                store.clone(),
+                bus.clone(),
+                match &cql {
                     Some(store) => UserLimit::Shared {
-                        store,
-                        limit: s.limits.rate_limit,
-                        window: Duration::from_secs(s.limits.rate_window_secs),
+                        store: store.clone(),
+                        limit: s.limits.reaction_limit,
+                        window: Duration::from_secs(1),
+                        // Reactions do not eat into the comment limit.
+                        namespace: "\u{1}reaction\u{1}",
                     },
                     None => UserLimit::Local(RateLimiter::new(
-                        s.limits.rate_limit,
-                        Duration::from_secs(s.limits.rate_window_secs),
+                        s.limits.reaction_limit,
+                        Duration::from_secs(1),
                     )),
+                },
+            ),
+            remote_deletes: rpc
+                .clone()
+                .filter(|_| !others.is_empty())
+                .map(|rpc| RemoteDeletes {
+                    rpc,
+                    regions: others.clone(),
                 }),
-                reactions: Reactions::start(
-                    Region::trusted(s.region.clone()),
-                    store.clone(),
-                    bus.clone(),
-                    match &cql {
-                        Some(store) => UserLimit::Shared {
-                            store: store.clone(),
-                            limit: s.limits.reaction_limit,
-                            window: Duration::from_secs(1),
-                        },
-                        None => UserLimit::Local(RateLimiter::new(
-                            s.limits.reaction_limit,
-                            Duration::from_secs(1),
-                        )),
-                    },
-                ),
-                remote_deletes: rpc.clone().filter(|_| !others.is_empty()).map(|rpc| {
-                    RemoteDeletes {
-                        rpc,
-                        regions: others,
-                    }
-                }),
-            }))
-        }
+        })),
         _ => None,
     };
     let reader = match (&store, &viewer_counts, role) {
         (Some(store), Some(viewers), Role::Standalone | Role::Reader) => {
-            let others: Vec<String> = s
-                .regions
-                .iter()
-                .filter(|r| **r != s.region)
-                .cloned()
-                .collect();
             Some(Arc::new(ReaderState {
                 common: common.clone(),
                 history: history.clone(),

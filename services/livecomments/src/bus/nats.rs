@@ -327,10 +327,13 @@ impl Bus for NatsBus {
 
     async fn subscribe_viewers(&self) -> Result<Beats<ViewerBeat>, BusError> {
         self.subscribe_checked(wire::VIEWERS_SUBJECT_ALL, |b: &ViewerBeat, region| {
-            b.region.as_str() == region
-                && node_is_sane(&b.node)
-                && b.posts.len() <= wire::VIEWER_BEAT_MAX_POSTS
-                && b.posts.iter().all(|(p, _)| validate::post_id(p).is_ok())
+            beat_is_from(
+                region,
+                &b.region,
+                &b.node,
+                &b.posts,
+                wire::VIEWER_BEAT_MAX_POSTS,
+            )
         })
         .await
     }
@@ -342,10 +345,13 @@ impl Bus for NatsBus {
 
     async fn subscribe_reactions(&self) -> Result<Beats<ReactionBeat>, BusError> {
         self.subscribe_checked(wire::REACTIONS_SUBJECT_ALL, |b: &ReactionBeat, region| {
-            b.region.as_str() == region
-                && node_is_sane(&b.node)
-                && b.posts.len() <= wire::REACTION_BEAT_MAX_POSTS
-                && b.posts.iter().all(|(p, _)| validate::post_id(p).is_ok())
+            beat_is_from(
+                region,
+                &b.region,
+                &b.node,
+                &b.posts,
+                wire::REACTION_BEAT_MAX_POSTS,
+            )
         })
         .await
     }
@@ -407,9 +413,20 @@ impl NatsBus {
     }
 }
 
-/// A node name in a beat: 1..=64 visible ASCII characters.
-fn node_is_sane(node: &str) -> bool {
-    (1..=64).contains(&node.len()) && node.bytes().all(|b| b.is_ascii_graphic())
+/// A count beat (viewers, reactions) names the region of its subject, a node of 1..=64
+/// visible ASCII characters, and at most `max_posts` valid post ids.
+fn beat_is_from<T>(
+    subject_region: &str,
+    region: &str,
+    node: &str,
+    posts: &[(livecomments_shared::PostId, T)],
+    max_posts: usize,
+) -> bool {
+    region == subject_region
+        && (1..=64).contains(&node.len())
+        && node.bytes().all(|b| b.is_ascii_graphic())
+        && posts.len() <= max_posts
+        && posts.iter().all(|(p, _)| validate::post_id(p).is_ok())
 }
 
 /// The NATS headers carrying `id`.

@@ -639,12 +639,8 @@ impl Hub {
         METRICS.sse_events_delivered.inc_by(delivered as u64);
         // Once per comment per hub, not per viewer: the histogram takes a lock.
         let now = time::now_millis();
-        let parts = if frame.parts.is_empty() {
-            std::slice::from_ref(&frame)
-        } else {
-            &frame.parts[..]
-        };
-        for c in parts
+        for c in frame
+            .each()
             .iter()
             .filter_map(|p| p.comment.as_ref())
             .filter(|c| c.is_comment)
@@ -705,9 +701,7 @@ impl Hub {
         *self.shards[shard].lock() = walk;
         events
     }
-}
 
-impl Hub {
     /// `frame` as viewers at `rate` get it: decided once per rate and turn.
     fn sample(&self, rate: Rate, frame: &Arc<Frame>) -> Arc<Frame> {
         let mut samples = self.samples.lock();

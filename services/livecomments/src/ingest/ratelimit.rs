@@ -25,6 +25,10 @@ pub enum UserLimit {
         store: Arc<CqlStore>,
         limit: u32,
         window: Duration,
+        /// Put before the user id in the store's window, so that two limits (comments,
+        /// reactions) of one user keep apart there; `""` for the comment limit. (In memory
+        /// each limit is a `RateLimiter` of its own.)
+        namespace: &'static str,
     },
 }
 
@@ -41,7 +45,12 @@ impl UserLimit {
                 store,
                 limit,
                 window,
-            } => store.check_rate(user, *limit, *window).await,
+                namespace,
+            } => {
+                store
+                    .check_rate(&keyed(namespace, user), *limit, *window)
+                    .await
+            }
         }
     }
 
@@ -49,8 +58,21 @@ impl UserLimit {
     pub async fn record(&self, user: &str) -> StoreResult<()> {
         match self {
             UserLimit::Local(_) => Ok(()),
-            UserLimit::Shared { store, window, .. } => store.record_rate(user, *window).await,
+            UserLimit::Shared {
+                store,
+                window,
+                namespace,
+                ..
+            } => store.record_rate(&keyed(namespace, user), *window).await,
         }
+    }
+}
+
+fn keyed<'a>(namespace: &str, user: &'a str) -> std::borrow::Cow<'a, str> {
+    if namespace.is_empty() {
+        user.into()
+    } else {
+        format!("{namespace}{user}").into()
     }
 }
 
@@ -86,9 +108,13 @@ impl RateLimiter {
                 return Err(Duration::from_secs(1));
             }
         }
-        let (tokens, at) = users
-            .entry(user.to_string())
-            .or_insert((self.capacity, now));
+        // A known user costs no allocation (the hot path: every POST and every reaction).
+        if !users.contains_key(user) {
+            users.insert(user.to_string(), (self.capacity, now));
+        }
+        let Some((tokens, at)) = users.get_mut(user) else {
+            return Err(Duration::from_secs(1));
+        };
         *tokens =
             (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.capacity);
         *at = now;

@@ -90,9 +90,7 @@ impl Reactions {
         post: &PostId,
         kind: ReactionKind,
     ) -> Result<(), Refused> {
-        // Its own key in the shared window: reactions do not eat into the comment limit.
-        let key = format!("\u{1}reaction\u{1}{user}");
-        match self.limit.check(&key).await {
+        match self.limit.check(user).await {
             Ok(Ok(())) => {}
             Ok(Err(wait)) => return Err(Refused::Limited(wait)),
             Err(_) => return Err(Refused::Unavailable("the rate-limit store")),
@@ -110,7 +108,7 @@ impl Reactions {
         }
         METRICS.reactions_accepted.inc();
         self.limit
-            .record(&key)
+            .record(user)
             .await
             .map_err(|_| Refused::Unavailable("the rate-limit store"))
     }
