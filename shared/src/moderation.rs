@@ -148,7 +148,19 @@ pub struct Record {
 /// The key of a ban: `b/<post or *>/<user>`. A post id never contains `/` or `*`
 /// (`validate::post_id`), so the user id, last, may contain anything.
 pub fn ban_key(user_id: &str, post_id: Option<&str>) -> String {
-    format!("b/{}/{user_id}", post_id.unwrap_or("*"))
+    let mut key = String::new();
+    write_ban_key(&mut key, user_id, post_id);
+    key
+}
+
+/// [`ban_key`] into `key` (cleared first): a hot path reuses one buffer.
+pub fn write_ban_key(key: &mut String, user_id: &str, post_id: Option<&str>) {
+    key.clear();
+    key.reserve(4 + user_id.len() + post_id.map_or(1, str::len));
+    key.push_str("b/");
+    key.push_str(post_id.unwrap_or("*"));
+    key.push('/');
+    key.push_str(user_id);
 }
 
 /// The key of a post's settings: `s/<post>`.

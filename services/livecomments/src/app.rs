@@ -317,8 +317,7 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
     let listener = bind(s.listen).with_context(|| format!("binding --listen {}", s.listen))?;
     let local = listener.local_addr()?;
     tracing::info!(role = ?role, listen = %local, region = %s.region, "serving");
-    let fanout = rooms.fanout.as_ref().map(|f| f.fanout.clone());
-    let fanout_for_shutdown = fanout.clone();
+    let fanout_for_shutdown = rooms.fanout.as_ref().map(|f| f.fanout.clone());
     let shutdown = async move {
         shutdown_signal().await;
         tracing::info!("shutting down: refusing new connections, telling streams to reconnect");
@@ -326,15 +325,12 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
             f.close_all();
         }
     };
-    crate::server::serve(listener, router, lean, shutdown, SHUTDOWN_GRACE).await;
-    // Streams on the lean path are not hyper connections: let them write their `reconnect`
-    // event and close before the process exits.
-    if let Some(f) = &fanout {
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while f.open_streams() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let threads = s
+        .http_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    crate::server::serve(listener, router, lean, shutdown, SHUTDOWN_GRACE, threads)
+        .await
+        .context("starting the connection threads")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -88,6 +88,11 @@ pub struct Settings {
     #[command(flatten)]
     pub limits: LimitArgs,
 
+    /// Threads that serve HTTP connections, each on a runtime of its own (default: one per
+    /// core; 0: on the main runtime). See `server.rs`.
+    #[arg(long, env = "LIVECOMMENTS_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "LIVECOMMENTS_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -213,6 +218,9 @@ pub struct LimitArgs {
     pub trusted_proxies: Vec<livecomments_shared::Cidr>,
 }
 
+/// More connection threads than this is a typo, not a machine: each holds a runtime.
+const MAX_HTTP_THREADS: usize = 1024;
+
 impl Settings {
     /// Checks what clap cannot; the message names the flag to fix.
     pub fn validate(&mut self, role: Role) -> Result<(), String> {
@@ -225,6 +233,9 @@ impl Settings {
         }
         if self.regions.is_empty() {
             self.regions.push(self.region.clone());
+        }
+        if self.http_threads.is_some_and(|n| n > MAX_HTTP_THREADS) {
+            return Err(format!("--http-threads: at most {MAX_HTTP_THREADS}"));
         }
         for r in &self.regions {
             if !is_region(r) {

@@ -117,19 +117,23 @@ pub fn request_span(id: &RequestId, method: &str, path: &str) -> tracing::Span {
 
 /// Records the outcome on the request's span and logs the request line (at info; health,
 /// readiness, metrics and static files at debug, they are polled).
-pub fn finish(span: &tracing::Span, path: &str, status: u16, started: Instant) {
+/// `polled`: the path is one of [`is_polled`]'s.
+pub fn finish(span: &tracing::Span, polled: bool, status: u16, started: Instant) {
+    if span.is_disabled() {
+        return;
+    }
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let latency_ms = (latency_ms * 1000.0).round() / 1000.0;
     span.record("status", status);
     span.record("latency_ms", latency_ms);
-    if is_polled(path) {
+    if polled {
         tracing::debug!(parent: span, "request");
     } else {
         tracing::info!(parent: span, "request");
     }
 }
 
-fn is_polled(path: &str) -> bool {
+pub fn is_polled(path: &str) -> bool {
     matches!(
         path,
         "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/" | "/app.js" | "/style.css"
@@ -140,8 +144,10 @@ fn is_polled(path: &str) -> bool {
 pub async fn middleware(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = RequestId::from_header(req.headers().get(&HTTP_HEADER));
-    let path = req.uri().path().to_string();
-    let span = request_span(&id, req.method().as_str(), &path);
+    // The path is only looked at here, so nothing is copied per request (at warn the span is
+    // disabled and this is all the per-request logging costs).
+    let polled = is_polled(req.uri().path());
+    let span = request_span(&id, req.method().as_str(), req.uri().path());
     req.extensions_mut().insert(id.clone());
     let mut resp = scope(id.clone(), next.run(req))
         .instrument(span.clone())
@@ -149,7 +155,7 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
     if let Some(v) = id.header_value() {
         resp.headers_mut().insert(HTTP_HEADER.clone(), v);
     }
-    finish(&span, &path, resp.status().as_u16(), started);
+    finish(&span, polled, resp.status().as_u16(), started);
     resp
 }
 

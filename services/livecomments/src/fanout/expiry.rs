@@ -46,11 +46,17 @@ struct State {
 }
 
 impl Expiries {
-    /// Closes `conn` with `event: reconnect` once `exp` (Unix seconds) has passed.
-    pub fn watch(self: &Arc<Self>, conn: &Arc<Conn>, exp: u64) {
+    /// Starts the sweeper on the calling runtime, once. `Fanout::new` calls it on the main
+    /// runtime, so that a connection thread's runtime (`server.rs`) never holds it.
+    pub fn start(self: &Arc<Self>) {
         if !self.started.swap(true, Ordering::AcqRel) {
             tokio::spawn(self.clone().sweep());
         }
+    }
+
+    /// Closes `conn` with `event: reconnect` once `exp` (Unix seconds) has passed.
+    pub fn watch(self: &Arc<Self>, conn: &Arc<Conn>, exp: u64) {
+        self.start();
         let earliest = {
             let mut st = self.state.lock();
             let earliest = st

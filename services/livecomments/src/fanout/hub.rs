@@ -124,7 +124,7 @@ impl Hub {
             nudge: tokio::sync::Notify::new(),
             samples: Mutex::default(),
         });
-        let task = tokio::spawn(hub.clone().run());
+        let task = hub.fanout.background.spawn(hub.clone().run());
         hub.state.lock().task = Some(task.abort_handle());
         hub
     }

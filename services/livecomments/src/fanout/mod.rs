@@ -60,6 +60,9 @@ pub struct Fanout {
     pins: Arc<ModState>,
     /// Every fanout's viewer counts (CONTRACT §11), for `event: viewers`.
     pub(crate) counts: Arc<ViewerCounts>,
+    /// The main runtime, where hubs run: a hub outlives the viewer whose request started it,
+    /// and that request may be served on a connection thread's runtime (`server.rs`).
+    pub(crate) background: tokio::runtime::Handle,
 }
 
 /// What a stream asked for beside its post (CONTRACT §11).
@@ -121,9 +124,11 @@ impl Fanout {
             total: Default::default(),
             closing: tokio::sync::watch::channel(false).0,
             expiries: Arc::default(),
+            background: tokio::runtime::Handle::current(),
             pins,
             counts,
         });
+        fanout.expiries.start();
         let weak = Arc::downgrade(&fanout);
         tokio::spawn(async move {
             loop {

@@ -116,7 +116,7 @@ pub async fn serve(
             &id,
         )
         .await;
-        trace::finish(&span, STREAM_PATH, 400, started);
+        trace::finish(&span, false, 400, started);
         return;
     };
     drop(head);
@@ -142,11 +142,11 @@ pub async fn serve(
             if let Ok(mut stream) = Arc::try_unwrap(socket) {
                 let _ = write_error(&mut stream, e, &id).await;
             }
-            trace::finish(&span, STREAM_PATH, status, started);
+            trace::finish(&span, false, status, started);
             return;
         }
     };
-    trace::finish(&span, STREAM_PATH, 200, started);
+    trace::finish(&span, false, 200, started);
     // The viewer lives for hours: give it a task of its own whose future holds only the
     // socket and the viewer, not the larger state of parsing and setting up.
     tokio::spawn(pump(socket, viewer, id));

@@ -109,11 +109,13 @@ impl RateLimiter {
             }
         }
         // A known user costs no allocation (the hot path: every POST and every reaction).
-        if !users.contains_key(user) {
-            users.insert(user.to_string(), (self.capacity, now));
-        }
-        let Some((tokens, at)) = users.get_mut(user) else {
-            return Err(Duration::from_secs(1));
+        // One lookup for a user already known (the hot case: 77k reactions/s spend their
+        // time here otherwise hashing the id three times); the id is copied only when new.
+        let (tokens, at) = match users.get_mut(user) {
+            Some(entry) => entry,
+            None => users
+                .entry(user.to_string())
+                .or_insert((self.capacity, now)),
         };
         *tokens =
             (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.capacity);

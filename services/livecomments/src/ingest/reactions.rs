@@ -104,7 +104,11 @@ impl Reactions {
                     "the reaction counter (too many posts)",
                 ));
             }
-            posts.entry(post.clone()).or_default().add(kind, 1);
+            match posts.get_mut(post) {
+                Some(counts) => counts.add(kind, 1),
+                // The id is copied once per post and second, not per reaction.
+                None => posts.entry(post.clone()).or_default().add(kind, 1),
+            }
         }
         METRICS.reactions_accepted.inc();
         self.limit

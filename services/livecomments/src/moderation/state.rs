@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use livecomments_shared::moderation::{
-    Ban, PostSettings, Record, RecordBody, ban_key, settings_key,
+    Ban, PostSettings, Record, RecordBody, ban_key, settings_key, write_ban_key,
 };
 use livecomments_shared::{Comment, PostId, time::now_millis};
 use parking_lot::RwLock;
@@ -107,13 +107,23 @@ impl ModState {
     /// The ban that keeps `user` from posting on `post` now (the post's own, or the global
     /// one; the longer of the two when both hold).
     pub fn ban_of(&self, user: &str, post: &str) -> Option<Ban> {
-        let now = now_millis();
         let map = self.records.read();
-        let get = |k: String| match map.get(&k).map(|r| &r.body) {
-            Some(RecordBody::Ban(b)) if b.active(now) => Some(b.clone()),
-            _ => None,
+        if map.is_empty() {
+            return None;
+        }
+        let now = now_millis();
+        // Checked on every POST and reaction: one key buffer for both lookups, no `format!`
+        // (two formatted keys were 1.3 % of a reaction's CPU with no ban at all).
+        let mut key = String::new();
+        let mut get = |post: Option<&str>| {
+            write_ban_key(&mut key, user, post);
+            match map.get(&key).map(|r| &r.body) {
+                Some(RecordBody::Ban(b)) if b.active(now) => Some(b.clone()),
+                _ => None,
+            }
         };
-        match (get(ban_key(user, Some(post))), get(ban_key(user, None))) {
+        let scoped = get(Some(post));
+        match (scoped, get(None)) {
             (Some(a), Some(b)) => Some(
                 if b.expires_at_ms
                     .is_none_or(|e| a.expires_at_ms.is_some_and(|x| x < e))
