@@ -16,6 +16,7 @@ mod publish;
 mod scenarios;
 mod server;
 mod stats;
+mod wrk;
 
 use std::process::ExitCode;
 
