@@ -91,3 +91,31 @@ async fn too_many_connection_threads_is_a_configuration_error() {
         .expect("refused at start");
     assert!(format!("{err}").contains("--http-threads"), "{err}");
 }
+
+/// The first viewer of a post starts its hub on the main runtime while the viewer's own
+/// request runs on a connection thread, so the hub's start can finish before the viewer
+/// listens for it: a "ready" sent then was lost and every viewer of that post waited for
+/// good (docs/BENCHMARKS.md, "Reactions again"). 200 posts, 200 such races.
+#[tokio::test]
+async fn every_new_hub_becomes_ready_for_its_first_viewer() {
+    let s = Server::standalone()
+        .args(["--http-threads", "2"])
+        .start()
+        .await;
+    let mut viewers = Vec::new();
+    for i in 0..200 {
+        let v = tokio::time::timeout(T, Sse::connect(&s.base, &format!("hub{i}"), None))
+            .await
+            .unwrap_or_else(|_| panic!("post hub{i}: no answer"));
+        assert_eq!(v.status, 200);
+        viewers.push(v);
+    }
+    for (i, v) in viewers.iter_mut().enumerate() {
+        let first = v.next(T).await;
+        assert_eq!(
+            first.map(|e| e.event).as_deref(),
+            Some("retry"),
+            "post hub{i}"
+        );
+    }
+}

@@ -11,8 +11,8 @@
 //! connection (hubs, the writer, the bus, timers) stays on the main multi-threaded runtime:
 //! `Fanout` spawns its hubs there, whichever thread the first viewer came in on.
 //! `--http-threads 0` (the default) serves connections on the main runtime. Off by default
-//! because one of 17 benchmark runs with threads saw no viewer connect in 120 s, unexplained
-//! and not reproduced since (docs/BENCHMARKS.md); one per core is the fastest setting here.
+//! until the whole test suite has run on the threads: they exposed a lost "ready" in the hub
+//! (fixed, `Hub::run`), and one per core is the fastest setting here (docs/BENCHMARKS.md).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -165,7 +165,7 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let _ = done.send(true);
+    done.send_replace(true);
     Ok(())
 }
 

@@ -209,7 +209,12 @@ impl Hub {
             }
         };
         self.state.lock().pos = Arc::new(start);
-        let _ = self.ready.send(true);
+        // `send_replace`, not `send`: `send` stores nothing when no receiver exists yet, and
+        // the first viewer subscribes in `join` only after `start` returned. A hub task that
+        // got this far before it (it runs on the main runtime while the viewer's request may
+        // be on a connection thread) left every viewer of the post waiting for good: 2 of ~30
+        // benchmark runs with `--http-threads 2`, none of 7 once fixed.
+        self.ready.send_replace(true);
 
         let mut heartbeat = tokio::time::interval(fanout.cfg.heartbeat);
         heartbeat.tick().await;

@@ -247,6 +247,7 @@ impl Fanout {
 
     /// Shutdown: every viewer is told to reconnect (and its stream ends).
     pub fn close_all(&self) {
-        let _ = self.closing.send(true);
+        // Stored even when no hub listens yet: a hub started after this sees it.
+        self.closing.send_replace(true);
     }
 }
