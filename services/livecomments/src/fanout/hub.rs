@@ -213,7 +213,7 @@ impl Hub {
         // the first viewer subscribes in `join` only after `start` returned. A hub task that
         // got this far before it (it runs on the main runtime while the viewer's request may
         // be on a connection thread) left every viewer of the post waiting for good: 2 of ~30
-        // benchmark runs with `--http-threads 2`, none of 7 once fixed.
+        // benchmark runs with `--http-threads 2`, none of 12 once fixed.
         self.ready.send_replace(true);
 
         let mut heartbeat = tokio::time::interval(fanout.cfg.heartbeat);
