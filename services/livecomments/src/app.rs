@@ -325,16 +325,12 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
             f.close_all();
         }
     };
-    crate::server::serve(
-        listener,
-        router,
-        lean,
-        shutdown,
-        SHUTDOWN_GRACE,
-        s.http_threads,
-    )
-    .await
-    .context("starting the connection threads")?;
+    let threads = s
+        .http_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    crate::server::serve(listener, router, lean, shutdown, SHUTDOWN_GRACE, threads)
+        .await
+        .context("starting the connection threads")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -89,10 +89,10 @@ pub struct Settings {
     pub limits: LimitArgs,
 
     /// Threads that serve HTTP connections, each on a single-threaded runtime of its own
-    /// (one per core is the fastest here); 0, the default: on the main runtime. See
-    /// `server.rs` and docs/BENCHMARKS.md ("Reactions again").
-    #[arg(long, env = "LIVECOMMENTS_HTTP_THREADS", default_value_t = 0)]
-    pub http_threads: usize,
+    /// (default: one per core, the fastest here; 0: on the main runtime). See `server.rs`
+    /// and docs/BENCHMARKS.md ("Reactions again").
+    #[arg(long, env = "LIVECOMMENTS_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
 
     /// Log format: `text` or `json`.
     #[arg(long, env = "LIVECOMMENTS_LOG_FORMAT", default_value = "text")]
@@ -235,7 +235,7 @@ impl Settings {
         if self.regions.is_empty() {
             self.regions.push(self.region.clone());
         }
-        if self.http_threads > MAX_HTTP_THREADS {
+        if self.http_threads.is_some_and(|n| n > MAX_HTTP_THREADS) {
             return Err(format!("--http-threads: at most {MAX_HTTP_THREADS}"));
         }
         for r in &self.regions {

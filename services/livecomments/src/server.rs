@@ -2,7 +2,7 @@
 //! not offer: a header read timeout (slowloris), the peer address for per-IP limits, a
 //! graceful shutdown that is bounded in time, and connections served on threads of their own.
 //!
-//! Connection threads (`--http-threads N`, off by default): the accept loop hands each
+//! Connection threads (`--http-threads N`, default one per core): the accept loop hands each
 //! accepted socket, round-robin, to one of N threads, each running a single-threaded tokio
 //! runtime that serves its connections start to end, as nginx's workers do. A request then
 //! never crosses threads (no work-stealing, no cross-thread wake-up per response). Measured
@@ -10,9 +10,9 @@
 //! `wrk -t1 -c64` on this 2-core box: docs/BENCHMARKS.md, "Connection threads". What is not a
 //! connection (hubs, the writer, the bus, timers) stays on the main multi-threaded runtime:
 //! `Fanout` spawns its hubs there, whichever thread the first viewer came in on.
-//! `--http-threads 0` (the default) serves connections on the main runtime. Off by default
-//! until the whole test suite has run on the threads: they exposed a lost "ready" in the hub
-//! (fixed, `Hub::run`), and one per core is the fastest setting here (docs/BENCHMARKS.md).
+//! `--http-threads 0` serves connections on the main runtime (the previous behaviour). The
+//! threads exposed a lost "ready" in the hub (fixed, `Hub::run`); the whole test suite has
+//! run on them since.
 
 use std::future::Future;
 use std::net::SocketAddr;
