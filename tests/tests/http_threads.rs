@@ -55,12 +55,10 @@ async fn connection_threads_deliver_resume_react_and_shut_down() {
     for (n, v) in viewers.iter_mut().enumerate() {
         let mut love = 0;
         while love == 0 {
-            let Some(e) = v.next(T).await else {
+            let Some(e) = v.until_event("reactions", T, &mut Vec::new()).await else {
                 panic!("viewer {n}: no reactions event");
             };
-            if e.event == "reactions" {
-                love = e.json()["love"].as_u64().unwrap_or(0);
-            }
+            love = e.json()["love"].as_u64().unwrap_or(0);
         }
         assert_eq!(love, 1, "viewer {n}");
     }
@@ -68,16 +66,8 @@ async fn connection_threads_deliver_resume_react_and_shut_down() {
     let took = s.terminate();
     assert!(took < Duration::from_secs(12), "exit took {took:?}");
     for (n, v) in viewers.iter_mut().enumerate() {
-        let mut saw_reconnect = false;
-        while let Some(ev) = v.next(Duration::from_secs(2)).await {
-            if ev.event == "reconnect" {
-                saw_reconnect = true;
-            }
-            if ev.event == "closed" {
-                break;
-            }
-        }
-        assert!(saw_reconnect, "viewer {n} was told to reconnect");
+        let told = v.until_event("reconnect", T, &mut Vec::new()).await;
+        assert!(told.is_some(), "viewer {n} was told to reconnect");
     }
 }
 
