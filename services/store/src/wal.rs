@@ -11,7 +11,7 @@
 //! number of the last logged batch in redb, and the log starts over from its first byte.
 //!
 //! On open, redb is at its last durable commit; the log's records after that checkpoint are
-//! written again (the same puts and removes, so a record applied twice changes nothing) and
+//! written again (the same puts, so a record applied twice changes nothing) and
 //! committed durably before the store serves anything.
 //!
 //! A record: `magic u32 | len u32 | seq u64 | crc32 u32` (little endian, 20 bytes), then `len`
@@ -68,8 +68,7 @@ pub(crate) struct Put {
     pub value: Vec<u8>,
 }
 
-/// The writes of one batch, encoded as they are added.
-#[derive(Default)]
+/// The writes of one batch, encoded as they are added (after room for the header).
 pub(crate) struct Record {
     buf: Vec<u8>,
 }
