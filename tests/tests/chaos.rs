@@ -12,8 +12,10 @@
 //! Then the checker: every 201 stored exactly once (unique ids, every acknowledged id read back
 //! through the reader, one id per Idempotency-Key and one stored comment per key); every viewer
 //! received every stored comment exactly once (a viewer with one segment: all of them; a
-//! resumer: the union of its segments, no duplicates across them), nothing else, and each
-//! writer's comments (characters 10..18 of the id) in id order. It prints the figures (POSTs,
+//! resumer: the union of its segments, no duplicates across them), nothing else (a comment
+//! answered 503 whose write landed anyway only if a deletion of it follows: it was withdrawn
+//! and retracted), and each writer's comments (characters 10..18 of the id) in id order. It
+//! prints the figures (POSTs,
 //! retries and failures per nemesis action, how long writes stopped, deliveries).
 //!
 //! Needs the cluster: `scripts/chaos` starts it (`scripts/cassandra cluster start`), sets
@@ -358,6 +360,9 @@ struct Segment {
     fanout: usize,
     resumed: bool,
     ids: Vec<String>,
+    /// Deletions received: the comment's id, with how many comments of this segment came
+    /// before it (a retraction counts only after the comment it retracts).
+    deleted: Vec<(usize, String)>,
     ended: &'static str,
 }
 
@@ -421,6 +426,7 @@ async fn viewer(
                 fanout: at,
                 resumed,
                 ids: Vec::new(),
+                deleted: Vec::new(),
                 ended: "",
             });
             l.segments.len() - 1
@@ -431,6 +437,12 @@ async fn viewer(
                 Some(ev) if ev.event == "comment" => {
                     let id = ev.json()["id"].as_str().unwrap_or("?").to_string();
                     log.lock().expect("viewer log").segments[n].ids.push(id);
+                }
+                Some(ev) if ev.event == "delete" => {
+                    let id = ev.json()["id"].as_str().unwrap_or("?").to_string();
+                    let mut l = log.lock().expect("viewer log");
+                    let before = l.segments[n].ids.len();
+                    l.segments[n].deleted.push((before, id));
                 }
                 Some(ev) if ev.event == "closed" => break "cut off",
                 Some(ev) if ev.event == "reconnect" => break "told to reconnect",
@@ -455,6 +467,20 @@ async fn viewer(
             (at + 1) % fanouts.len()
         };
     }
+}
+
+/// Whether the viewer received a deletion of `id` after `id` itself: a comment answered 503
+/// whose write landed anyway is withdrawn and retracted in the stream (`ingest::pipeline`).
+fn retracted_after(log: &ViewerLog, id: &str) -> bool {
+    let at = |k: usize, seg: &Segment| seg.ids.iter().position(|x| x == id).map(|i| (k, i));
+    let Some(received) = log.segments.iter().enumerate().find_map(|(k, s)| at(k, s)) else {
+        return false;
+    };
+    log.segments.iter().enumerate().any(|(k, seg)| {
+        seg.deleted
+            .iter()
+            .any(|(before, d)| d == id && (k, *before) > received)
+    })
 }
 
 /// Problems with one viewer's stream: duplicates, missing, unknown, and writers out of order.
@@ -492,8 +518,10 @@ fn check_viewer(name: &str, log: &ViewerLog, stored: &HashSet<String>) -> Vec<St
                 "{name}: {id} received {n} times (segments {segs:?})"
             ));
         }
-        if !stored.contains(*id) {
-            problems.push(format!("{name}: received {id}, which is not stored"));
+        if !stored.contains(*id) && !retracted_after(log, id) {
+            problems.push(format!(
+                "{name}: received {id}, which is not stored (and no deletion of it followed)"
+            ));
         }
     }
     let mut missing: Vec<&String> = stored

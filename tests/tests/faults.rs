@@ -360,19 +360,34 @@ async fn cql_store_outage_answers_503_and_recovers_without_restart() {
         assert_eq!(a["id"], b["id"], "{key}");
     }
     assert_eq!(s.all_comments("cq").await.len(), 3);
-    // And the viewer that was connected all along gets new comments live.
+    // And the viewer that was connected all along gets new comments live, and holds nothing
+    // the store does not (a comment whose write failed but landed is retracted with a
+    // deletion, `ingest::pipeline::withdraw`).
     let (_, live) = s.post("cq", "bob", "live after the outage").await;
     let deadline = Instant::now() + T;
     let mut seen = false;
+    let mut received: Vec<String> = Vec::new();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match viewer.next_comment(left).await {
-            Some(c) if c["id"] == live["id"] => {
+        let Some(ev) = viewer.next(left).await else {
+            break;
+        };
+        let id = ev.json()["id"].as_str().unwrap_or("?").to_string();
+        match ev.event.as_str() {
+            "comment" if id == live["id"] => {
                 seen = true;
                 break;
             }
-            Some(_) => continue,
-            None => break,
+            "comment" => received.push(id),
+            "delete" => received.retain(|r| *r != id),
+            _ => {}
         }
     }
     assert!(seen, "the viewer receives comments after the outage");
+    let stored = ids(&s.all_comments("cq").await);
+    for id in &received {
+        assert!(
+            stored.contains(id),
+            "the viewer holds {id}, which is not stored (stored {stored:?})"
+        );
+    }
 }

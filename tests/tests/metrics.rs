@@ -247,6 +247,7 @@ async fn each_metric_moves_when_its_event_happens() {
         "store_errors_total",
         "write_queue_full_total",
         "withdraw_failures_total",
+        "withdrawals_retracted_total",
         "bus_publish_errors_total",
         "bus_decode_errors_total",
         "bus_dropped_total",

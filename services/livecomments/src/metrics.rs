@@ -42,6 +42,7 @@ pub struct Metrics {
     pub bus_dropped: Counter,
     pub writers_lost: Counter,
     pub withdraw_failures: Counter,
+    pub withdrawals_retracted: Counter,
     pub hub_repairs: Counter,
     pub sse_streams: Gauge,
     pub sse_posts: Gauge,
@@ -122,6 +123,7 @@ impl Metrics {
             bus_dropped: Counter::default(),
             writers_lost: Counter::default(),
             withdraw_failures: Counter::default(),
+            withdrawals_retracted: Counter::default(),
             hub_repairs: Counter::default(),
             sse_streams: Gauge::default(),
             sse_posts: Gauge::default(),
@@ -225,6 +227,11 @@ impl Metrics {
                 "withdraw_failures",
                 "Comments answered 503 that could not be withdrawn from the store (may appear in history unstreamed)",
                 &self.withdraw_failures,
+            ),
+            (
+                "withdrawals_retracted",
+                "Comments answered 503 whose write landed anyway, removed and retracted in the stream with a deletion",
+                &self.withdrawals_retracted,
             ),
             (
                 "hub_repairs",

@@ -233,7 +233,7 @@ impl<S: Store> Store for Coalesced<S> {
         self.inner.ping().await
     }
 
-    async fn withdraw(&self, failed: &[Withdrawal]) -> StoreResult<()> {
+    async fn withdraw(&self, failed: &[Withdrawal]) -> StoreResult<Vec<Withdrawal>> {
         self.inner.withdraw(failed).await
     }
 

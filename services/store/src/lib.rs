@@ -245,10 +245,13 @@ pub trait Store: Send + Sync + 'static {
     /// failed may still reach replicas, or be retried by the driver, after the failure).
     /// A comment with an Idempotency-Key is withdrawn only if its key still names it
     /// unconfirmed (the key is then released): a retry through another node may have adopted
-    /// the comment meanwhile, and then it stays. Engines whose failed commit stores nothing
-    /// (the embedded one: one transaction) have nothing to do.
-    async fn withdraw(&self, _failed: &[Withdrawal]) -> StoreResult<()> {
-        Ok(())
+    /// the comment meanwhile, and then it stays. Answers the comments it removed: a write
+    /// whose outcome was unknown may have been read (a fanout's repair, a page) before the
+    /// removal shadowed it, so the caller retracts each in the stream with a deletion. Engines
+    /// whose failed commit stores nothing (the embedded one: one transaction) have nothing to
+    /// do and nothing to retract.
+    async fn withdraw(&self, _failed: &[Withdrawal]) -> StoreResult<Vec<Withdrawal>> {
+        Ok(Vec::new())
     }
 
     /// Stores moderation records (bans, removals, post settings; CONTRACT §8, §9), each

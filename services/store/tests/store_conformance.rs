@@ -1140,10 +1140,15 @@ async fn cql_withdrawal_releases_the_key_unless_a_retry_adopted_the_comment() {
     };
     let failed = posted("p12", "alice", 1, "failed");
     unconfirmed_attempt(&store, &ks, &failed, "k1", true).await;
-    store
-        .withdraw(&[Withdrawal::of(&with_policy(&failed, "k1"))])
-        .await
-        .unwrap();
+    let failed_w = Withdrawal::of(&with_policy(&failed, "k1"));
+    assert_eq!(
+        store
+            .withdraw(std::slice::from_ref(&failed_w))
+            .await
+            .unwrap(),
+        vec![failed_w],
+        "removed, so the caller retracts it"
+    );
     assert!(
         store
             .newest(&"p12".into(), None, 10)
@@ -1164,10 +1169,14 @@ async fn cql_withdrawal_releases_the_key_unless_a_retry_adopted_the_comment() {
     let by_retry = posted("p12", "alice", 4, "adopting retry");
     let out = insert_ok(&store, vec![with_policy(&by_retry, "k2")]).await;
     assert_eq!(out, vec![Inserted::Existing(adopted.clone())]);
-    store
-        .withdraw(&[Withdrawal::of(&with_policy(&adopted, "k2"))])
-        .await
-        .unwrap();
+    assert_eq!(
+        store
+            .withdraw(&[Withdrawal::of(&with_policy(&adopted, "k2"))])
+            .await
+            .unwrap(),
+        vec![],
+        "adopted: kept, nothing to retract"
+    );
     assert_eq!(
         ids(&store.newest(&"p12".into(), None, 10).await.unwrap()),
         vec![retry.id.clone(), adopted.id.clone()]

@@ -51,8 +51,9 @@ const MAX_TRACKED_POSTS: usize = 100_000;
 /// 16,384 of them (~3 s of a 5,000/s node).
 const REPUBLISH_MS: u64 = 5_000;
 /// A comment not visible in the store within 3 s of its stamp is not written at all (503):
-/// with the 2 s CQL write timeout, every comment is visible 5 s after its stamp or never,
-/// which is what lets a fanout hand out from history what is older than that
+/// with the 2 s CQL write timeout, every comment is visible 5 s after its stamp or never
+/// (or, when a write given up on lands anyway, is retracted: see [`withdraw`]), which is
+/// what lets a fanout hand out from history what is older than that
 /// (`fanout::hub`, `RIPE_MS`) and settle positions at 10 s (`position::SETTLE_MS`).
 const STAMP_MAX_AGE_MS: i64 = 3_000;
 /// Batches of failed comments being withdrawn at once (each a task retrying for a minute).
@@ -121,7 +122,7 @@ impl Pipeline {
         tracing::info!(%region, writer = %writer, "ingest writer started");
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(announce(region.clone(), writer.to_string(), bus.clone()));
-        tokio::spawn(run(region, ids, store, bus, rx));
+        tokio::spawn(run(region, ids, store, bus, rx, tx.downgrade()));
         Pipeline { tx, writer }
     }
 
@@ -139,20 +140,28 @@ impl Pipeline {
 
     /// Resolves once the deletion's tombstone is durable (it is published right after).
     pub async fn delete(&self, del: Removal) -> Result<Tombstone, SubmitError> {
-        let (reply, rx) = oneshot::channel();
-        self.enqueue(Job::Delete { del, reply })?;
-        Ok(rx.await.map_err(|_| SubmitError::Stopped)??)
+        delete_through(&self.tx, del).await
     }
 
     fn enqueue(&self, job: Job) -> Result<(), SubmitError> {
-        self.tx.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                METRICS.write_queue_full.inc();
-                SubmitError::QueueFull
-            }
-            mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
-        })
+        enqueue(&self.tx, job)
     }
+}
+
+async fn delete_through(tx: &mpsc::Sender<Job>, del: Removal) -> Result<Tombstone, SubmitError> {
+    let (reply, rx) = oneshot::channel();
+    enqueue(tx, Job::Delete { del, reply })?;
+    Ok(rx.await.map_err(|_| SubmitError::Stopped)??)
+}
+
+fn enqueue(tx: &mpsc::Sender<Job>, job: Job) -> Result<(), SubmitError> {
+    tx.try_send(job).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => {
+            METRICS.write_queue_full.inc();
+            SubmitError::QueueFull
+        }
+        mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
+    })
 }
 
 /// One announcement a second while the process runs (and is not frozen).
@@ -203,6 +212,7 @@ async fn run(
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     mut rx: mpsc::Receiver<Job>,
+    jobs_tx: mpsc::WeakSender<Job>,
 ) {
     let writer = ids.writer();
     let mut last_published: HashMap<PostId, CommentId> = HashMap::new();
@@ -339,7 +349,7 @@ async fn run(
             }
         }
         if !failed.is_empty() {
-            withdraw(store.clone(), failed);
+            withdraw(store.clone(), failed, region.clone(), jobs_tx.clone());
         }
         // Ids were handed out in job order: sorting by them restores it across both kinds.
         created.sort_by(|a, b| a.0.cmp(&b.0));
@@ -357,9 +367,19 @@ async fn run(
 /// Comments answered 503 may still appear: a write reported failed can reach replicas
 /// anyway, and the driver may send it again. Never published, they would be in history but
 /// behind this writer's stream in every fanout, so they are withdrawn (a delete shadowing
-/// every copy: rows carry their stamp's time). Retried for a minute in the background; at
-/// most `WITHDRAWING_MAX` batches at once (then counted and left: the store is down for long).
-fn withdraw(store: Arc<dyn Store>, failed: Vec<Withdrawal>) {
+/// every copy: rows carry their stamp's time). A write whose outcome was unknown can also
+/// land *before* the withdrawal, late (a coordinator frozen for seconds runs it when it
+/// wakes), and a fanout's repair hands out what history holds: so each comment removed is
+/// then retracted in the stream, with a deletion in this writer's chain (a tombstone like a
+/// user's, replayed on resume), and every viewer ends with what the store holds. Retried
+/// for a minute in the background; at most `WITHDRAWING_MAX` batches at once (then counted
+/// and left: the store is down for long).
+fn withdraw(
+    store: Arc<dyn Store>,
+    failed: Vec<Withdrawal>,
+    region: String,
+    jobs: mpsc::WeakSender<Job>,
+) {
     static WITHDRAWING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     use std::sync::atomic::Ordering::Relaxed;
     if WITHDRAWING.fetch_add(1, Relaxed) >= WITHDRAWING_MAX {
@@ -373,9 +393,21 @@ fn withdraw(store: Arc<dyn Store>, failed: Vec<Withdrawal>) {
     }
     tokio::spawn(async move {
         let mut wait = Duration::from_millis(100);
+        let mut removed: Option<Vec<Withdrawal>> = None;
         for attempt in 0.. {
-            match store.withdraw(&failed).await {
-                Ok(()) => break,
+            let step: Result<(), SubmitError> = match removed.as_mut() {
+                None => match store.withdraw(&failed).await {
+                    Ok(r) => {
+                        removed = Some(r);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                },
+                Some(left) => retract(&jobs, left, &region).await,
+            };
+            match step {
+                Ok(()) if removed.as_ref().is_some_and(|r| r.is_empty()) => break,
+                Ok(()) => continue,
                 Err(e) if attempt < 12 => {
                     tracing::warn!(error = %e, attempt, "withdrawing failed comments; retrying");
                     tokio::time::sleep(wait).await;
@@ -390,6 +422,34 @@ fn withdraw(store: Arc<dyn Store>, failed: Vec<Withdrawal>) {
         }
         WITHDRAWING.fetch_sub(1, Relaxed);
     });
+}
+
+/// Publishes a deletion of each removed comment through the writer (so it is chained and
+/// recorded as any deletion); what succeeded leaves `left`.
+async fn retract(
+    jobs: &mpsc::WeakSender<Job>,
+    left: &mut Vec<Withdrawal>,
+    region: &str,
+) -> Result<(), SubmitError> {
+    let Some(tx) = jobs.upgrade() else {
+        left.clear(); // shutting down: the next start's repair reads the store, which holds none
+        return Ok(());
+    };
+    while let Some(w) = left.last() {
+        delete_through(
+            &tx,
+            Removal {
+                post_id: w.post_id.clone(),
+                comment_id: w.id.clone(),
+                region: region.to_string().into(),
+                request_id: None,
+            },
+        )
+        .await?;
+        METRICS.withdrawals_retracted.inc();
+        left.pop();
+    }
+    Ok(())
 }
 
 /// Puts an event this writer made into its chain: `prev` is the writer's previous event of

@@ -862,7 +862,8 @@ impl Store for CqlStore {
         Ok(())
     }
 
-    async fn withdraw(&self, failed: &[Withdrawal]) -> StoreResult<()> {
+    async fn withdraw(&self, failed: &[Withdrawal]) -> StoreResult<Vec<Withdrawal>> {
+        let mut removed = Vec::with_capacity(failed.len());
         for w in failed {
             if let Some(key) = &w.idempotency_key
                 && self.release_key(w, key).await? == KeyFate::Adopted
@@ -871,8 +872,9 @@ impl Store for CqlStore {
             }
             self.delete_rows(&[(w.post_id.as_str(), w.id.as_str())])
                 .await?;
+            removed.push(w.clone());
         }
-        Ok(())
+        Ok(removed)
     }
 
     async fn put_moderation(
