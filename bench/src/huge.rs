@@ -29,11 +29,19 @@ pub enum Generator {
 
 const REACTION_BODY: &str = r#"{"kind":"like"}"#;
 
-/// A wrk run as a [`Load`]: `pids` are the server's; wrk's CPU is the generator's.
-async fn wrk_load(url: &str, tokens: &[String], a: &ReactionsArgs, pids: &[u32]) -> Result<Load> {
+/// A wrk run as a [`Load`] (see [`crate::wrk::post`]): `pids` are the server's; wrk's CPU
+/// is the generator's.
+pub(crate) async fn wrk_load(
+    base: &str,
+    paths: &[String],
+    tokens: &[String],
+    body: &str,
+    (conns, secs): (usize, f64),
+    pids: &[u32],
+) -> Result<Load> {
     let c0 = stats::sum_cpu(pids);
     let t0 = Instant::now();
-    let w = crate::wrk::post(url, tokens, REACTION_BODY, a.conns, a.secs).await?;
+    let w = crate::wrk::post(base, paths, tokens, body, conns, secs).await?;
     let wall = t0.elapsed().as_secs_f64();
     let c = stats::sum_cpu(pids) - c0;
     Ok(Load {
@@ -51,10 +59,31 @@ async fn wrk_load(url: &str, tokens: &[String], a: &ReactionsArgs, pids: &[u32])
             ..PhaseResult::default()
         },
         secs: w.secs,
+        server_cpu_secs: c,
         server_cpu_pct: 100.0 * c / wall,
         generator_cpu_pct: 100.0 * w.cpu_secs / wall,
         wrk_latency: Some((w.p50_ms, w.p99_ms)),
     })
+}
+
+/// The same POST load against nchan in the same run, and who generates it: shared by the
+/// scenarios that compare a POST path with nchan's in-memory publish (`reactions`, `ingest`).
+#[derive(Args, Debug, Clone)]
+pub struct SideBySide {
+    /// Also run the same POST load, same client, against nchan's publisher location
+    /// (`{nchan}/pub/<post>`, a channel without subscribers) in this run.
+    #[arg(long)]
+    pub nchan_url: Option<String>,
+    /// nginx worker pids for nchan's CPU.
+    #[arg(long, value_delimiter = ',')]
+    pub nchan_pid: Vec<u32>,
+    /// Run nchan's load before livecomments' (alternate it between rounds).
+    #[arg(long)]
+    pub nchan_first: bool,
+    /// Who sends the POSTs: this bench's publisher (checks and times every answer), or wrk
+    /// (`crate::wrk`, lighter: more of the box left to the servers). Same for both servers.
+    #[arg(long, value_enum, default_value = "bench")]
+    pub generator: Generator,
 }
 
 #[derive(Args, Debug)]
@@ -85,20 +114,8 @@ pub struct ReactionsArgs {
     /// Reaction URL template (livecomments).
     #[arg(long, default_value = "{base}/reaction?post_id={post}")]
     pub reaction_template: String,
-    /// Also run the same POST load, same client, against nchan's publisher location
-    /// (`{nchan}/pub/<post>`, a channel without subscribers) in this run.
-    #[arg(long)]
-    pub nchan_url: Option<String>,
-    /// nginx worker pids for nchan's CPU.
-    #[arg(long, value_delimiter = ',')]
-    pub nchan_pid: Vec<u32>,
-    /// Run nchan's load before livecomments' (alternate it between rounds).
-    #[arg(long)]
-    pub nchan_first: bool,
-    /// Who sends the POSTs: this bench's publisher (checks and times every answer), or wrk
-    /// (`crate::wrk`, lighter: more of the box left to the servers). Same for both servers.
-    #[arg(long, value_enum, default_value = "bench")]
-    pub generator: Generator,
+    #[command(flatten)]
+    pub side: SideBySide,
     #[arg(long, default_value_t = 120.0)]
     pub connect_timeout_secs: f64,
 }
@@ -205,17 +222,18 @@ async fn sleep_until_wall(t_ns: u64) {
 }
 
 /// One closed- or open-loop POST load: what it took and the CPU it cost `pids`.
-struct Load {
-    pr: PhaseResult,
-    secs: f64,
+pub(crate) struct Load {
+    pub(crate) pr: PhaseResult,
+    pub(crate) secs: f64,
     server_cpu_pct: f64,
     generator_cpu_pct: f64,
     /// wrk's p50 and p99 (ms), which has no histogram to give.
     wrk_latency: Option<(Option<f64>, Option<f64>)>,
+    server_cpu_secs: f64,
 }
 
 impl Load {
-    fn write(&self, o: &mut Out, prefix: &str) {
+    pub(crate) fn write(&self, o: &mut Out, prefix: &str) {
         let k = |s: &str| format!("{prefix}{s}");
         o.set(&k("accepted"), json!(self.pr.accepted));
         o.set(&k("rejected_429"), json!(self.pr.rejected_429));
@@ -235,20 +253,24 @@ impl Load {
             }
         }
         o.set(&k("server_cpu_pct"), r3(self.server_cpu_pct));
+        o.set(
+            &k("server_cpu_us_per_post"),
+            r3(1e6 * self.server_cpu_secs / self.pr.accepted.max(1) as f64),
+        );
         o.set(&k("generator_cpu_pct"), r3(self.generator_cpu_pct));
         if let Some(e) = &self.pr.first_error {
             o.set(&k("first_error"), json!(e));
         }
     }
 
-    fn per_s(&self) -> f64 {
+    pub(crate) fn per_s(&self) -> f64 {
         self.pr.accepted as f64 / self.secs.max(1e-6)
     }
 }
 
 /// Runs `load` (a publisher's run, and whatever else has to happen meanwhile) and measures
 /// the CPU it cost `pids` (the server) and the generator (`agent_pids` and this process).
-async fn measured<F, T>(pids: &[u32], agent_pids: &[u32], load: F) -> Result<(Load, T)>
+pub(crate) async fn measured<F, T>(pids: &[u32], agent_pids: &[u32], load: F) -> Result<(Load, T)>
 where
     F: std::future::Future<Output = Result<(PhaseResult, T)>>,
 {
@@ -263,6 +285,7 @@ where
         Load {
             secs: pr.elapsed.as_secs_f64().min(wall),
             pr,
+            server_cpu_secs: c,
             server_cpu_pct: 100.0 * c / wall,
             generator_cpu_pct: 100.0 * g / wall,
             wrk_latency: None,
@@ -282,8 +305,17 @@ async fn nchan_load(
     pids: &[u32],
     wrk_tokens: &[String],
 ) -> Result<Load> {
-    if a.generator == Generator::Wrk {
-        return wrk_load(&fill(template, base, post), wrk_tokens, a, pids).await;
+    if a.side.generator == Generator::Wrk {
+        let (base, path) = crate::wrk::split_url(&fill(template, base, post));
+        return wrk_load(
+            &base,
+            &[path],
+            wrk_tokens,
+            REACTION_BODY,
+            (a.conns, a.secs),
+            pids,
+        )
+        .await;
     }
     let url = Url::parse(&fill(template, base, post))?;
     let mut p = Publisher::new(Kind::Nchan, vec![url], vec![String::new()], a.conns, 1000);
@@ -402,19 +434,19 @@ async fn reactions_inner(ctx: &Ctx, a: &ReactionsArgs) -> Result<bool> {
     }
     let post_ref = post.as_str();
     // wrk sends the same requests to both servers: the tokens livecomments checks.
-    let wrk_tokens = match (a.generator, &ctx.secret) {
+    let wrk_tokens = match (a.side.generator, &ctx.secret) {
         (Generator::Wrk, Some(secret)) => crate::publish::make_tokens(secret, a.reactors)?,
         _ => Vec::new(),
     };
     let wrk_tokens = &wrk_tokens;
     let nchan = move || async move {
-        match &a.nchan_url {
+        match &a.side.nchan_url {
             Some(base) => nchan_load(
                 base,
                 "{base}/pub/{post}",
                 post_ref,
                 a,
-                &a.nchan_pid,
+                &a.side.nchan_pid,
                 wrk_tokens,
             )
             .await
@@ -423,11 +455,11 @@ async fn reactions_inner(ctx: &Ctx, a: &ReactionsArgs) -> Result<bool> {
         }
     };
     let mut nchan_result = None;
-    if a.nchan_first {
+    if a.side.nchan_first {
         nchan_result = nchan().await?;
     }
     let ok = reactions_lc(ctx, a, &post, &mut o, wrk_tokens).await?;
-    if !a.nchan_first {
+    if !a.side.nchan_first {
         nchan_result = nchan().await?;
     }
     if let Some(l) = &nchan_result {
@@ -439,7 +471,7 @@ async fn reactions_inner(ctx: &Ctx, a: &ReactionsArgs) -> Result<bool> {
             .and_then(|f| f.1.as_f64())
             .unwrap_or(0.0);
         o.set("lc_over_nchan", r3(lc / l.per_s().max(1e-6)));
-        o.set("nchan_first", json!(a.nchan_first));
+        o.set("nchan_first", json!(a.side.nchan_first));
     }
     o.set("ok", json!(ok));
     o.print(ctx)?;
@@ -480,9 +512,17 @@ async fn reactions_lc(
         .unwrap_or_default();
     let secs = a.secs;
     let end = Instant::now() + Duration::from_secs_f64(secs);
-    let (load, probes) = if a.generator == Generator::Wrk {
-        let url = fill(&a.reaction_template, first_base, post);
-        let run = wrk_load(&url, wrk_tokens, a, &ctx.server_pids);
+    let (load, probes) = if a.side.generator == Generator::Wrk {
+        let (base, path) = crate::wrk::split_url(&fill(&a.reaction_template, first_base, post));
+        let paths = [path];
+        let run = wrk_load(
+            &base,
+            &paths,
+            wrk_tokens,
+            REACTION_BODY,
+            (a.conns, a.secs),
+            &ctx.server_pids,
+        );
         let probes = run_probes(&mut agents, &probe_url, &wow_token, a.probe_every, end);
         let (load, probes) = tokio::join!(run, probes);
         (load?, probes?)
@@ -497,14 +537,14 @@ async fn reactions_lc(
     };
     // wrk does not count what was in flight when it stopped: up to `conns` more reactions
     // may have been accepted (and counted) than it reports.
-    let slack = if a.generator == Generator::Wrk {
+    let slack = if a.side.generator == Generator::Wrk {
         a.conns as u64
     } else {
         0
     };
     o.set(
         "generator",
-        json!(format!("{:?}", a.generator).to_lowercase()),
+        json!(format!("{:?}", a.side.generator).to_lowercase()),
     );
     load.write(o, "reactions_");
     o.set("wow_probes", json!(probes.accepted));

@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::Common;
 use crate::coord::{Agents, Ctx, Out, r3};
 use crate::http::{Url, fill};
+use crate::huge::{Generator, Load, SideBySide, measured, wrk_load};
 use crate::publish::{Kind, Publisher};
 use crate::stats::{self, hist_from_pairs, lat_json};
 
@@ -121,7 +122,13 @@ pub struct IngestArgs {
     /// what POST pays for the ban check (CONTRACT §8).
     #[arg(long, default_value_t = 0)]
     pub bans: usize,
+    #[command(flatten)]
+    pub side: SideBySide,
 }
+
+/// What wrk POSTs as a comment (the bench's own publisher sends its marker text instead):
+/// 53 bytes, a typical live comment.
+const WRK_COMMENT_BODY: &str = r#"{"text":"hello from wrk, a comment of typical length"}"#;
 
 /// Creates `n` global bans of users `banned-<i>` through `POST /moderation/bans` with a
 /// moderator token, 32 at a time.
@@ -663,35 +670,57 @@ pub async fn ingest(a: IngestArgs) -> Result<bool> {
             a.bans,
         )
         .await?;
-        let mut publisher = ctx.publisher(a.posts, a.conns, users)?;
-        let c0 = ctx.server_cpu();
-        let g0 = stats::cpu_secs(std::process::id()).unwrap_or(0.0);
-        let pr = publisher
-            .run(a.comments, a.rate, Some(Duration::from_secs_f64(a.secs)))
-            .await?;
-        let wall = pr.elapsed.as_secs_f64();
         o.set("posts", json!(a.posts));
         o.set("active_bans", json!(a.bans));
         o.set("users", json!(users));
         o.set("conns", json!(a.conns));
-        o.set("accepted", json!(pr.accepted));
-        o.set("rejected_429", json!(pr.rejected_429));
-        o.set("errors", json!(pr.errors));
-        o.set("secs", r3(wall));
-        o.set("comments_per_s", r3(pr.accepted as f64 / wall));
-        let l = lat_json(pr.post_lat.as_ref().unwrap());
-        for q in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"] {
-            o.set(&format!("post_{q}"), l[q].clone());
-        }
-        o.set("server_cpu_pct", r3(100.0 * (ctx.server_cpu() - c0) / wall));
         o.set(
-            "generator_cpu_pct",
-            r3(100.0 * (stats::cpu_secs(std::process::id()).unwrap_or(0.0) - g0) / wall),
+            "generator",
+            json!(format!("{:?}", a.side.generator).to_lowercase()),
         );
-        if let Some(e) = &pr.first_error {
-            o.set("first_error", json!(e));
+        // wrk sends nchan byte-for-byte the requests livecomments gets, tokens included.
+        let tokens = match &ctx.secret {
+            Some(secret) if ctx.kind == Kind::Lc => crate::publish::make_tokens(secret, users)?,
+            _ => Vec::new(),
+        };
+        let nchan = || async {
+            match &a.side.nchan_url {
+                Some(base) => {
+                    let target = Target {
+                        kind: Kind::Nchan,
+                        base,
+                        template: "{base}/pub/{post}",
+                        pids: &a.side.nchan_pid,
+                    };
+                    ingest_load(&ctx, &a, &target, &tokens).await.map(Some)
+                }
+                None => Ok(None),
+            }
+        };
+        let mut nchan_load = None;
+        if a.side.nchan_first {
+            nchan_load = nchan().await?;
         }
-        let ok = pr.errors == 0 && pr.accepted > 0;
+        let own = Target {
+            kind: ctx.kind,
+            base: &ctx.pub_base,
+            template: &ctx.pub_template,
+            pids: &ctx.server_pids,
+        };
+        let load = ingest_load(&ctx, &a, &own, &tokens).await?;
+        if !a.side.nchan_first {
+            nchan_load = nchan().await?;
+        }
+        load.write(&mut o, "");
+        o.set("secs", r3(load.secs));
+        o.set("comments_per_s", r3(load.per_s()));
+        let mut ok = load.pr.errors == 0 && load.pr.accepted > 0;
+        if let Some(n) = &nchan_load {
+            n.write(&mut o, "nchan_");
+            o.set("lc_over_nchan", r3(load.per_s() / n.per_s().max(1e-6)));
+            o.set("nchan_first", json!(a.side.nchan_first));
+            ok &= n.pr.errors == 0 && n.pr.accepted > 0;
+        }
         o.set("ok", json!(ok));
         o.print(&ctx)?;
         Ok(ok)
@@ -699,6 +728,64 @@ pub async fn ingest(a: IngestArgs) -> Result<bool> {
     .await;
     ctx.finish().await;
     res
+}
+
+/// Where an ingest load goes: the server under test, or nchan beside it.
+struct Target<'a> {
+    kind: Kind,
+    /// Comma-separated bases (several ingest nodes: post p goes to base p mod n).
+    base: &'a str,
+    template: &'a str,
+    /// Whose CPU the load costs.
+    pids: &'a [u32],
+}
+
+/// One POST load of `a.secs` over `a.posts` posts and `a.conns` connections, with the
+/// generator `a.side.generator`.
+async fn ingest_load(
+    ctx: &Ctx,
+    a: &IngestArgs,
+    to: &Target<'_>,
+    tokens: &[String],
+) -> Result<Load> {
+    let bases: Vec<&str> = to.base.split(',').map(str::trim).collect();
+    let url_of = |p: usize| fill(to.template, bases[p % bases.len()], &ctx.post_name(p));
+    match a.side.generator {
+        Generator::Wrk => {
+            if bases.len() > 1 {
+                bail!("--generator wrk sends to one address; give one --pub-url");
+            }
+            let (root, _) = crate::wrk::split_url(&url_of(0));
+            let paths: Vec<String> = (0..a.posts)
+                .map(|p| crate::wrk::split_url(&url_of(p)).1)
+                .collect();
+            wrk_load(
+                &root,
+                &paths,
+                tokens,
+                WRK_COMMENT_BODY,
+                (a.conns, a.secs),
+                to.pids,
+            )
+            .await
+        }
+        Generator::Bench => {
+            let urls = (0..a.posts)
+                .map(|p| Url::parse(&url_of(p)))
+                .collect::<Result<Vec<_>>>()?;
+            let tokens = match to.kind {
+                Kind::Lc => tokens.to_vec(),
+                _ => vec![String::new()],
+            };
+            let mut publisher = Publisher::new(to.kind, urls, tokens, a.conns, 1000);
+            let max = Some(Duration::from_secs_f64(a.secs));
+            let (load, ()) = measured(to.pids, &[], async {
+                Ok((publisher.run(a.comments, a.rate, max).await?, ()))
+            })
+            .await?;
+            Ok(load)
+        }
+    }
 }
 
 pub async fn read(a: ReadArgs) -> Result<bool> {

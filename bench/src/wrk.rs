@@ -1,4 +1,4 @@
-//! wrk as the light POST generator (`reactions --generator wrk`). The bench's own publisher
+//! wrk as the light POST generator (`reactions`/`ingest --generator wrk`). The bench's own publisher
 //! checks every answer and records every latency; wrk (C, one thread, pre-built requests)
 //! spends about half its CPU per POST, which on this 2-core box leaves the servers more of
 //! the machine. A side-by-side run reports both: a light generator shows what the server can
@@ -31,29 +31,37 @@ pub struct WrkRun {
     pub cpu_secs: f64,
 }
 
-/// POSTs `body` to `url` (`http://host:port/path?query`) over `conns` connections for `secs`,
-/// one request per token in turn (`tokens` empty: no `Authorization`).
+/// POSTs `body` to `base` (`http://host:port`) over `conns` connections for `secs`: request
+/// k goes to `paths[k % paths.len()]` with `tokens[k % tokens.len()]` (`tokens` empty: no
+/// `Authorization`), one pre-formatted request per k up to the longer of the two, sent in turn.
 pub async fn post(
-    url: &str,
+    base: &str,
+    paths: &[String],
     tokens: &[String],
     body: &str,
     conns: usize,
     secs: f64,
 ) -> Result<WrkRun> {
-    let path = url
-        .splitn(4, '/')
-        .nth(3)
-        .map(|p| format!("/{p}"))
-        .unwrap_or_else(|| "/".into());
+    if paths.is_empty() {
+        bail!("wrk: no path to POST to");
+    }
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let script = std::env::temp_dir().join(format!("lcb-wrk-{}-{n}.lua", std::process::id()));
     std::fs::File::create(&script)
-        .and_then(|mut f| f.write_all(lua(&path, tokens, body).as_bytes()))
+        .and_then(|mut f| f.write_all(lua(paths, tokens, body).as_bytes()))
         .with_context(|| format!("writing {}", script.display()))?;
-    let result = run(&script, url, conns, secs).await;
+    let result = run(&script, base, conns, secs).await;
     let _ = std::fs::remove_file(&script);
     result
+}
+
+/// The path and query of `url` (`http://host:port/path?query` → `/path?query`), and the rest.
+pub fn split_url(url: &str) -> (String, String) {
+    let mut parts = url.splitn(4, '/');
+    let base: Vec<&str> = parts.by_ref().take(3).collect();
+    let path = parts.next().map_or_else(|| "/".into(), |p| format!("/{p}"));
+    (base.join("/"), path)
 }
 
 async fn run(script: &std::path::Path, url: &str, conns: usize, secs: f64) -> Result<WrkRun> {
@@ -102,26 +110,26 @@ async fn run(script: &std::path::Path, url: &str, conns: usize, secs: f64) -> Re
     Ok(run)
 }
 
-fn lua(path: &str, tokens: &[String], body: &str) -> String {
-    let mut s = String::from("local reqs = {}\nlocal n = 0\nlocal i = 0\nlocal tokens = {\n");
-    for t in tokens {
-        s.push_str(&format!("  {t:?},\n"));
-    }
-    s.push_str("}\n");
+fn lua(paths: &[String], tokens: &[String], body: &str) -> String {
+    let list = |name: &str, items: &[String]| {
+        let mut s = format!("local {name} = {{\n");
+        for t in items {
+            s.push_str(&format!("  {t:?},\n"));
+        }
+        s.push_str("}\n");
+        s
+    };
+    let mut s = String::from("local reqs = {}\nlocal n = 0\nlocal i = 0\n");
+    s.push_str(&list("tokens", tokens));
+    s.push_str(&list("paths", paths));
     s.push_str(&format!(
         r#"init = function(args)
-  local headers = function(t)
+  local count = math.max(#paths, #tokens)
+  for k = 1, count do
     local h = {{ ["Content-Type"] = "application/json" }}
-    if t then h["Authorization"] = "Bearer " .. t end
-    return h
-  end
-  if #tokens == 0 then
-    n = 1
-    reqs[1] = wrk.format("POST", {path:?}, headers(nil), {body:?})
-  end
-  for _, t in ipairs(tokens) do
+    if #tokens > 0 then h["Authorization"] = "Bearer " .. tokens[(k - 1) % #tokens + 1] end
     n = n + 1
-    reqs[n] = wrk.format("POST", {path:?}, headers(t), {body:?})
+    reqs[n] = wrk.format("POST", paths[(k - 1) % #paths + 1], h, {body:?})
   end
 end
 request = function()
@@ -203,5 +211,21 @@ Requests/sec:  71526.97
         assert_eq!(r.p99_ms, Some(4.44));
         assert!((r.secs - 10.0).abs() < 1e-9);
         assert!(parse("garbage").is_err());
+    }
+
+    #[test]
+    fn splits_a_url_into_base_and_path() {
+        assert_eq!(
+            split_url("http://127.0.0.1:8090/pub/p1"),
+            ("http://127.0.0.1:8090".to_string(), "/pub/p1".to_string())
+        );
+        assert_eq!(
+            split_url("http://h:1/comment?post_id=a"),
+            ("http://h:1".to_string(), "/comment?post_id=a".to_string())
+        );
+        assert_eq!(
+            split_url("http://h:1"),
+            ("http://h:1".to_string(), "/".to_string())
+        );
     }
 }
