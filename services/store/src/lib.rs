@@ -11,6 +11,7 @@
 pub mod coalesce;
 pub mod cql;
 pub mod embedded;
+mod pending;
 mod wal;
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The embedded store survives a crash with every batch `insert_batch` answered `Ok`: those
-//! batches are synced only in the write-ahead log (`wal`) and committed to redb without a sync,
-//! so after an abort redb is at its last checkpoint and the log must bring the rest back.
+//! batches are synced only in the write-ahead log (`wal`) and applied to redb later without a
+//! sync, so after an abort redb is at its last checkpoint and the log must bring the rest back.
 //!
 //! The crash is real: the test runs itself again as a child process that writes and then
 //! calls `std::process::abort()` (no destructor, no flush), and the parent reopens the files.
@@ -16,9 +16,10 @@ use ulid::Ulid;
 
 const CHILD_DIR: &str = "EMBEDDED_CRASH_CHILD_DIR";
 const CHILD_PHASE: &str = "EMBEDDED_CRASH_CHILD_PHASE";
-/// 600 batches of 5 comments of ~300 bytes, with their idempotency records: ~1.2 MiB of log,
-/// so the child passes two checkpoints (every 512 KiB) and ends with batches only in the log.
-const BATCHES: usize = 600;
+/// 1,200 batches of 5 comments of ~300 bytes, with their idempotency records: ~2.4 MiB of
+/// log, so the child passes several checkpoints (every 512 KiB or 1 s), wraps the 2 MiB ring
+/// and ends with batches only in the log.
+const BATCHES: usize = 1200;
 const PER_BATCH: usize = 5;
 
 fn comment(post: &str, ms: i64, n: u128) -> Comment {
@@ -123,7 +124,7 @@ async fn acknowledged_batches_survive_an_abort() {
         stored.remove(0).id
     };
 
-    // Again on the recovered files: the replay was checkpointed, the log rewound, and what the
+    // Again on the recovered files: the replay was checkpointed, the log freed, and what the
     // second child logs after its deletion comes back too, without the deleted comment.
     run_child(dir.path(), 2);
     let store = EmbeddedStore::open(dir.path(), 16).unwrap();
