@@ -505,7 +505,17 @@ fn write_batch(db: &Db, batch: Vec<NewComment>) -> StoreResult<Vec<Inserted>> {
         db.checkpoint_now()?;
         wal = db.wal.lock();
         if wal.log(&mut rec).map_err(unavailable)? == Logged::Full {
-            return Err(StoreError::failed("the write-ahead log is full"));
+            // Bigger than the whole log (512 comments of 2,000 four-byte characters with
+            // their keys are ~8 MiB): durable in redb itself instead, as before the log.
+            drop(wal);
+            let d = db.begin_durable()?;
+            let mut layer = Layer::default();
+            for (table, key, value) in puts {
+                layer.put(table, key, value);
+            }
+            apply(&d, &layer)?;
+            db.commit_durable(d)?;
+            return Ok(out);
         }
     }
     // Synced in the log: visible now (before the log is released, see `Db::wal`).
@@ -724,5 +734,46 @@ impl Store for EmbeddedStore {
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// A batch whose log record would not fit in the whole log is stored durably all the
+    /// same (and comes back after a reopen).
+    #[tokio::test]
+    async fn a_batch_bigger_than_the_log_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 16).unwrap();
+        let text = "\u{1F600}".repeat(2000); // 8,000 bytes
+        let batch: Vec<NewComment> = (0..200u128)
+            .map(|n| NewComment {
+                comment: Comment {
+                    id: ulid::Ulid::from_parts(1_700_000_000_000, n)
+                        .to_string()
+                        .into(),
+                    post_id: "big".into(),
+                    user_id: format!("u{n}"),
+                    text: text.clone(),
+                    timestamp: livecomments_shared::time::format_millis(1_700_000_000_000),
+                    region: "eu".into(),
+                    metadata: BTreeMap::new(),
+                },
+                idempotency_key: Some(format!("k{n}")),
+                visible_by_ms: None,
+            })
+            .collect();
+        for r in store.insert_batch(batch).await {
+            assert!(matches!(r.unwrap(), Inserted::Created(_)));
+        }
+        drop(store);
+        let store = EmbeddedStore::open(dir.path(), 16).unwrap();
+        let back = store.after(&"big".into(), None, 1000).await.unwrap();
+        assert_eq!(back.len(), 200);
+        let keyed = store.keyed("u7", &"big".into(), "k7").await.unwrap();
+        assert_eq!(keyed.map(|c| c.user_id), Some("u7".to_string()));
     }
 }

@@ -50,7 +50,7 @@ impl Layer {
         self.comments.is_empty() && self.idempotency.is_empty()
     }
 
-    fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+    pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
         self.bytes += key.len() + value.len();
         let t = match table {
             Table::Comments => &mut self.comments,
