@@ -345,10 +345,16 @@ pub struct Out {
 
 impl Out {
     pub fn new(scenario: &str, ctx: &Ctx) -> Out {
-        let mut o = Out { fields: Vec::new() };
-        o.set("scenario", json!(scenario));
+        let mut o = Out::bare(scenario);
         o.set("kind", json!(ctx.kind));
         o.set("label", json!(ctx.common.label));
+        o
+    }
+
+    /// For a scenario with no server of its own (`cql-loop`).
+    pub fn bare(scenario: &str) -> Out {
+        let mut o = Out { fields: Vec::new() };
+        o.set("scenario", json!(scenario));
         o.set("nofile_limit", json!(stats::nofile_limit()));
         o.set("loadavg_start", json!(stats::loadavg()));
         o

@@ -9,6 +9,7 @@
 
 mod agent;
 mod coord;
+mod cqlloop;
 mod http;
 mod huge;
 mod limit;
@@ -58,6 +59,9 @@ enum Cmd {
     /// `GET /posts/<id>/viewers` over several fanouts: time to the right count, to the drop
     /// after one fanout is killed, NATS messages/s it costs.
     ViewerCount(huge::ViewerCountArgs),
+    /// Comment rows written straight through the CQL driver, as fast as a node takes them
+    /// (the limit ingest on CQL is measured against).
+    CqlLoop(cqlloop::CqlLoopArgs),
     /// A few seconds, small N: exits nonzero when anything is missing or duplicated.
     Smoke(scenarios::SmokeArgs),
     /// The minimal SSE broadcaster `--kind limit` measures against (started by the
@@ -178,6 +182,7 @@ fn main() -> ExitCode {
             Cmd::Reactions(a) => huge::reactions(a).await,
             Cmd::Sampling(a) => huge::sampling(a).await,
             Cmd::ViewerCount(a) => huge::viewer_count(a).await,
+            Cmd::CqlLoop(a) => cqlloop::run(a).await,
             Cmd::Agent | Cmd::LimitServer(_) => unreachable!(),
         }
     });
