@@ -282,3 +282,34 @@ async fn the_request_id_is_a_nats_header_and_the_payload_is_unchanged() {
     }
     assert!(!String::from_utf8_lossy(&msg.payload).contains("wire-id-1"));
 }
+
+/// A log that goes to a file (not a terminal) is plain text: no colour escape codes around
+/// the field names, even without `NO_COLOR` (which every other test sets).
+#[tokio::test]
+async fn a_log_file_gets_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = std::process::Command::new(bin())
+        .args(["standalone", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .env("LIVECOMMENTS_JWT_SECRET", SECRET)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start livecomments");
+    let text = eventually(T, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        async move { text.contains("serving").then_some(text) }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = text.expect("the serving line");
+    assert!(text.contains("listen="), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in a log file: {text:?}"
+    );
+}

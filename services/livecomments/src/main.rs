@@ -34,8 +34,14 @@ fn main() {
 fn init_logging(format: &str) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Colours only for a person at a terminal: a log file, journald or a collector gets
+    // plain text, not escape codes around every field name. (Not a speed-up: under wrk it
+    // made no difference, 22.6 against 22.6 µs of CPU per POST, medians of 3.)
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
