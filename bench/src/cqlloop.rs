@@ -1,6 +1,6 @@
 //! `cql-loop`: what a Cassandra/ScyllaDB node takes of comment rows when nothing else is in
 //! the way (issue 16): `--conns` loops each writing one comment row after another through
-//! `CqlStore::write_row` (the one prepared INSERT ingest makes per comment, the same driver
+//! `CqlStore::write_comment` (the one prepared INSERT ingest makes per comment, the same driver
 //! session and statement settings), no HTTP, no pipeline, no rate limit, no bucket index.
 //! Ingest's rate on the same node, over this one, is the share of the node its write path
 //! gets (the goal: ≥ 0.8×). Migrates a fresh keyspace first unless one is named.
@@ -93,7 +93,7 @@ pub async fn run(a: CqlLoopArgs) -> Result<bool> {
                     let c = row((n as usize) % posts, n % 1000);
                     n += step;
                     let t = Instant::now();
-                    match store.write_row(&c).await {
+                    match store.write_comment(&c).await {
                         Ok(()) => {
                             written.fetch_add(1, Ordering::Relaxed);
                             let _ = local.record(t.elapsed().as_micros() as u64);

@@ -82,6 +82,13 @@ struct Db {
     flusher: OnceLock<std::thread::Thread>,
 }
 
+/// Which end of a post's comments a page starts from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Newest,
+    Oldest,
+}
+
 /// A durable write transaction: every batch logged up to `mark` applied first; its commit is
 /// a checkpoint of the log (which is not held meanwhile: batches go on being logged).
 struct Durable<'a> {
@@ -105,6 +112,33 @@ impl Db {
         let p = self.pending.read();
         let txn = self.db.begin_read().map_err(unavailable)?;
         Ok((txn, p.comments_in(lo, hi)))
+    }
+
+    /// At most `limit` comments with keys in `lo..hi`, newest or oldest first: redb's and
+    /// `pending`'s merged.
+    fn comments_between(
+        &self,
+        lo: &[u8],
+        hi: &[u8],
+        order: Order,
+        limit: usize,
+    ) -> StoreResult<Vec<Comment>> {
+        let (txn, pending) = self.read_comments(lo, hi)?;
+        let t = txn.open_table(COMMENTS).map_err(unavailable)?;
+        let range = t.range(lo..hi).map_err(unavailable)?;
+        let range: Box<dyn Iterator<Item = _>> = match order {
+            Order::Newest => Box::new(range.rev()),
+            Order::Oldest => Box::new(range),
+        };
+        let mut rows = Vec::with_capacity(limit.min(128));
+        for row in range.take(limit) {
+            let (k, v) = row.map_err(unavailable)?;
+            rows.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        merge(rows, pending, order == Order::Newest, limit)
+            .iter()
+            .map(|v| decode_comment(v))
+            .collect()
     }
 
     /// One key of a hot table: `pending`'s value, else redb's (same rule as `read_comments`).
@@ -552,25 +586,8 @@ impl Store for EmbeddedStore {
             Some(id) => comment_key(post_id, id),
             None => post_end(post_id),
         };
-        self.blocking(move |db| {
-            let (txn, pending) = db.read_comments(&lo, &hi)?;
-            let t = txn.open_table(COMMENTS).map_err(unavailable)?;
-            let mut rows = Vec::with_capacity(limit.min(128));
-            for row in t
-                .range(lo.as_slice()..hi.as_slice())
-                .map_err(unavailable)?
-                .rev()
-                .take(limit)
-            {
-                let (k, v) = row.map_err(unavailable)?;
-                rows.push((k.value().to_vec(), v.value().to_vec()));
-            }
-            merge(rows, pending, true, limit)
-                .iter()
-                .map(|v| decode_comment(v))
-                .collect()
-        })
-        .await
+        self.blocking(move |db| db.comments_between(&lo, &hi, Order::Newest, limit))
+            .await
     }
 
     async fn after(
@@ -581,24 +598,8 @@ impl Store for EmbeddedStore {
     ) -> StoreResult<Vec<Comment>> {
         let lo = key_after(post_id, after);
         let hi = post_end(post_id);
-        self.blocking(move |db| {
-            let (txn, pending) = db.read_comments(&lo, &hi)?;
-            let t = txn.open_table(COMMENTS).map_err(unavailable)?;
-            let mut rows = Vec::with_capacity(limit.min(128));
-            for row in t
-                .range(lo.as_slice()..hi.as_slice())
-                .map_err(unavailable)?
-                .take(limit)
-            {
-                let (k, v) = row.map_err(unavailable)?;
-                rows.push((k.value().to_vec(), v.value().to_vec()));
-            }
-            merge(rows, pending, false, limit)
-                .iter()
-                .map(|v| decode_comment(v))
-                .collect()
-        })
-        .await
+        self.blocking(move |db| db.comments_between(&lo, &hi, Order::Oldest, limit))
+            .await
     }
 
     async fn deletions_after(

@@ -374,6 +374,15 @@ fn decode(mut body: &[u8]) -> Option<Vec<Put>> {
 mod tests {
     use super::*;
 
+    /// An empty log in a fresh directory (kept alive by the first value).
+    fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Wal) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let (wal, replay) = Wal::open(&path, 0, 0).unwrap();
+        assert!(replay.is_empty());
+        (dir, path, wal)
+    }
+
     fn record(puts: &[(Table, &[u8], &[u8])]) -> Record {
         let mut r = Record::new();
         for (t, k, v) in puts {
@@ -413,9 +422,7 @@ mod tests {
     /// cover come back, in order, across the wrap.
     #[test]
     fn the_ring_wraps_and_recovery_follows_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wal");
-        let (mut wal, _) = Wal::open(&path, 0, 0).unwrap();
+        let (_dir, path, mut wal) = fresh();
         let value = vec![3u8; 100 * 1024];
         let mut marks = std::collections::VecDeque::new();
         let mut stored = wal.mark();
@@ -453,9 +460,7 @@ mod tests {
 
     #[test]
     fn a_torn_record_ends_the_replay() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wal");
-        let (mut wal, _) = Wal::open(&path, 0, 0).unwrap();
+        let (_dir, path, mut wal) = fresh();
         wal.log(&mut record(&[(Table::Comments, b"a", b"1")]))
             .unwrap();
         let second_at = wal.head;
@@ -473,9 +478,7 @@ mod tests {
 
     #[test]
     fn a_full_log_takes_nothing_until_a_checkpoint_and_says_when_one_is_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wal");
-        let (mut wal, _) = Wal::open(&path, 0, 0).unwrap();
+        let (_dir, _, mut wal) = fresh();
         assert!(!wal.checkpoint_due(), "nothing logged");
         let value = vec![7u8; 64 * 1024];
         let mut n = 0;
@@ -504,9 +507,7 @@ mod tests {
 
     #[test]
     fn a_smaller_log_of_an_older_version_keeps_its_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wal");
-        let (mut wal, _) = Wal::open(&path, 0, 0).unwrap();
+        let (_dir, path, mut wal) = fresh();
         wal.log(&mut record(&[(Table::Comments, b"a", b"1")]))
             .unwrap();
         drop(wal);

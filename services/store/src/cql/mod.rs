@@ -554,13 +554,9 @@ impl CqlStore {
         Ok(())
     }
 
-    /// The one INSERT of a comment's row, alone (no index, no key): what
+    /// The one INSERT of a comment's row, alone (no index, no key); also what
     /// `livecomments-bench cql-loop` repeats to find the node's limit for these rows.
-    pub async fn write_row(&self, c: &Comment) -> StoreResult<()> {
-        self.write_comment(c).await
-    }
-
-    async fn write_comment(&self, c: &Comment) -> StoreResult<()> {
+    pub async fn write_comment(&self, c: &Comment) -> StoreResult<()> {
         let bucket = bucket_of_id(c.id.as_str())
             .ok_or_else(|| StoreError::failed(format!("comment id {:?} is not a ULID", c.id)))?;
         self.session
