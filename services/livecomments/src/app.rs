@@ -312,7 +312,10 @@ pub async fn run(role: Role, s: Settings) -> anyhow::Result<()> {
         reader,
         fanout,
     };
-    let lean = rooms.fanout.clone();
+    let lean = crate::server::Lean {
+        streams: rooms.fanout.clone(),
+        posts: rooms.ingest.clone(),
+    };
     let router = http::router(&rooms);
     let listener = bind(s.listen).with_context(|| format!("binding --listen {}", s.listen))?;
     let local = listener.local_addr()?;

@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
 
-use crate::http::{FanoutState, sse_conn};
+use crate::http::{FanoutState, IngestState, post_conn, sse_conn};
 
 /// A client must send its request headers within this time.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,13 +43,24 @@ pub const MAX_HEADER_SIZE: usize = 32 * 1024;
 /// is this far behind, and the kernel's accept backlog (16,384) holds the rest.
 const HANDOFF_QUEUE: usize = 1024;
 
-/// What serves one connection: the router, hyper's settings and, in a process that serves
-/// streams, the fanout whose stream requests bypass hyper (`http::sse_conn`).
+/// The requests that bypass hyper, and the state that serves them.
+#[derive(Clone, Default)]
+pub struct Lean {
+    /// `GET /comments/stream` (`http::sse_conn`), in a process that serves streams.
+    pub streams: Option<Arc<FanoutState>>,
+    /// `POST /comment` and `POST /reaction` (`http::post_conn`), in a process that ingests.
+    pub posts: Option<Arc<IngestState>>,
+}
+
+/// What serves one connection: the router, hyper's settings and the lean paths.
 #[derive(Clone)]
 struct Connections {
     router: Router,
     http: hyper::server::conn::http1::Builder,
-    lean: Option<Arc<FanoutState>>,
+    lean: Lean,
+    /// Turns true when the server stops: the lean POST path closes its keep-alive
+    /// connections then, as hyper's graceful shutdown does.
+    stopping: watch::Receiver<bool>,
 }
 
 impl Connections {
@@ -60,21 +71,34 @@ impl Connections {
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
             router.clone().oneshot(req)
         });
-        let Some(st) = self.lean else {
+        if self.lean.streams.is_none() && self.lean.posts.is_none() {
             let _ = watcher
                 .watch(self.http.serve_connection(TokioIo::new(stream), svc))
                 .await;
             return;
-        };
-        let mut stream = stream;
-        match sse_conn::sniff(&mut stream, MAX_HEADER_SIZE, HEADER_TIMEOUT).await {
-            sse_conn::Sniffed::Stream { head } => sse_conn::serve(stream, peer, head, st).await,
-            sse_conn::Sniffed::Other { head } => {
-                let io = TokioIo::new(sse_conn::Prefixed::new(head, stream));
-                let _ = watcher.watch(self.http.serve_connection(io, svc)).await;
-            }
-            sse_conn::Sniffed::Gone => {}
         }
+        let mut stream = stream;
+        let head = match sse_conn::sniff(&mut stream, MAX_HEADER_SIZE, HEADER_TIMEOUT).await {
+            sse_conn::Sniffed::Stream { head } => match self.lean.streams {
+                Some(st) => return sse_conn::serve(stream, peer, head, st).await,
+                None => head,
+            },
+            sse_conn::Sniffed::Other { head } => head,
+            sse_conn::Sniffed::Gone => return,
+        };
+        let (stream, head) = match self.lean.posts {
+            Some(st) if post_conn::wants(&head) => {
+                // The watcher is held while the lean path serves, so a graceful shutdown
+                // waits for the request in flight; `stopping` tells the loop to close.
+                match post_conn::serve(stream, head, st, self.stopping).await {
+                    Some(rest) => rest,
+                    None => return,
+                }
+            }
+            _ => (stream, head),
+        };
+        let io = TokioIo::new(sse_conn::Prefixed::new(head, stream));
+        let _ = watcher.watch(self.http.serve_connection(io, svc)).await;
     }
 }
 
@@ -88,7 +112,7 @@ type Handoff = (std::net::TcpStream, SocketAddr, Watcher);
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    lean: Option<Arc<FanoutState>>,
+    lean: Lean,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     threads: usize,
@@ -99,10 +123,12 @@ pub async fn serve(
         .header_read_timeout(HEADER_TIMEOUT)
         .max_header_size(MAX_HEADER_SIZE)
         .max_buf_size(64 * 1024);
+    let (stop, stopping) = watch::channel(false);
     let conns = Connections {
         router,
         http,
         lean: lean.clone(),
+        stopping,
     };
     // Set once the lean streams are drained: the connection threads' runtimes (and with them
     // every task still on them) end then, not before.
@@ -151,6 +177,7 @@ pub async fn serve(
     }
     drop(listener);
     drop(workers);
+    stop.send_replace(true);
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
@@ -159,7 +186,7 @@ pub async fn serve(
     }
     // Streams on the lean path are not hyper connections: let them write their `reconnect`
     // event and close before the process exits.
-    if let Some(f) = &lean {
+    if let Some(f) = &lean.streams {
         let deadline = tokio::time::Instant::now() + grace;
         while f.fanout.open_streams() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -140,23 +140,62 @@ pub fn is_polled(path: &str) -> bool {
     )
 }
 
+/// One request being served: its id and span, for the routed path and the lean POST path
+/// (`http::post_conn`) alike, so both log, echo and record the same.
+pub struct Traced {
+    id: RequestId,
+    span: tracing::Span,
+    polled: bool,
+    started: Instant,
+}
+
+impl Traced {
+    /// `id_header`: the client's `X-Request-Id`, if any.
+    pub fn begin(id_header: Option<&HeaderValue>, method: &str, path: &str) -> Self {
+        let started = Instant::now();
+        let id = RequestId::from_header(id_header);
+        Traced {
+            span: request_span(&id, method, path),
+            polled: is_polled(path),
+            id,
+            started,
+        }
+    }
+
+    pub fn id(&self) -> &RequestId {
+        &self.id
+    }
+
+    /// Serves the request in its span and with its id as [`current`], echoes the id and
+    /// logs the request line.
+    pub async fn run(self, serve: impl Future<Output = Response>) -> Response {
+        let mut resp = scope(self.id.clone(), serve)
+            .instrument(self.span.clone())
+            .await;
+        if let Some(v) = self.id.header_value() {
+            resp.headers_mut().insert(HTTP_HEADER.clone(), v);
+        }
+        finish(
+            &self.span,
+            self.polled,
+            resp.status().as_u16(),
+            self.started,
+        );
+        resp
+    }
+}
+
 /// The middleware of every routed request: the id, its span, the echo and the request line.
 pub async fn middleware(mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id = RequestId::from_header(req.headers().get(&HTTP_HEADER));
     // The path is only looked at here, so nothing is copied per request (at warn the span is
     // disabled and this is all the per-request logging costs).
-    let polled = is_polled(req.uri().path());
-    let span = request_span(&id, req.method().as_str(), req.uri().path());
-    req.extensions_mut().insert(id.clone());
-    let mut resp = scope(id.clone(), next.run(req))
-        .instrument(span.clone())
-        .await;
-    if let Some(v) = id.header_value() {
-        resp.headers_mut().insert(HTTP_HEADER.clone(), v);
-    }
-    finish(&span, polled, resp.status().as_u16(), started);
-    resp
+    let t = Traced::begin(
+        req.headers().get(&HTTP_HEADER),
+        req.method().as_str(),
+        req.uri().path(),
+    );
+    req.extensions_mut().insert(t.id().clone());
+    t.run(next.run(req)).await
 }
 
 #[cfg(test)]

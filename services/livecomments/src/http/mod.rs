@@ -12,6 +12,7 @@ mod list_bans;
 mod ops;
 mod post_ban;
 mod post_comment;
+pub mod post_conn;
 mod post_reaction;
 mod put_settings;
 mod query;
