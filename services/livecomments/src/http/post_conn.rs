@@ -12,6 +12,7 @@
 //! every byte read so far, and hyper serves the rest of the connection, so statuses and
 //! error bodies are hyper's and the router's as before.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -40,32 +41,34 @@ enum Route {
 }
 
 impl Route {
-    fn of(target: &str) -> Option<(Route, &'static str)> {
-        let path = target.split_once('?').map_or(target, |(p, _)| p);
+    /// The route of a request target (path and query).
+    fn of(target: &[u8]) -> Option<Route> {
+        let path = target.split(|&b| b == b'?').next().unwrap_or(target);
         match path {
-            "/comment" => Some((Route::Comment, "/comment")),
-            "/reaction" => Some((Route::Reaction, "/reaction")),
+            b"/comment" => Some(Route::Comment),
+            b"/reaction" => Some(Route::Reaction),
             _ => None,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Route::Comment => "/comment",
+            Route::Reaction => "/reaction",
         }
     }
 }
 
-/// Whether a request head (its first bytes) is for this path.
+/// Whether a request head (its first bytes) is for this path: a POST to one of its routes.
 pub fn wants(head: &[u8]) -> bool {
-    [
-        &b"POST /comment?"[..],
-        b"POST /comment ",
-        b"POST /reaction?",
-        b"POST /reaction ",
-    ]
-    .iter()
-    .any(|p| head.starts_with(p))
+    head.strip_prefix(b"POST ")
+        .and_then(|rest| rest.split(|&b| b == b' ').next())
+        .is_some_and(|target| Route::of(target).is_some())
 }
 
 /// One request parsed from the buffer, owning what the handler needs.
 struct Parsed {
     route: Route,
-    path: &'static str,
     raw_query: Option<String>,
     headers: HeaderMap,
     head_len: usize,
@@ -94,7 +97,7 @@ fn parse(buf: &[u8]) -> Head {
     let (Some("POST"), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Head::Hyper;
     };
-    let Some((route, path)) = Route::of(target) else {
+    let Some(route) = Route::of(target.as_bytes()) else {
         return Head::Hyper;
     };
     let raw_query = target.split_once('?').map(|(_, q)| q.to_string());
@@ -122,11 +125,15 @@ fn parse(buf: &[u8]) -> Head {
         {
             return Head::Hyper;
         } else if name == axum::http::header::CONNECTION {
-            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-            if v.contains("upgrade") {
+            let has = |token: &[u8]| {
+                h.value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+            };
+            if has(b"upgrade") {
                 return Head::Hyper;
             }
-            close |= v.split(',').any(|t| t.trim() == "close");
+            close |= has(b"close");
         }
         headers.append(name, value);
     }
@@ -135,7 +142,6 @@ fn parse(buf: &[u8]) -> Head {
     };
     Head::Ready(Parsed {
         route,
-        path,
         raw_query,
         headers,
         head_len,
@@ -164,9 +170,6 @@ pub async fn serve(
                     return Some((stream, buf));
                 }
                 Head::Partial => {}
-            }
-            if buf.is_empty() && *stopping.borrow() {
-                return None;
             }
             buf.reserve(4096);
             tokio::select! {
@@ -203,7 +206,11 @@ pub async fn serve(
 
 /// The routed handler's answer, in the same request span as the routed path's.
 async fn answer(st: &Arc<IngestState>, req: Parsed, body: Bytes) -> Response {
-    let t = Traced::begin(req.headers.get(&trace::HTTP_HEADER), "POST", req.path);
+    let t = Traced::begin(
+        req.headers.get(&trace::HTTP_HEADER),
+        "POST",
+        req.route.path(),
+    );
     let (query, headers, body) = (RawQuery(req.raw_query), req.headers, Body::from(body));
     let st = State(st.clone());
     t.run(async move {
@@ -250,10 +257,9 @@ async fn encode(resp: Response, close: bool, out: &mut Vec<u8>) {
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(body.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\ndate: ");
-    DATE.with(|d| out.extend_from_slice(d.now().as_bytes()));
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "content-length: {}\r\ndate: ", body.len());
+    DATE.with(|d| d.write_to(out));
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(&body);
 }
@@ -264,7 +270,7 @@ struct CachedDate {
 }
 
 impl CachedDate {
-    fn now(&self) -> String {
+    fn write_to(&self, out: &mut Vec<u8>) {
         let now = SystemTime::now();
         let secs = now
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -273,7 +279,7 @@ impl CachedDate {
         if c.0 != secs || c.1.is_empty() {
             *c = (secs, httpdate::fmt_http_date(now));
         }
-        c.1.clone()
+        out.extend_from_slice(c.1.as_bytes());
     }
 }
 
