@@ -926,11 +926,21 @@ async fn cql_retention_sets_a_ttl_and_idempotency_keys_expire() {
     };
     let t = ttl_of(format!(
         "SELECT TTL(text) FROM {ks}.comments WHERE post_id = 'ttl' AND bucket = {} AND id = '{}'",
-        now / 1000,
+        // A post's first comment goes to its hour partition (tier.rs).
+        cqlstore::Part::at(now, 3_600).bucket(),
         c.id
     ))
     .await;
     assert!(t > 2 * 86_400 - 60 && t <= 2 * 86_400, "comment TTL {t}");
+    // Its index row outlives it by a day.
+    let hour = cqlstore::Part::at(now, 3_600);
+    let t = ttl_of(format!(
+        "SELECT TTL(width) FROM {ks}.comment_parts WHERE post_id = 'ttl' AND span = {} AND start = {}",
+        hour.span(),
+        hour.start_s
+    ))
+    .await;
+    assert!(t > 3 * 86_400 - 60 && t <= 3 * 86_400, "index TTL {t}");
     let t = ttl_of(format!(
         "SELECT TTL(id) FROM {ks}.idempotency WHERE user_id = 'alice' AND post_id = 'ttl' AND idem_key = 'key'"
     ))

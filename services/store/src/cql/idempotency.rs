@@ -355,8 +355,7 @@ impl CqlStore {
         if !fresh.still_in_time() {
             return Err(StoreError::failed("retry not written in time; retry again"));
         }
-        self.ensure_indexed(&[&comment]).await?;
-        self.write_comment(&comment).await?;
+        self.write_placed(&comment).await?;
         let written_ms = time::now_millis();
         let mark = self.mark_stored_if_ours(&comment, key, ttl).await;
         Self::settle(&comment, mark, written_ms)?;
@@ -403,8 +402,7 @@ impl CqlStore {
                 break;
             }
         }
-        self.ensure_indexed(&[&prev]).await?;
-        self.write_comment(&prev).await?;
+        self.write_placed(&prev).await?;
         self.mark_stored(&prev, key, ttl).await?;
         Ok(Inserted::Created(prev))
     }
@@ -413,9 +411,14 @@ impl CqlStore {
     /// the write fails, the key is released at once, unless a retry on another node adopted
     /// the row meanwhile: the comment is then stored, acknowledged there, and this writer
     /// publishes it in its own stream as any other.
-    pub(super) async fn write_claimed(&self, item: &NewComment, key: &str) -> StoreResult<()> {
+    pub(super) async fn write_claimed(
+        &self,
+        item: &NewComment,
+        key: &str,
+        part: Part,
+    ) -> StoreResult<()> {
         let ttl = IDEMPOTENCY_TTL_SECS - 1;
-        match self.write_comment(&item.comment).await {
+        match self.write_comment_in(&item.comment, part).await {
             Ok(()) => {
                 let written_ms = time::now_millis();
                 let mark = self.mark_stored_if_ours(&item.comment, key, ttl).await;

@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0006_reactions",
         include_str!("../../../../cql/0006_reactions.cql"),
     ),
+    (
+        7,
+        "0007_comment_parts",
+        include_str!("../../../../cql/0007_comment_parts.cql"),
+    ),
 ];
 
 /// The schema version this binary needs.
@@ -232,7 +237,7 @@ mod tests {
             .iter()
             .flat_map(|(_, _, c)| statements(c, "ks1"))
             .collect();
-        assert_eq!(all.len(), 9);
+        assert_eq!(all.len(), 10);
         for s in &all {
             assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");
             assert!(!s.contains("{keyspace}") && !s.contains("--"), "{s}");

@@ -27,10 +27,12 @@ mod moderation;
 mod options;
 mod rate;
 mod reactions;
+mod tier;
 mod walk;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -47,6 +49,7 @@ use scylla::value::{CqlTimestamp, CqlValue, Row};
 pub use migrate::{MIGRATIONS, SCHEMA_VERSION, migrate};
 pub(crate) use options::session;
 pub use options::{CqlOptions, parse_consistency, replication_cql};
+pub use tier::{HOUR_MAX_PER_MINUTE, MINUTE_MAX_PER_SECOND, PART_CAP, Part, WIDTHS};
 
 use idempotency::{Claim, KeyFate};
 use walk::Dir;
@@ -55,7 +58,7 @@ use super::{
     Doing, Inserted, NewComment, SetupError, Store, StoreError, StoreResult, Withdrawal, chain,
 };
 
-/// Width of a `comments` partition in time.
+/// Width of a 1-second `comments` partition, the narrowest tier (`tier.rs` has the others).
 pub const BUCKET_MS: i64 = 1_000;
 /// Buckets per index span (6 hours).
 pub const SPAN_BUCKETS: i64 = 21_600;
@@ -81,7 +84,8 @@ pub fn span_of_bucket(bucket: i64) -> i64 {
     bucket.div_euclid(SPAN_BUCKETS)
 }
 
-/// The bucket of a stored comment id (any id `ulid` parses).
+/// The 1-second bucket of a comment id (any id `ulid` parses).
+#[cfg(test)]
 fn bucket_of_id(id: &str) -> Option<i64> {
     id::millis_of(id).map(bucket_of_millis)
 }
@@ -90,7 +94,7 @@ fn bucket_of_id(id: &str) -> Option<i64> {
 /// then applied as a plain string bound on every bucket (still correct, only slower).
 fn bucket_of_cursor(cursor: &str) -> Option<i64> {
     if id::is_valid(cursor) {
-        bucket_of_id(cursor)
+        id::millis_of(cursor).map(bucket_of_millis)
     } else {
         None
     }
@@ -155,6 +159,7 @@ pub(crate) fn lwt_outcome(
 struct Statements {
     insert_comment: PreparedStatement,
     insert_bucket: PreparedStatement,
+    insert_part: PreparedStatement,
     insert_span: PreparedStatement,
     claim_key: PreparedStatement,
     mark_stored: PreparedStatement,
@@ -171,6 +176,7 @@ struct Statements {
     spans_asc: PreparedStatement,
     buckets_desc: PreparedStatement,
     buckets_asc: PreparedStatement,
+    parts_of_span: PreparedStatement,
     ping: PreparedStatement,
     rate_recent: PreparedStatement,
     rate_take: PreparedStatement,
@@ -231,9 +237,14 @@ pub struct CqlStore {
     /// TTL of index rows: a day longer than the comments they point to (0: none).
     index_ttl_secs: i32,
     /// `(post, span)` and `(post, bucket)` pairs this process already indexed: a hot post
-    /// writes its bucket's index row once per second, not once per comment.
+    /// writes its bucket's index row once per second, not once per comment. Wider partitions
+    /// are in `indexed_buckets` too, by their (negative, distinct) bucket.
     indexed_spans: Mutex<HashSet<(PostId, i64)>>,
     indexed_buckets: Mutex<HashSet<(PostId, i64)>>,
+    /// Which partition width each comment this process writes gets (`tier.rs`).
+    placer: tier::Placer,
+    /// What the walks of this store read, for tests, tools and benchmarks.
+    reads: ReadCounters,
     /// Bans and post settings (`moderation.rs`).
     moderation: moderation::ModStatements,
     /// Reaction totals (`reactions.rs`).
@@ -280,6 +291,11 @@ impl CqlStore {
             .await?,
             insert_bucket: prep(
                 format!("INSERT INTO {ks}.comment_buckets (post_id, span, bucket) VALUES (?, ?, ?) USING TTL ?"),
+                true,
+            )
+            .await?,
+            insert_part: prep(
+                format!("INSERT INTO {ks}.comment_parts (post_id, span, start, width) VALUES (?, ?, ?, ?) USING TTL ?"),
                 true,
             )
             .await?,
@@ -397,6 +413,11 @@ impl CqlStore {
                 true,
             )
             .await?,
+            parts_of_span: prep(
+                format!("SELECT start, width FROM {ks}.comment_parts WHERE post_id = ? AND span = ? LIMIT ?"),
+                true,
+            )
+            .await?,
             ping: prep("SELECT release_version FROM system.local".to_string(), true).await?,
             rate_recent: prep(
                 format!("SELECT at FROM {ks}.user_rate WHERE user_id = ? AND at > ? LIMIT ?"),
@@ -442,6 +463,7 @@ impl CqlStore {
         for p in [
             &mut st.insert_comment,
             &mut st.insert_bucket,
+            &mut st.insert_part,
             &mut st.insert_span,
             &mut st.mark_stored,
             &mut st.rate_recent,
@@ -475,6 +497,8 @@ impl CqlStore {
             index_ttl_secs: if ttl_secs > 0 { ttl_secs + 86_400 } else { 0 },
             indexed_spans: Mutex::new(HashSet::new()),
             indexed_buckets: Mutex::new(HashSet::new()),
+            placer: tier::Placer::default(),
+            reads: ReadCounters::default(),
         })
     }
 
@@ -487,26 +511,44 @@ impl CqlStore {
         &self.session
     }
 
-    /// Index rows first, for every distinct bucket of `comments` this process has not
+    /// Partitions and index rows read by this store's walks since it connected.
+    pub fn reads(&self) -> ReadStats {
+        ReadStats {
+            partitions: self.reads.partitions.load(Ordering::Relaxed),
+            index: self.reads.index.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The partition for `c`, chosen from its post's rate as this process saw it and counted
+    /// as written (`tier.rs`); `None` when its id is not a ULID (it cannot be stored).
+    fn place(&self, c: &Comment) -> Option<Part> {
+        let ms = id::millis_of(c.id.as_str())?;
+        Some(self.placer.place(&c.post_id, ms))
+    }
+
+    /// Places, indexes and writes one comment (the paths that write outside a batch).
+    async fn write_placed(&self, c: &Comment) -> StoreResult<()> {
+        let part = self.place(c).ok_or_else(|| not_a_ulid(c.id.as_str()))?;
+        self.ensure_indexed(&[(c, part)]).await?;
+        self.write_comment_in(c, part).await
+    }
+
+    /// Index rows first, for every distinct partition of `comments` this process has not
     /// indexed yet.
-    async fn ensure_indexed(&self, comments: &[&Comment]) -> StoreResult<()> {
+    async fn ensure_indexed(&self, comments: &[(&Comment, Part)]) -> StoreResult<()> {
         let mut spans = HashSet::new();
-        let mut buckets = HashSet::new();
+        let mut buckets = HashMap::new();
         {
             let known_spans = self.indexed_spans.lock();
             let known_buckets = self.indexed_buckets.lock();
-            for c in comments {
-                let Some(b) = bucket_of_id(c.id.as_str()) else {
-                    continue;
-                };
-                let s = span_of_bucket(b);
-                let sk = (c.post_id.clone(), s);
+            for (c, part) in comments {
+                let sk = (c.post_id.clone(), part.span());
                 if !known_spans.contains(&sk) {
                     spans.insert(sk);
                 }
-                let bk = (c.post_id.clone(), b);
+                let bk = (c.post_id.clone(), part.bucket());
                 if !known_buckets.contains(&bk) {
-                    buckets.insert(bk);
+                    buckets.insert(bk, *part);
                 }
             }
         }
@@ -520,18 +562,31 @@ impl CqlStore {
             .chain(
                 buckets
                     .iter()
-                    .map(|(p, b)| (p.as_str(), span_of_bucket(*b), Some(*b))),
+                    .map(|((p, _), part)| (p.as_str(), part.span(), Some(*part))),
             )
-            .map(|(p, span, bucket)| async move {
-                match bucket {
+            .map(|(p, span, part)| async move {
+                match part {
                     None => {
                         self.session
                             .execute_unpaged(&self.st.insert_span, (p, span, ttl))
                             .await
                     }
-                    Some(b) => {
+                    Some(part) if part.width_s == 1 => {
                         self.session
-                            .execute_unpaged(&self.st.insert_bucket, (p, span, b, ttl))
+                            .execute_unpaged(
+                                &self.st.insert_bucket,
+                                (p, span, part.bucket(), ttl),
+                            )
+                            .await
+                    }
+                    Some(part) => {
+                        // Widths are 60 and 3,600: an i32 always.
+                        let width = i32::try_from(part.width_s).unwrap_or(i32::MAX);
+                        self.session
+                            .execute_unpaged(
+                                &self.st.insert_part,
+                                (p, span, part.start_s, width, ttl),
+                            )
                             .await
                     }
                 }
@@ -550,15 +605,19 @@ impl CqlStore {
         if known_buckets.len() + buckets.len() > INDEX_CACHE_MAX {
             known_buckets.clear();
         }
-        known_buckets.extend(buckets);
+        known_buckets.extend(buckets.into_keys());
         Ok(())
     }
 
-    /// The one INSERT of a comment's row, alone (no index, no key); also what
-    /// `livecomments-bench cql-loop` repeats to find the node's limit for these rows.
+    /// The one INSERT of a comment's row in a one-second partition, alone (no index, no
+    /// key): what `livecomments-bench cql-loop` repeats to find the node's limit for these
+    /// rows (a post at the bench's rate gets one-second partitions from the placer too).
     pub async fn write_comment(&self, c: &Comment) -> StoreResult<()> {
-        let bucket = bucket_of_id(c.id.as_str())
-            .ok_or_else(|| StoreError::failed(format!("comment id {:?} is not a ULID", c.id)))?;
+        self.write_comment_in(c, Part::at(created_ms(c), 1)).await
+    }
+
+    async fn write_comment_in(&self, c: &Comment, part: Part) -> StoreResult<()> {
+        let bucket = part.bucket();
         self.session
             .execute_unpaged(
                 &self.st.insert_comment,
@@ -588,19 +647,25 @@ impl CqlStore {
     /// also when the coordinator dies after accepting it (the batchlog replays it).
     async fn record_deletion(&self, t: &Tombstone) -> StoreResult<()> {
         {
-            let bucket = bucket_of_id(t.comment_id.as_str()).ok_or_else(|| {
-                StoreError::failed(format!("comment id {:?} is not a ULID", t.comment_id))
-            })?;
+            // Whichever width its writer (or a retry's) chose: every candidate goes. A
+            // delete of a row that is not there is one tombstone.
+            let [a, b, c] = Part::candidates_of(t.comment_id.as_str())
+                .ok_or_else(|| not_a_ulid(t.comment_id.as_str()))?;
             let mut batch = Batch::new(BatchType::Logged);
-            batch.append_statement(self.st.delete.clone());
+            for _ in 0..3 {
+                batch.append_statement(self.st.delete.clone());
+            }
             batch.append_statement(self.st.insert_deletion.clone());
             batch.set_request_timeout(Some(WRITE_TIMEOUT));
             let ttl = self.ttl_secs;
+            let (post, id) = (t.post_id.as_str(), t.comment_id.as_str());
             self.session
                 .batch(
                     &batch,
                     (
-                        (t.post_id.as_str(), bucket, t.comment_id.as_str()),
+                        (post, a.bucket(), id),
+                        (post, b.bucket(), id),
+                        (post, c.bucket(), id),
                         (
                             t.post_id.as_str(),
                             t.id.as_str(),
@@ -618,15 +683,46 @@ impl CqlStore {
 
     async fn delete_rows(&self, rows: &[(&str, &str)]) -> StoreResult<()> {
         for (post_id, id) in rows {
-            let Some(bucket) = bucket_of_id(id) else {
+            let Some(parts) = Part::candidates_of(id) else {
                 continue;
             };
-            self.session
-                .execute_unpaged(&self.st.delete, (post_id, bucket, id))
-                .await
-                .map_err(unavailable)?;
+            for part in parts {
+                self.session
+                    .execute_unpaged(&self.st.delete, (post_id, part.bucket(), id))
+                    .await
+                    .map_err(unavailable)?;
+            }
         }
         Ok(())
+    }
+}
+
+fn not_a_ulid(id: &str) -> StoreError {
+    StoreError::failed(format!("comment id {id:?} is not a ULID"))
+}
+
+/// What the walks read (see [`CqlStore::reads`]).
+#[derive(Default)]
+struct ReadCounters {
+    partitions: AtomicU64,
+    index: AtomicU64,
+}
+
+/// Totals since the store connected: `comments` partitions read (one query each) and index
+/// queries (`comment_spans`, `comment_buckets`, `comment_parts`) by `newest` and `after`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    pub partitions: u64,
+    pub index: u64,
+}
+
+impl std::ops::Sub for ReadStats {
+    type Output = ReadStats;
+    fn sub(self, o: ReadStats) -> ReadStats {
+        ReadStats {
+            partitions: self.partitions.saturating_sub(o.partitions),
+            index: self.index.saturating_sub(o.index),
+        }
     }
 }
 
@@ -698,16 +794,24 @@ impl Store for CqlStore {
         }
         to_write.sort_unstable();
 
-        // 2. Index rows, then the comments, then the keys' `stored` flags.
-        let comments: Vec<&Comment> = to_write.iter().map(|&i| &batch[i].comment).collect();
-        match self.ensure_indexed(&comments).await {
+        // 2. Each comment's partition (in id order: the rate it sees is the post's), index
+        // rows, then the comments, then the keys' `stored` flags.
+        let mut parts: Vec<Option<Part>> = vec![None; n];
+        let mut placed: Vec<(&Comment, Part)> = Vec::with_capacity(to_write.len());
+        for &i in &to_write {
+            parts[i] = self.place(&batch[i].comment);
+            if let Some(p) = parts[i] {
+                placed.push((&batch[i].comment, p));
+            }
+        }
+        match self.ensure_indexed(&placed).await {
             Err(e) => {
                 for &i in &to_write {
                     results[i] = Some(Err(e.clone()));
                 }
             }
             Ok(()) => {
-                let (batch, claimed) = (&batch, &claimed);
+                let (batch, claimed, parts) = (&batch, &claimed, &parts);
                 let written: Vec<_> = to_write
                     .iter()
                     .map(|&i| async move {
@@ -715,19 +819,22 @@ impl Store for CqlStore {
                         if let Err(e) = in_time(item) {
                             return (i, Err(e));
                         }
+                        let Some(part) = parts[i] else {
+                            return (i, Err(not_a_ulid(item.comment.id.as_str())));
+                        };
                         let key = item.idempotency_key.as_deref().filter(|_| claimed[i]);
                         let r = match key {
                             Some(key) if item.visible_by_ms.is_some() => {
-                                self.write_claimed(item, key).await
+                                self.write_claimed(item, key, part).await
                             }
-                            Some(key) => match self.write_comment(&item.comment).await {
+                            Some(key) => match self.write_comment_in(&item.comment, part).await {
                                 Ok(()) => {
                                     let ttl = IDEMPOTENCY_TTL_SECS - 1;
                                     self.mark_stored(&item.comment, key, ttl).await
                                 }
                                 Err(e) => Err(e),
                             },
-                            None => self.write_comment(&item.comment).await,
+                            None => self.write_comment_in(&item.comment, part).await,
                         };
                         (i, r)
                     })
@@ -788,19 +895,32 @@ impl Store for CqlStore {
     }
 
     async fn get(&self, post_id: &PostId, id: &CommentId) -> StoreResult<Option<Comment>> {
-        let Some(bucket) = bucket_of_id(id) else {
+        let Some(parts) = Part::candidates_of(id) else {
             return Ok(None);
         };
-        let res = self
-            .session
-            .execute_unpaged(&self.st.get, (post_id.as_str(), bucket, id.as_str()))
-            .await
-            .map_err(unavailable)?;
-        let rows = res.into_rows_result().map_err(unavailable)?;
-        Ok(rows
-            .maybe_first_row::<CommentRow>()
-            .map_err(unavailable)?
-            .and_then(|r| comment_from_row(post_id, r)))
+        // The id's three candidate partitions at once: one round trip, as before.
+        let reads = parts.map(|part| async move {
+            let res = self
+                .session
+                .execute_unpaged(&self.st.get, (post_id.as_str(), part.bucket(), id.as_str()))
+                .await
+                .map_err(unavailable)?;
+            let rows = res.into_rows_result().map_err(unavailable)?;
+            Ok::<_, StoreError>(
+                rows.maybe_first_row::<CommentRow>()
+                    .map_err(unavailable)?
+                    .and_then(|r| comment_from_row(post_id, r)),
+            )
+        });
+        let found = futures::future::join_all(reads).await;
+        let mut out = None;
+        for r in found {
+            // Any copy will do (a rewrite under the same id carries the same comment).
+            if let Some(c) = r? {
+                out.get_or_insert(c);
+            }
+        }
+        Ok(out)
     }
 
     async fn keyed(

@@ -1,6 +1,18 @@
-//! Reading a post's comments in order across its 1-second bucket partitions, through the
-//! bucket index (`comment_spans`, `comment_buckets`): never an empty bucket, never OFFSET.
+//! Reading a post's comments in order across its partitions, through the index
+//! (`comment_spans`; per span `comment_buckets` for 1-second partitions and `comment_parts`
+//! for 60 s and 3,600 s ones): never an empty partition, never OFFSET.
+//!
+//! Partitions of different widths overlap in time (a post that slowed down, two ingest nodes
+//! that saw different rates), so the walk is a merge: partitions come in the order of the
+//! bound that matters for the direction (newest first: by end, descending; oldest first: by
+//! start, ascending), and a row read is handed out only once no partition still unread can
+//! hold a row before it (its time is at or past the next partition's end, resp. before its
+//! start). Spans never overlap (every width divides 6 h), so the merge is per span.
 
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+
+use super::tier::Part;
 use super::*;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -11,12 +23,16 @@ pub(super) enum Dir {
     Asc,
 }
 
+/// Rows of one span's `comment_parts` read at once: 360 minute and 6 hour partitions at most
+/// by construction; rows of widths this binary does not know are skipped.
+const PARTS_PER_SPAN: i32 = 512;
+
 impl CqlStore {
-    async fn query_bucket(
+    async fn query_part(
         &self,
         dir: Dir,
         post_id: &PostId,
-        bucket: i64,
+        part: Part,
         bound: &str,
         limit: usize,
     ) -> StoreResult<Vec<Comment>> {
@@ -24,13 +40,14 @@ impl CqlStore {
             Dir::Desc => &self.st.newest,
             Dir::Asc => &self.st.after,
         };
+        self.reads.partitions.fetch_add(1, Ordering::Relaxed);
         let res = self
             .session
             .execute_unpaged(
                 st,
                 (
                     post_id.as_str(),
-                    bucket,
+                    part.bucket(),
                     bound,
                     limit.min(i32::MAX as usize) as i32,
                 ),
@@ -47,9 +64,9 @@ impl CqlStore {
         Ok(out)
     }
 
-    /// A page in `dir` order: walks the post's non-empty buckets through the index, reading
+    /// A page in `dir` order: walks the post's non-empty partitions through the index, reading
     /// them in waves of 1, 2, 4, ... (at most [`MAX_WAVE`]) partitions in parallel until
-    /// `limit` comments are found or the buckets run out.
+    /// `limit` comments are certain or the partitions run out.
     pub(super) async fn walk(
         &self,
         dir: Dir,
@@ -61,77 +78,138 @@ impl CqlStore {
         if limit == 0 {
             return Ok(out);
         }
-        // Exclusive id bound, applied in every bucket.
+        // Exclusive id bound, applied in every partition.
         let bound = match (dir, cursor) {
             (_, Some(c)) => c.to_string(),
             (Dir::Desc, None) => char::MAX.to_string(),
             (Dir::Asc, None) => String::new(),
         };
         let start = cursor.and_then(|c| bucket_of_cursor(c));
-        let mut buckets = BucketWalk::new(self, dir, post_id, start);
+        let mut parts = PartWalk::new(self, dir, post_id, start);
+        // Rows read but not yet certain, by id (a comment rewritten under its id by another
+        // writer may sit in two partitions: it is handed out once). Never more than `limit`
+        // after a wave plus one wave's rows.
+        let mut pending: BTreeMap<String, Comment> = BTreeMap::new();
         let mut wave = 1;
         while out.len() < limit {
+            let need = limit - out.len();
             let mut batch = Vec::with_capacity(wave);
             while batch.len() < wave {
-                match buckets.next().await? {
-                    Some(b) => batch.push(b),
+                match parts.next().await? {
+                    Some(p) => batch.push(p),
                     None => break,
                 }
             }
             if batch.is_empty() {
                 break;
             }
-            let need = limit - out.len();
+            // Every partition is asked for `need`: the page's rest is within the first `need`
+            // rows of each partition (rows already certain are above all of them).
             let pages: Vec<_> = batch
                 .into_iter()
-                .map(|b| self.query_bucket(dir, post_id, b, &bound, need))
+                .map(|p| self.query_part(dir, post_id, p, &bound, need))
                 .collect();
             let pages = stream::iter(pages)
                 .buffered(MAX_WAVE)
                 .collect::<Vec<_>>()
                 .await;
             for page in pages {
-                out.extend(page?);
+                for c in page? {
+                    pending.insert(c.id.to_string(), c);
+                }
             }
-            out.truncate(limit);
+            // Only the first `need` pending rows can still make the page.
+            while pending.len() > need {
+                match dir {
+                    Dir::Desc => pending.pop_first(),
+                    Dir::Asc => pending.pop_last(),
+                };
+            }
+            // The bound no unread partition passes: rows at or beyond it are certain.
+            let frontier = parts.peek().await?.map(|p| match dir {
+                Dir::Desc => p.end_ms(),
+                Dir::Asc => p.start_ms(),
+            });
+            while out.len() < limit {
+                let head = match dir {
+                    Dir::Desc => pending.last_key_value(),
+                    Dir::Asc => pending.first_key_value(),
+                };
+                let Some((id, _)) = head else { break };
+                // Ids the store wrote are ULIDs; one that is not has no time to place it by
+                // and goes in id order.
+                let certain = match (frontier, id::millis_of(id)) {
+                    (None, _) | (_, None) => true,
+                    (Some(f), Some(ms)) => match dir {
+                        Dir::Desc => ms >= f,
+                        Dir::Asc => ms < f,
+                    },
+                };
+                if !certain {
+                    break;
+                }
+                let next = match dir {
+                    Dir::Desc => pending.pop_last(),
+                    Dir::Asc => pending.pop_first(),
+                };
+                if let Some((_, c)) = next {
+                    out.push(c);
+                }
+            }
             wave = (wave * 2).min(MAX_WAVE);
+        }
+        // The partitions ran out: every pending row is certain.
+        while out.len() < limit {
+            let next = match dir {
+                Dir::Desc => pending.pop_last(),
+                Dir::Asc => pending.pop_first(),
+            };
+            let Some((_, c)) = next else { break };
+            out.push(c);
         }
         Ok(out)
     }
 }
 
-/// Lazily lists a post's non-empty buckets in `dir` order from the two index tables, a page
-/// of [`INDEX_PAGE`] rows at a time.
-struct BucketWalk<'a> {
+/// Lazily lists a post's non-empty partitions in walk order from the index tables: spans a
+/// page of 16 at a time, a span's 1-second buckets a page of [`INDEX_PAGE`] at a time, its
+/// wider partitions whole (at most [`PARTS_PER_SPAN`]).
+struct PartWalk<'a> {
     store: &'a CqlStore,
     dir: Dir,
     post_id: &'a str,
     /// Inclusive bound of the next span query; `None` once the spans are exhausted.
     next_span: Option<i64>,
-    spans: std::collections::VecDeque<i64>,
-    /// The span being read and the inclusive bound of its next bucket query.
-    current: Option<(i64, i64)>,
-    buckets: std::collections::VecDeque<i64>,
-    /// Bucket bound in the first span (the cursor's bucket).
+    spans: VecDeque<i64>,
+    /// The span being read and the inclusive bound of its next 1-second bucket query
+    /// (`None`: its buckets are all listed).
+    current: Option<(i64, Option<i64>)>,
+    seconds: VecDeque<Part>,
+    /// The current span's wider partitions, in walk order.
+    wide: VecDeque<Part>,
+    /// Bucket (second) of the cursor: where the first span's walk starts.
     start_bucket: Option<i64>,
+    peeked: Option<Part>,
 }
 
-impl<'a> BucketWalk<'a> {
+impl<'a> PartWalk<'a> {
     fn new(store: &'a CqlStore, dir: Dir, post_id: &'a str, start_bucket: Option<i64>) -> Self {
         let next_span = Some(match (dir, start_bucket) {
             (_, Some(b)) => span_of_bucket(b),
             (Dir::Desc, None) => i64::MAX,
             (Dir::Asc, None) => i64::MIN,
         });
-        BucketWalk {
+        PartWalk {
             store,
             dir,
             post_id,
             next_span,
             spans: Default::default(),
             current: None,
-            buckets: Default::default(),
+            seconds: Default::default(),
+            wide: Default::default(),
             start_bucket,
+            peeked: None,
         }
     }
 
@@ -149,11 +227,23 @@ impl<'a> BucketWalk<'a> {
         }
     }
 
-    async fn index_page(
+    /// Whether `a` comes before `b` in walk order.
+    fn first(&self, a: &Part, b: &Part) -> bool {
+        match self.dir {
+            Dir::Desc => a.end_ms() >= b.end_ms(),
+            Dir::Asc => a.start_ms() <= b.start_ms(),
+        }
+    }
+
+    async fn index_page<T>(
         &self,
         st: &PreparedStatement,
         values: impl scylla::serialize::row::SerializeRow,
-    ) -> StoreResult<Vec<i64>> {
+    ) -> StoreResult<Vec<T>>
+    where
+        T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        self.store.reads.index.fetch_add(1, Ordering::Relaxed);
         let res = self
             .store
             .session
@@ -162,32 +252,92 @@ impl<'a> BucketWalk<'a> {
             .map_err(unavailable)?;
         let rows = res.into_rows_result().map_err(unavailable)?;
         let mut out = Vec::with_capacity(rows.rows_num());
-        for r in rows.rows::<(i64,)>().map_err(unavailable)? {
-            out.push(r.map_err(unavailable)?.0);
+        for r in rows.rows::<T>().map_err(unavailable)? {
+            out.push(r.map_err(unavailable)?);
         }
         Ok(out)
     }
 
-    async fn next(&mut self) -> StoreResult<Option<i64>> {
+    /// The next page of the current span's 1-second buckets.
+    async fn seconds_page(&self, span: i64, bound: i64) -> StoreResult<(Vec<Part>, Option<i64>)> {
+        let st = match self.dir {
+            Dir::Desc => &self.store.st.buckets_desc,
+            Dir::Asc => &self.store.st.buckets_asc,
+        };
+        let page: Vec<(i64,)> = self
+            .index_page(st, (self.post_id, span, bound, INDEX_PAGE))
+            .await?;
+        let full = page.len() == INDEX_PAGE as usize;
+        let next = match (full, page.last().and_then(|l| self.step_past(l.0))) {
+            (true, Some(next)) => Some(next),
+            _ => None,
+        };
+        Ok((page.into_iter().map(|(b,)| Part::at(b * 1_000, 1)).collect(), next))
+    }
+
+    /// The span's wider partitions in walk order, past the cursor.
+    async fn wide_parts(&self, span: i64) -> StoreResult<VecDeque<Part>> {
+        let rows: Vec<(i64, i32)> = self
+            .index_page(
+                &self.store.st.parts_of_span,
+                (self.post_id, span, PARTS_PER_SPAN),
+            )
+            .await?;
+        let cursor_ms = self.start_bucket.map(|b| b.saturating_mul(1_000));
+        let mut parts: Vec<Part> = rows
+            .into_iter()
+            .filter_map(|(start, width)| Part::from_index(start, i64::from(width)))
+            .filter(|p| match (self.dir, cursor_ms) {
+                (_, None) => true,
+                // Rows before the cursor: a partition that starts after its second has none.
+                (Dir::Desc, Some(c)) => p.start_ms() <= c,
+                // Rows after it: a partition that ends before its second has none.
+                (Dir::Asc, Some(c)) => p.end_ms() > c,
+            })
+            .collect();
+        match self.dir {
+            Dir::Desc => parts.sort_by(|a, b| b.end_ms().cmp(&a.end_ms())),
+            Dir::Asc => parts.sort_by_key(|p| p.start_ms()),
+        }
+        Ok(parts.into())
+    }
+
+    /// The next partition without taking it.
+    async fn peek(&mut self) -> StoreResult<Option<Part>> {
+        if self.peeked.is_none() {
+            self.peeked = self.next().await?;
+        }
+        Ok(self.peeked)
+    }
+
+    async fn next(&mut self) -> StoreResult<Option<Part>> {
+        if let Some(p) = self.peeked.take() {
+            return Ok(Some(p));
+        }
         loop {
-            if let Some(b) = self.buckets.pop_front() {
-                return Ok(Some(b));
-            }
             if let Some((span, bound)) = self.current {
-                let st = match self.dir {
-                    Dir::Desc => &self.store.st.buckets_desc,
-                    Dir::Asc => &self.store.st.buckets_asc,
+                if self.seconds.is_empty()
+                    && let Some(b) = bound
+                {
+                    let (page, next) = self.seconds_page(span, b).await?;
+                    self.seconds.extend(page);
+                    self.current = Some((span, next));
+                }
+                let take_wide = match (self.seconds.front(), self.wide.front()) {
+                    (None, None) => {
+                        self.current = None;
+                        continue;
+                    }
+                    (Some(_), None) => false,
+                    (None, Some(_)) => true,
+                    (Some(s), Some(w)) => !self.first(s, w),
                 };
-                let page = self
-                    .index_page(st, (self.post_id, span, bound, INDEX_PAGE))
-                    .await?;
-                let full = page.len() == INDEX_PAGE as usize;
-                self.current = match (full, page.last().and_then(|&l| self.step_past(l))) {
-                    (true, Some(next)) => Some((span, next)),
-                    _ => None,
+                let next = if take_wide {
+                    self.wide.pop_front()
+                } else {
+                    self.seconds.pop_front()
                 };
-                self.buckets.extend(page);
-                continue;
+                return Ok(next);
             }
             if self.spans.is_empty() {
                 let Some(bound) = self.next_span else {
@@ -197,10 +347,10 @@ impl<'a> BucketWalk<'a> {
                     Dir::Desc => &self.store.st.spans_desc,
                     Dir::Asc => &self.store.st.spans_asc,
                 };
-                let page = self.index_page(st, (self.post_id, bound, 16i32)).await?;
+                let page: Vec<(i64,)> = self.index_page(st, (self.post_id, bound, 16i32)).await?;
                 self.next_span = match (
                     page.len() == 16,
-                    page.last().and_then(|&l| self.step_past(l)),
+                    page.last().and_then(|l| self.step_past(l.0)),
                 ) {
                     (true, Some(next)) => Some(next),
                     _ => None,
@@ -208,7 +358,7 @@ impl<'a> BucketWalk<'a> {
                 if page.is_empty() {
                     return Ok(None);
                 }
-                self.spans.extend(page);
+                self.spans.extend(page.into_iter().map(|(s,)| s));
             }
             let Some(span) = self.spans.pop_front() else {
                 return Ok(None);
@@ -217,7 +367,12 @@ impl<'a> BucketWalk<'a> {
                 Some(b) if span_of_bucket(b) == span => b,
                 _ => self.extreme(),
             };
-            self.current = Some((span, bound));
+            // Both lists of the span in one round trip.
+            let (seconds, wide) =
+                futures::try_join!(self.seconds_page(span, bound), self.wide_parts(span))?;
+            self.seconds = seconds.0.into();
+            self.wide = wide;
+            self.current = Some((span, seconds.1));
         }
     }
 }
