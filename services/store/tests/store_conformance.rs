@@ -570,6 +570,177 @@ async fn after_none_reads_from_the_start(s: Arc<dyn Store>) {
     );
 }
 
+/// Every id of `post` in `dir` order, read in pages of `size` with cursors.
+async fn page_all(
+    store: &dyn Store,
+    post: &str,
+    size: usize,
+    newest_first: bool,
+) -> Vec<CommentId> {
+    let mut got = Vec::new();
+    let mut cursor: Option<CommentId> = None;
+    loop {
+        let page = if newest_first {
+            store.newest(&post.into(), cursor.as_ref(), size).await
+        } else {
+            store.after(&post.into(), cursor.as_ref(), size).await
+        }
+        .unwrap();
+        assert!(page.len() <= size);
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.id.clone());
+        got.extend(ids(&page));
+    }
+    got
+}
+
+/// `n` comments of `post` from `from_ms`, `step_ms` apart, numbered from `seq`.
+fn stream_of(post: &str, from_ms: i64, step_ms: i64, n: i64, seq: u128) -> Vec<Comment> {
+    (0..n)
+        .map(|k| {
+            comment_at(
+                post,
+                &format!("u{}", k % 5),
+                from_ms + k * step_ms,
+                seq + k as u128,
+                &format!("{post} {k}"),
+            )
+        })
+        .collect()
+}
+
+/// One comment a minute for 5 hours (issue 16): pages in both directions, cursors inside
+/// and between the comments.
+async fn sparse_post_pages(s: Arc<dyn Store>) {
+    let store: &dyn Store = &*s;
+    let cs = stream_of("sparse", BASE_MS, 60_000, 300, 1);
+    for chunk in cs.chunks(50) {
+        insert_ok(store, chunk.iter().map(|c| new(c, None)).collect()).await;
+    }
+    let asc = ids(&cs);
+    let desc: Vec<CommentId> = asc.iter().rev().cloned().collect();
+    assert_eq!(
+        store.newest(&"sparse".into(), None, 100).await.unwrap(),
+        cs[200..].iter().rev().cloned().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ids(&store
+            .newest(&"sparse".into(), Some(&cs[150].id), 100)
+            .await
+            .unwrap()),
+        desc[150..250]
+    );
+    assert_eq!(
+        ids(&store
+            .after(&"sparse".into(), Some(&cs[99].id), 100)
+            .await
+            .unwrap()),
+        asc[100..200]
+    );
+    // A cursor between two comments (30 s after one).
+    let between = id_at(BASE_MS + 120 * 60_000 + 30_000, 0);
+    assert_eq!(
+        ids(&store
+            .newest(&"sparse".into(), Some(&between), 2)
+            .await
+            .unwrap()),
+        vec![asc[120].clone(), asc[119].clone()]
+    );
+    assert_eq!(
+        ids(&store
+            .after(&"sparse".into(), Some(&between), 2)
+            .await
+            .unwrap()),
+        vec![asc[121].clone(), asc[122].clone()]
+    );
+    for size in [1usize, 7, 100] {
+        assert_eq!(
+            page_all(store, "sparse", size, true).await,
+            desc,
+            "newest, {size}"
+        );
+        assert_eq!(
+            page_all(store, "sparse", size, false).await,
+            asc,
+            "after, {size}"
+        );
+    }
+}
+
+/// The phases of [`mixed_rates_page_across_the_change`]: 40 comments one a minute, a burst of
+/// 500 within one second, 150 at 50/s, three quiet minutes, 40 one a minute again. On the CQL
+/// store that is every width (`cql_mixed_post_uses_every_width`).
+fn mixed_phases(post: &str) -> [Vec<Comment>; 4] {
+    let burst_ms = BASE_MS + 40 * 60_000;
+    [
+        stream_of(post, BASE_MS, 60_000, 40, 1),
+        stream_of(post, burst_ms, 2, 500, 1_000),
+        stream_of(post, burst_ms + 2_000, 20, 150, 2_000),
+        stream_of(post, burst_ms + 2_000 + 3 * 60_000, 60_000, 40, 3_000),
+    ]
+}
+
+/// A post whose rate changes mid-stream, written in ingest's order (one batch per phase,
+/// the burst in batches of 64), paged across the changes; then one comment of each phase
+/// read by id and deleted.
+async fn mixed_rates_page_across_the_change(s: Arc<dyn Store>) {
+    let store: &dyn Store = &*s;
+    let phases = mixed_phases("mixed");
+    for phase in &phases {
+        for chunk in phase.chunks(64) {
+            insert_ok(store, chunk.iter().map(|c| new(c, None)).collect()).await;
+        }
+    }
+    let all: Vec<Comment> = phases.iter().flatten().cloned().collect();
+    let asc = ids(&all);
+    let desc: Vec<CommentId> = asc.iter().rev().cloned().collect();
+    for size in [1usize, 7, 100] {
+        assert_eq!(
+            page_all(store, "mixed", size, true).await,
+            desc,
+            "newest, {size}"
+        );
+        assert_eq!(
+            page_all(store, "mixed", size, false).await,
+            asc,
+            "after, {size}"
+        );
+    }
+    // A page that straddles the burst's start, from a cursor in the 50/s phase.
+    assert_eq!(
+        ids(&store
+            .newest(&"mixed".into(), Some(&phases[2][10].id), 520)
+            .await
+            .unwrap()),
+        desc[(desc.len() - 40 - 500 - 10)..(desc.len() - 30)].to_vec()
+    );
+    let victims = [
+        &phases[0][5],
+        &phases[1][300],
+        &phases[2][10],
+        &phases[3][3],
+    ];
+    for (n, c) in victims.iter().enumerate() {
+        assert_eq!(
+            store.get(&"mixed".into(), &c.id).await.unwrap().as_ref(),
+            Some(*c)
+        );
+        delete_ok(store, vec![tombstone(c, BASE_MS + 86_400_000, n as u128)]).await;
+        assert_eq!(store.get(&"mixed".into(), &c.id).await.unwrap(), None);
+    }
+    let gone: Vec<&CommentId> = victims.iter().map(|c| &c.id).collect();
+    let left: Vec<CommentId> = asc.iter().filter(|i| !gone.contains(i)).cloned().collect();
+    assert_eq!(page_all(store, "mixed", 100, false).await, left);
+    assert_eq!(
+        store
+            .deletions_after(&"mixed".into(), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Engines
 // ---------------------------------------------------------------------------------------------
@@ -816,6 +987,8 @@ suite! {
     missing_post => missing_post_reads_empty;
     paging_across_buckets => paging_across_many_buckets;
     after_from_start => after_none_reads_from_the_start;
+    sparse_post => sparse_post_pages;
+    mixed_rates => mixed_rates_page_across_the_change;
     moderation_last_writer_wins => moderation_records_merge_by_last_writer_wins;
     moderation_since => moderation_since_reads_what_changed;
     reaction_totals => reaction_counts_add_up_per_post_and_kind;
@@ -932,15 +1105,6 @@ async fn cql_retention_sets_a_ttl_and_idempotency_keys_expire() {
     ))
     .await;
     assert!(t > 2 * 86_400 - 60 && t <= 2 * 86_400, "comment TTL {t}");
-    // Its index row outlives it by a day.
-    let hour = cqlstore::Part::at(now, 3_600);
-    let t = ttl_of(format!(
-        "SELECT TTL(width) FROM {ks}.comment_parts WHERE post_id = 'ttl' AND span = {} AND start = {}",
-        hour.span(),
-        hour.start_s
-    ))
-    .await;
-    assert!(t > 3 * 86_400 - 60 && t <= 3 * 86_400, "index TTL {t}");
     let t = ttl_of(format!(
         "SELECT TTL(id) FROM {ks}.idempotency WHERE user_id = 'alice' AND post_id = 'ttl' AND idem_key = 'key'"
     ))
@@ -1191,5 +1355,242 @@ async fn cql_withdrawal_releases_the_key_unless_a_retry_adopted_the_comment() {
         ids(&store.newest(&"p12".into(), None, 10).await.unwrap()),
         vec![retry.id.clone(), adopted.id.clone()]
     );
+    drop_keyspace(&store, &ks).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// CQL only: partition widths (issue 16)
+// ---------------------------------------------------------------------------------------------
+
+/// The width of the partition holding `id` (asked of each candidate), `None` if in none.
+async fn width_of(store: &CqlStore, ks: &str, post: &str, id: &str) -> Option<i64> {
+    let ms = livecomments_shared::id::millis_of(id).unwrap();
+    for part in cqlstore::Part::candidates(ms) {
+        let res = store
+            .session()
+            .query_unpaged(
+                format!("SELECT id FROM {ks}.comments WHERE post_id = ? AND bucket = ? AND id = ?"),
+                (post, part.bucket(), id),
+            )
+            .await
+            .unwrap();
+        if res.into_rows_result().unwrap().rows_num() > 0 {
+            return Some(part.width_s);
+        }
+    }
+    None
+}
+
+/// Partitions a read of `store` costs, and what it returned.
+async fn counted<F, T>(store: &CqlStore, read: F) -> (T, cqlstore::ReadStats)
+where
+    F: std::future::Future<Output = T>,
+{
+    let before = store.reads();
+    let out = read.await;
+    (out, store.reads() - before)
+}
+
+/// Issue 16: a post with one comment a minute reads a page of 100 from at most 4 partitions
+/// in either direction (1-second partitions alone read 127: waves 1 + 2 + ... + 32 + 32 + 32),
+/// one with one a second from 2, one whose comments share a second from 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_pages_of_sparse_and_dense_posts_read_few_partitions() {
+    let Some((store, ks)) = fresh_cql_store().await else {
+        return;
+    };
+    let sparse = stream_of("per-minute", BASE_MS, 60_000, 300, 1);
+    let steady = stream_of("per-second", BASE_MS, 1_000, 300, 1);
+    let dense = stream_of("dense", BASE_MS, 1, 1_000, 1);
+    for cs in [&sparse, &steady, &dense] {
+        for chunk in cs.chunks(64) {
+            insert_ok(&store, chunk.iter().map(|c| new(c, None)).collect()).await;
+        }
+    }
+    for (name, cs, most) in [
+        ("per-minute", &sparse, 4),
+        ("per-second", &steady, 2),
+        ("dense", &dense, 2),
+    ] {
+        let post: PostId = name.into();
+        let n = cs.len();
+        let (page, r) = counted(&store, store.newest(&post, None, 100)).await;
+        let page = page.unwrap();
+        assert_eq!(
+            page,
+            cs[n - 100..].iter().rev().cloned().collect::<Vec<_>>(),
+            "{name}"
+        );
+        assert!(r.partitions <= most, "{name}: newest page read {r:?}");
+        let (page, r) = counted(&store, store.newest(&post, Some(&cs[n - 100].id), 100)).await;
+        let page = page.unwrap();
+        assert_eq!(
+            ids(&page),
+            ids(&cs[n - 200..n - 100])
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            r.partitions <= most,
+            "{name}: page before a cursor read {r:?}"
+        );
+        let (page, r) = counted(&store, store.after(&post, None, 100)).await;
+        let page = page.unwrap();
+        assert_eq!(ids(&page), ids(&cs[..100]), "{name}");
+        assert!(r.partitions <= most, "{name}: oldest page read {r:?}");
+        let (page, r) = counted(&store, store.after(&post, Some(&cs[149].id), 100)).await;
+        let page = page.unwrap();
+        assert_eq!(ids(&page), ids(&cs[150..250]), "{name}");
+        assert!(
+            r.partitions <= most,
+            "{name}: page after a cursor read {r:?}"
+        );
+        // Index reads: spans, then the span's buckets and wider partitions (one round trip).
+        assert!(r.index <= 3, "{name}: {r:?}");
+    }
+    for c in [&sparse[10], &steady[10]] {
+        assert_eq!(width_of(&store, &ks, &c.post_id, &c.id).await, Some(3_600));
+    }
+    // The burst's first comments go to the hour's partition, then its second's.
+    assert_eq!(
+        width_of(&store, &ks, "dense", &dense[0].id).await,
+        Some(3_600)
+    );
+    assert_eq!(
+        width_of(&store, &ks, "dense", &dense[999].id).await,
+        Some(1)
+    );
+    drop_keyspace(&store, &ks).await;
+}
+
+/// The mixed post of the suite uses all three widths, and a comment of each is found by id
+/// and deleted (the suite's `mixed_rates` checks the pages and deletions on every engine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_mixed_post_uses_every_width() {
+    let Some((store, ks)) = fresh_cql_store().await else {
+        return;
+    };
+    let phases = mixed_phases("mixed");
+    for phase in &phases {
+        for chunk in phase.chunks(64) {
+            insert_ok(&store, chunk.iter().map(|c| new(c, None)).collect()).await;
+        }
+    }
+    let samples = [
+        (&phases[0][5], 3_600),
+        (&phases[1][300], 1),
+        (&phases[2][10], 60),
+        (&phases[3][3], 3_600),
+    ];
+    for (n, (c, width)) in samples.iter().enumerate() {
+        assert_eq!(
+            width_of(&store, &ks, "mixed", &c.id).await,
+            Some(*width),
+            "{n}"
+        );
+        assert_eq!(
+            store.get(&"mixed".into(), &c.id).await.unwrap().as_ref(),
+            Some(*c)
+        );
+        delete_ok(&store, vec![tombstone(c, BASE_MS + 86_400_000, n as u128)]).await;
+        assert_eq!(store.get(&"mixed".into(), &c.id).await.unwrap(), None);
+        assert_eq!(width_of(&store, &ks, "mixed", &c.id).await, None);
+    }
+    let total: usize = phases.iter().map(Vec::len).sum();
+    assert_eq!(page_all(&store, "mixed", 100, true).await.len(), total - 4);
+    drop_keyspace(&store, &ks).await;
+}
+
+/// Two ingest nodes that see one post at different rates write overlapping partitions of
+/// different widths (the quiet node its hour, the busy one seconds); reads from either merge
+/// them in id order, and a comment rewritten under its id in a second partition (a retry on
+/// the other node) is read once and deleted everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_overlapping_widths_from_two_writers_merge_in_id_order() {
+    let Some(opts) = cql_options().await else {
+        return;
+    };
+    cqlstore::migrate(&opts).await.unwrap();
+    let quiet = CqlStore::connect(&opts).await.unwrap();
+    let busy = CqlStore::connect(&opts).await.unwrap();
+    // Over the same 10 s: the quiet node 1 comment every 500 ms, the busy one 200/s.
+    let slow = stream_of("shared", BASE_MS + 3, 500, 20, 1);
+    let fast = stream_of("shared", BASE_MS, 5, 2_000, 100);
+    insert_ok(&quiet, slow.iter().map(|c| new(c, None)).collect()).await;
+    for chunk in fast.chunks(64) {
+        insert_ok(&busy, chunk.iter().map(|c| new(c, None)).collect()).await;
+    }
+    let ks = &opts.keyspace;
+    assert_eq!(
+        width_of(&quiet, ks, "shared", &slow[7].id).await,
+        Some(3_600)
+    );
+    assert_eq!(
+        width_of(&busy, ks, "shared", &fast[1_500].id).await,
+        Some(1)
+    );
+    // The busy node rewrites one of the quiet node's comments (same id) in its own width.
+    insert_ok(&busy, vec![new(&slow[19], None)]).await;
+    let mut all: Vec<Comment> = slow.iter().chain(&fast).cloned().collect();
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    let asc = ids(&all);
+    let desc: Vec<CommentId> = asc.iter().rev().cloned().collect();
+    for store in [&quiet, &busy] {
+        for size in [7usize, 100] {
+            assert_eq!(
+                page_all(store, "shared", size, true).await,
+                desc,
+                "newest, {size}"
+            );
+            assert_eq!(
+                page_all(store, "shared", size, false).await,
+                asc,
+                "after, {size}"
+            );
+        }
+    }
+    delete_ok(&busy, vec![tombstone(&slow[19], BASE_MS + 86_400_000, 1)]).await;
+    assert_eq!(
+        quiet.get(&"shared".into(), &slow[19].id).await.unwrap(),
+        None
+    );
+    assert_eq!(width_of(&quiet, ks, "shared", &slow[19].id).await, None);
+    drop_keyspace(&quiet, ks).await;
+}
+
+/// A hot post (10,000/s for half a second) gets no partition wider than 1 s past its first
+/// comments, as before: the wide ones hold at most `HOUR_MAX_PER_MINUTE +
+/// MINUTE_MAX_PER_SECOND` rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_a_hot_post_keeps_one_second_partitions() {
+    let Some((store, ks)) = fresh_cql_store().await else {
+        return;
+    };
+    let hot: Vec<Comment> = (0..5_000i64)
+        .map(|k| comment_at("hot", "u", BASE_MS + k / 10, k as u128, "x"))
+        .collect();
+    for chunk in hot.chunks(256) {
+        insert_ok(&store, chunk.iter().map(|c| new(c, None)).collect()).await;
+    }
+    let mut wide = 0;
+    for part in cqlstore::Part::candidates(BASE_MS).into_iter().skip(1) {
+        let res = store
+            .session()
+            .query_unpaged(
+                format!("SELECT COUNT(*) FROM {ks}.comments WHERE post_id = 'hot' AND bucket = ?"),
+                (part.bucket(),),
+            )
+            .await
+            .unwrap();
+        let (n,): (i64,) = res.into_rows_result().unwrap().first_row().unwrap();
+        wide += n;
+    }
+    let most = i64::from(cqlstore::HOUR_MAX_PER_MINUTE + cqlstore::MINUTE_MAX_PER_SECOND);
+    assert!(wide <= most, "{wide} rows in wide partitions");
+    let (page, r) = counted(&store, store.newest(&"hot".into(), None, 100)).await;
+    let page = page.unwrap();
+    assert_eq!(page, hot[4_900..].iter().rev().cloned().collect::<Vec<_>>());
+    assert!(r.partitions <= 3, "{r:?}");
     drop_keyspace(&store, &ks).await;
 }

@@ -573,10 +573,7 @@ impl CqlStore {
                     }
                     Some(part) if part.width_s == 1 => {
                         self.session
-                            .execute_unpaged(
-                                &self.st.insert_bucket,
-                                (p, span, part.bucket(), ttl),
-                            )
+                            .execute_unpaged(&self.st.insert_bucket, (p, span, part.bucket(), ttl))
                             .await
                     }
                     Some(part) => {

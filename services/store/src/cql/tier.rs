@@ -70,7 +70,10 @@ impl Part {
         if self.width_s == 1 {
             self.start_s
         } else {
-            -(self.start_s.saturating_mul(10_000).saturating_add(self.width_s))
+            -(self
+                .start_s
+                .saturating_mul(10_000)
+                .saturating_add(self.width_s))
         }
     }
 
@@ -185,7 +188,11 @@ impl Placer {
         }
         let minute = Part::at(ms, 60);
         if per_second <= MINUTE_MAX_PER_SECOND
-            && fill(&mut seen.minute_part, &mut seen.in_minute_part, minute.start_s) <= PART_CAP
+            && fill(
+                &mut seen.minute_part,
+                &mut seen.in_minute_part,
+                minute.start_s,
+            ) <= PART_CAP
         {
             return minute;
         }
@@ -224,7 +231,11 @@ mod tests {
         let p = Placer::default();
         let post: PostId = "sparse".into();
         for k in 0..300 {
-            assert_eq!(p.place(&post, T0 + k * 60_000).width_s, 3_600, "comment {k}");
+            assert_eq!(
+                p.place(&post, T0 + k * 60_000).width_s,
+                3_600,
+                "comment {k}"
+            );
         }
         let one_a_second: PostId = "steady".into();
         for k in 0..3_600 {
@@ -232,9 +243,14 @@ mod tests {
         }
         // 10,000/s: a burst's first comments land wide, then everything is 1 s.
         let hot: PostId = "hot".into();
-        let widths: Vec<i64> = (0..20_000).map(|k| p.place(&hot, T0 + k / 10).width_s).collect();
+        let widths: Vec<i64> = (0..20_000)
+            .map(|k| p.place(&hot, T0 + k / 10).width_s)
+            .collect();
         let wide = widths.iter().filter(|&&w| w > 1).count();
-        assert!(wide <= (HOUR_MAX_PER_MINUTE + MINUTE_MAX_PER_SECOND) as usize, "{wide}");
+        assert!(
+            wide <= (HOUR_MAX_PER_MINUTE + MINUTE_MAX_PER_SECOND) as usize,
+            "{wide}"
+        );
         assert!(widths[200..].iter().all(|&w| w == 1));
         // Quiet again: the minute tier after a quiet second, the hour after a quiet minute.
         assert_eq!(p.place(&hot, T0 + 3_000).width_s, 60);

@@ -115,7 +115,14 @@ impl CqlStore {
                 .await;
             for page in pages {
                 for c in page? {
-                    pending.insert(c.id.to_string(), c);
+                    // A copy of a row already handed out (its twin in another partition).
+                    let done = out.last().is_some_and(|l: &Comment| match dir {
+                        Dir::Desc => c.id.as_str() >= l.id.as_str(),
+                        Dir::Asc => c.id.as_str() <= l.id.as_str(),
+                    });
+                    if !done {
+                        pending.insert(c.id.to_string(), c);
+                    }
                 }
             }
             // Only the first `need` pending rows can still make the page.
@@ -272,7 +279,12 @@ impl<'a> PartWalk<'a> {
             (true, Some(next)) => Some(next),
             _ => None,
         };
-        Ok((page.into_iter().map(|(b,)| Part::at(b * 1_000, 1)).collect(), next))
+        Ok((
+            page.into_iter()
+                .map(|(b,)| Part::at(b * 1_000, 1))
+                .collect(),
+            next,
+        ))
     }
 
     /// The span's wider partitions in walk order, past the cursor.
