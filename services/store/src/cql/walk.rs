@@ -100,6 +100,26 @@ impl CqlStore {
                     None => break,
                 }
             }
+            // A wide partition read alone is rarely enough: its rows wait for the partitions
+            // its time overlaps (a burst's first comments sit in the hour's partition, the
+            // rest in seconds), or it holds fewer rows than a page (60 an hour at one comment a
+            // minute). So the wave also takes the next partition after a wide one, and keeps
+            // going down to narrower ones (hour, minute, second): at most 2 more, still one
+            // round trip. A dense post's page is then 2 partitions in one wave, not 3 in two.
+            let mut extra = 0;
+            while extra < 2 {
+                let Some(&last) = batch.last() else { break };
+                if last.width_s == 1 {
+                    break;
+                }
+                match parts.peek().await? {
+                    Some(n) if extra == 0 || n.width_s < last.width_s => {
+                        batch.extend(parts.next().await?);
+                        extra += 1;
+                    }
+                    _ => break,
+                }
+            }
             if batch.is_empty() {
                 break;
             }
