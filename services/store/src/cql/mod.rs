@@ -2,8 +2,11 @@
 //! v4). Schema in `cql/`, reasoning and measurements in `docs/CQL.md`.
 //!
 //! Layout (see `cql/0001_comments.cql`):
-//! - `comments`, partition `(post_id, bucket)` with `bucket = id timestamp / 1 s`, clustered by
-//!   `id DESC`. A hot post at 10,000 comments/s puts 10,000 rows (~3 MB typical) in a partition.
+//! - `comments`, partition `(post_id, bucket)`, clustered by `id DESC`. A partition is 1 s
+//!   (`bucket = id timestamp / 1 s`), 60 s or 3,600 s wide (a negative bucket), by the post's
+//!   rate as its writer sees it (`tier.rs`). A hot post at 10,000 comments/s puts 10,000 rows
+//!   (~3 MB typical) in a 1-second partition; a wide one holds at most 5,000 per writer.
+//! - `comment_parts` `((post_id, span), start, width)`: the wide partitions of a post (0007).
 //! - `comment_buckets` `((post_id, span), bucket)` and `comment_spans` `(post_id, span)`, where a
 //!   span is 6 hours: the non-empty buckets of a post, so a page never scans empty buckets and
 //!   never needs OFFSET. Written *before* the comment, so a reader that finds a comment can
@@ -18,7 +21,8 @@
 //! Modules, one concern each: `options` (how to reach the cluster), `migrate` (the schema
 //! in `cql/*.cql`), `idempotency` (the Idempotency-Key protocol: claim, write, mark; what a
 //! retry does with a claim never confirmed), `rate` (the per-user window shared by every
-//! ingest node), `walk` (reading a post in order across its bucket partitions). This file
+//! ingest node), `tier` (partition widths), `walk` (reading a post in order across its
+//! partitions, a merge of overlapping widths). This file
 //! holds the store itself: statements, the batch write and the `Store` methods.
 
 mod idempotency;
