@@ -134,6 +134,12 @@ pub struct CqlArgs {
         default_value = "SimpleStrategy:1"
     )]
     pub cql_replication: String,
+
+    /// Widths of the comment partitions this process writes: `tiered` (1 s, 60 s or 3,600 s
+    /// by the post's rate; default) or `seconds` (1 s only, what binaries before schema 0007
+    /// read: keep it while any of those still serves the keyspace, docs/OPERATIONS.md).
+    #[arg(long, env = "LIVECOMMENTS_CQL_PARTITIONS", default_value = "tiered")]
+    pub cql_partitions: livecomments_store::cql::Partitions,
 }
 
 impl CqlArgs {
@@ -150,6 +156,7 @@ impl CqlArgs {
             consistency: self.cql_consistency.clone(),
             retention_days: self.cql_retention_days,
             replication: self.cql_replication.clone(),
+            partitions: self.cql_partitions,
         }
         .validated()
         .map_err(anyhow::Error::from)

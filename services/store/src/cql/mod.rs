@@ -52,7 +52,7 @@ use scylla::value::{CqlTimestamp, CqlValue, Row};
 
 pub use migrate::{MIGRATIONS, SCHEMA_VERSION, migrate};
 pub(crate) use options::session;
-pub use options::{CqlOptions, parse_consistency, replication_cql};
+pub use options::{CqlOptions, Partitions, parse_consistency, replication_cql};
 pub use tier::{HOUR_MAX_PER_MINUTE, MINUTE_MAX_PER_SECOND, PART_CAP, Part, WIDTHS};
 
 use idempotency::{Claim, KeyFate};
@@ -242,9 +242,10 @@ pub struct CqlStore {
     index_ttl_secs: i32,
     /// `(post, span)` and `(post, bucket)` pairs this process already indexed: a hot post
     /// writes its bucket's index row once per second, not once per comment. Wider partitions
-    /// are in `indexed_buckets` too, by their (negative, distinct) bucket.
+    /// are in `indexed_buckets` too, by their (negative, distinct) bucket, with the `until`
+    /// this process recorded in their row (0 for a 1-second bucket: nothing to raise).
     indexed_spans: Mutex<HashSet<(PostId, i64)>>,
-    indexed_buckets: Mutex<HashSet<(PostId, i64)>>,
+    indexed_buckets: Mutex<HashMap<(PostId, i64), i64>>,
     /// Which partition width each comment this process writes gets (`tier.rs`).
     placer: tier::Placer,
     /// What the walks of this store read, for tests, tools and benchmarks.
@@ -299,7 +300,10 @@ impl CqlStore {
             )
             .await?,
             insert_part: prep(
-                format!("INSERT INTO {ks}.comment_parts (post_id, span, start, width) VALUES (?, ?, ?, ?) USING TTL ?"),
+                format!(
+                    "INSERT INTO {ks}.comment_parts (post_id, span, start, width, until) VALUES (?, ?, ?, ?, ?) \
+                     USING TTL ? AND TIMESTAMP ?"
+                ),
                 true,
             )
             .await?,
@@ -418,7 +422,7 @@ impl CqlStore {
             )
             .await?,
             parts_of_span: prep(
-                format!("SELECT start, width FROM {ks}.comment_parts WHERE post_id = ? AND span = ? LIMIT ?"),
+                format!("SELECT start, width, until FROM {ks}.comment_parts WHERE post_id = ? AND span = ? LIMIT ?"),
                 true,
             )
             .await?,
@@ -500,8 +504,8 @@ impl CqlStore {
             ttl_secs,
             index_ttl_secs: if ttl_secs > 0 { ttl_secs + 86_400 } else { 0 },
             indexed_spans: Mutex::new(HashSet::new()),
-            indexed_buckets: Mutex::new(HashSet::new()),
-            placer: tier::Placer::default(),
+            indexed_buckets: Mutex::new(HashMap::new()),
+            placer: tier::Placer::new(opts.partitions),
             reads: ReadCounters::default(),
         })
     }
@@ -538,10 +542,12 @@ impl CqlStore {
     }
 
     /// Index rows first, for every distinct partition of `comments` this process has not
-    /// indexed yet.
+    /// indexed yet, and for a wide partition whenever a comment is stamped at or past the
+    /// `until` this process last recorded in its row (`Part::cover_until`).
     async fn ensure_indexed(&self, comments: &[(&Comment, Part)]) -> StoreResult<()> {
         let mut spans = HashSet::new();
-        let mut buckets = HashMap::new();
+        // Per partition to index: the `until` to record (wide) or 0 (1-second).
+        let mut buckets: HashMap<(PostId, i64), (Part, i64)> = HashMap::new();
         {
             let known_spans = self.indexed_spans.lock();
             let known_buckets = self.indexed_buckets.lock();
@@ -551,8 +557,19 @@ impl CqlStore {
                     spans.insert(sk);
                 }
                 let bk = (c.post_id.clone(), part.bucket());
-                if !known_buckets.contains(&bk) {
-                    buckets.insert(bk, *part);
+                // The id's time, as the walk places rows by (a non-ULID was refused before).
+                let ms = id::millis_of(c.id.as_str()).unwrap_or(i64::MAX);
+                let until = if part.width_s == 1 {
+                    0
+                } else {
+                    part.cover_until(ms)
+                };
+                let covered = known_buckets
+                    .get(&bk)
+                    .is_some_and(|&known| part.width_s == 1 || ms < known);
+                if !covered {
+                    let e = buckets.entry(bk).or_insert((*part, until));
+                    e.1 = e.1.max(until);
                 }
             }
         }
@@ -564,9 +581,9 @@ impl CqlStore {
             .iter()
             .map(|(p, s)| (p.as_str(), *s, None))
             .chain(
-                buckets
-                    .iter()
-                    .map(|((p, _), part)| (p.as_str(), part.span(), Some(*part))),
+                buckets.iter().map(|((p, _), (part, until))| {
+                    (p.as_str(), part.span(), Some((*part, *until)))
+                }),
             )
             .map(|(p, span, part)| async move {
                 match part {
@@ -575,18 +592,28 @@ impl CqlStore {
                             .execute_unpaged(&self.st.insert_span, (p, span, ttl))
                             .await
                     }
-                    Some(part) if part.width_s == 1 => {
+                    Some((part, _)) if part.width_s == 1 => {
                         self.session
                             .execute_unpaged(&self.st.insert_bucket, (p, span, part.bucket(), ttl))
                             .await
                     }
-                    Some(part) => {
+                    Some((part, until)) => {
                         // Widths are 60 and 3,600: an i32 always.
                         let width = i32::try_from(part.width_s).unwrap_or(i32::MAX);
+                        // The write time is the value: the largest `until` any writer
+                        // recorded wins, whichever lands last (0007).
                         self.session
                             .execute_unpaged(
                                 &self.st.insert_part,
-                                (p, span, part.start_s, width, ttl),
+                                (
+                                    p,
+                                    span,
+                                    part.start_s,
+                                    width,
+                                    until,
+                                    ttl,
+                                    until.saturating_mul(1_000),
+                                ),
                             )
                             .await
                     }
@@ -606,7 +633,11 @@ impl CqlStore {
         if known_buckets.len() + buckets.len() > INDEX_CACHE_MAX {
             known_buckets.clear();
         }
-        known_buckets.extend(buckets.into_keys());
+        for (bk, (_, until)) in buckets {
+            // Concurrent batches may record the same partition: keep the larger bound.
+            let known = known_buckets.entry(bk).or_insert(until);
+            *known = (*known).max(until);
+        }
         Ok(())
     }
 

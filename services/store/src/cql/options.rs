@@ -2,6 +2,7 @@
 //! and the driver session built from them. `config::CqlArgs::options` makes them from the CLI;
 //! the store knows nothing of clap.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use scylla::client::execution_profile::ExecutionProfile;
@@ -29,6 +30,33 @@ pub struct CqlOptions {
     /// Keyspace replication used by `migrate`: `SimpleStrategy:1` or
     /// `NetworkTopologyStrategy:dc1=3,dc2=3`.
     pub replication: String,
+    /// Which widths the writer gives the partitions of `comments`.
+    pub partitions: Partitions,
+}
+
+/// Which widths a writer gives the partitions of `comments` (docs/CQL.md "Tiered
+/// partitions"). Every binary since schema 0007 reads both layouts; this only chooses what it
+/// writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Partitions {
+    /// 1 s, 60 s or 3,600 s by the post's rate as the writer sees it (the default).
+    #[default]
+    Tiered,
+    /// 1 s only, the layout before 0007: for a rolling upgrade, while processes that do not
+    /// read `comment_parts` still serve the keyspace (docs/OPERATIONS.md).
+    Seconds,
+}
+
+impl FromStr for Partitions {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "tiered" => Ok(Partitions::Tiered),
+            "seconds" => Ok(Partitions::Seconds),
+            other => Err(format!("{other:?}: expected `tiered` or `seconds`")),
+        }
+    }
 }
 
 impl CqlOptions {
@@ -40,6 +68,7 @@ impl CqlOptions {
             consistency: "local_quorum".into(),
             retention_days: None,
             replication: "SimpleStrategy:1".into(),
+            partitions: Partitions::default(),
         }
     }
 

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use livecomments_shared::{PostId, id};
 use parking_lot::Mutex;
 
-use super::{INDEX_CACHE_MAX, SPAN_BUCKETS};
+use super::{INDEX_CACHE_MAX, Partitions, SPAN_BUCKETS};
 
 /// The widths in seconds, narrowest first. Each divides the next and the 6-hour span, so a
 /// partition lies in one span and one partition of every wider width.
@@ -92,6 +92,20 @@ impl Part {
             .saturating_mul(1_000)
     }
 
+    /// The `until` a writer records in the index row of this (wide) partition before it puts
+    /// a row stamped `ms` there: the end of `ms`'s slot of 100 ms in the hour's partition (≤
+    /// 1.5 comments a second: at most one index write per comment, as a quiet post's
+    /// 1-second bucket rows cost before 0007; the first comments of a burst raise it within
+    /// 100 ms, so the burst's newest page is past it), of 1 s in the minute's (≤ 80/s: one
+    /// index write a second, as a 1-second bucket's), never past the partition's end.
+    pub fn cover_until(&self, ms: i64) -> i64 {
+        let slot = if self.width_s >= 3_600 { 100 } else { 1_000 };
+        ms.div_euclid(slot)
+            .saturating_add(1)
+            .saturating_mul(slot)
+            .min(self.end_ms())
+    }
+
     /// Every partition a comment stamped at `ms` may be in, narrowest first: whichever tier
     /// its writer chose, and any other writer (a retry on another node) too.
     pub fn candidates(ms: i64) -> [Part; 3] {
@@ -149,12 +163,23 @@ fn fill(tracked: &mut i64, n: &mut u32, part: i64) -> u32 {
 /// moves on within a second), so the caps hold within that many rows.
 #[derive(Default)]
 pub struct Placer {
+    widths: Partitions,
     posts: Mutex<HashMap<PostId, Seen>>,
 }
 
 impl Placer {
+    pub fn new(widths: Partitions) -> Self {
+        Placer {
+            widths,
+            posts: Mutex::default(),
+        }
+    }
+
     /// The partition for a comment of `post` stamped at `ms`, counted as written.
     pub fn place(&self, post: &PostId, ms: i64) -> Part {
+        if self.widths == Partitions::Seconds {
+            return Part::at(ms, 1);
+        }
         let mut posts = self.posts.lock();
         if posts.len() >= INDEX_CACHE_MAX && !posts.contains_key(post) {
             posts.clear();
@@ -255,6 +280,29 @@ mod tests {
         // Quiet again: the minute tier after a quiet second, the hour after a quiet minute.
         assert_eq!(p.place(&hot, T0 + 3_000).width_s, 60);
         assert_eq!(p.place(&hot, T0 + 300_000).width_s, 3_600);
+    }
+
+    #[test]
+    fn the_cover_bound_is_past_the_stamp_and_within_the_partition() {
+        let hour = Part::at(T0, 3_600);
+        let minute = Part::at(T0, 60);
+        for ms in [T0, T0 + 1, T0 + 99, T0 + 100, T0 + 59_999] {
+            let (h, m) = (hour.cover_until(ms), minute.cover_until(ms));
+            assert!(h > ms && h - ms <= 100 && h <= hour.end_ms(), "{ms}: {h}");
+            assert!(
+                m > ms && m - ms <= 1_000 && m <= minute.end_ms(),
+                "{ms}: {m}"
+            );
+        }
+        assert_eq!(hour.cover_until(hour.end_ms() - 1), hour.end_ms());
+    }
+
+    #[test]
+    fn seconds_only_while_a_rolling_upgrade_needs_it() {
+        let p = Placer::new(Partitions::Seconds);
+        let quiet: PostId = "quiet".into();
+        // One a minute would be the hour tier; `seconds` keeps the pre-0007 layout.
+        assert!((0..10).all(|k| p.place(&quiet, T0 + k * 60_000) == Part::at(T0 + k * 60_000, 1)));
     }
 
     #[test]

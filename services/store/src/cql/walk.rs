@@ -4,8 +4,9 @@
 //!
 //! Partitions of different widths overlap in time (a post that slowed down, two ingest nodes
 //! that saw different rates), so the walk is a merge: partitions come in the order of the
-//! bound that matters for the direction (newest first: by end, descending; oldest first: by
-//! start, ascending), and a row read is handed out only once no partition still unread can
+//! bound that matters for the direction (newest first: by end, descending, a wide
+//! partition's end being the `until` its writers recorded when that is earlier; oldest first:
+//! by start, ascending), and a row read is handed out only once no partition still unread can
 //! hold a row before it (its time is at or past the next partition's end, resp. before its
 //! start). Spans never overlap (every width divides 6 h), so the merge is per span.
 
@@ -26,6 +27,25 @@ pub(super) enum Dir {
 /// Rows of one span's `comment_parts` read at once: 360 minute and 6 hour partitions at most
 /// by construction; rows of widths this binary does not know are skipped.
 const PARTS_PER_SPAN: i32 = 512;
+
+/// A partition as the walk lists it: its rows' times lie in `[part.start_ms(), end_ms)`, where
+/// `end_ms` is the partition's own end or, for a wide one, the `until` its writers recorded
+/// (0007), whichever is first: the hour of a post that turned hot ends where its quiet
+/// comments do, so the newest page past it does not read it.
+#[derive(Clone, Copy, Debug)]
+struct Listed {
+    part: Part,
+    end_ms: i64,
+}
+
+impl Listed {
+    fn whole(part: Part) -> Self {
+        Listed {
+            part,
+            end_ms: part.end_ms(),
+        }
+    }
+}
 
 impl CqlStore {
     async fn query_part(
@@ -109,11 +129,11 @@ impl CqlStore {
             let mut extra = 0;
             while extra < 2 {
                 let Some(&last) = batch.last() else { break };
-                if last.width_s == 1 {
+                if last.part.width_s == 1 {
                     break;
                 }
                 match parts.peek().await? {
-                    Some(n) if extra == 0 || n.width_s < last.width_s => {
+                    Some(n) if extra == 0 || n.part.width_s < last.part.width_s => {
                         batch.extend(parts.next().await?);
                         extra += 1;
                     }
@@ -127,7 +147,7 @@ impl CqlStore {
             // rows of each partition (rows already certain are above all of them).
             let pages: Vec<_> = batch
                 .into_iter()
-                .map(|p| self.query_part(dir, post_id, p, &bound, need))
+                .map(|p| self.query_part(dir, post_id, p.part, &bound, need))
                 .collect();
             let pages = stream::iter(pages)
                 .buffered(MAX_WAVE)
@@ -154,8 +174,8 @@ impl CqlStore {
             }
             // The bound no unread partition passes: rows at or beyond it are certain.
             let frontier = parts.peek().await?.map(|p| match dir {
-                Dir::Desc => p.end_ms(),
-                Dir::Asc => p.start_ms(),
+                Dir::Desc => p.end_ms,
+                Dir::Asc => p.part.start_ms(),
             });
             while out.len() < limit {
                 let head = match dir {
@@ -211,12 +231,12 @@ struct PartWalk<'a> {
     /// The span being read and the inclusive bound of its next 1-second bucket query
     /// (`None`: its buckets are all listed).
     current: Option<(i64, Option<i64>)>,
-    seconds: VecDeque<Part>,
+    seconds: VecDeque<Listed>,
     /// The current span's wider partitions, in walk order.
-    wide: VecDeque<Part>,
+    wide: VecDeque<Listed>,
     /// Bucket (second) of the cursor: where the first span's walk starts.
     start_bucket: Option<i64>,
-    peeked: Option<Part>,
+    peeked: Option<Listed>,
 }
 
 impl<'a> PartWalk<'a> {
@@ -255,10 +275,10 @@ impl<'a> PartWalk<'a> {
     }
 
     /// Whether `a` comes before `b` in walk order.
-    fn first(&self, a: &Part, b: &Part) -> bool {
+    fn first(&self, a: &Listed, b: &Listed) -> bool {
         match self.dir {
-            Dir::Desc => a.end_ms() >= b.end_ms(),
-            Dir::Asc => a.start_ms() <= b.start_ms(),
+            Dir::Desc => a.end_ms >= b.end_ms,
+            Dir::Asc => a.part.start_ms() <= b.part.start_ms(),
         }
     }
 
@@ -286,7 +306,7 @@ impl<'a> PartWalk<'a> {
     }
 
     /// The next page of the current span's 1-second buckets.
-    async fn seconds_page(&self, span: i64, bound: i64) -> StoreResult<(Vec<Part>, Option<i64>)> {
+    async fn seconds_page(&self, span: i64, bound: i64) -> StoreResult<(Vec<Listed>, Option<i64>)> {
         let st = match self.dir {
             Dir::Desc => &self.store.st.buckets_desc,
             Dir::Asc => &self.store.st.buckets_asc,
@@ -301,25 +321,32 @@ impl<'a> PartWalk<'a> {
         };
         Ok((
             page.into_iter()
-                .map(|(b,)| Part::at(b * 1_000, 1))
+                .map(|(b,)| Listed::whole(Part::at(b * 1_000, 1)))
                 .collect(),
             next,
         ))
     }
 
     /// The span's wider partitions in walk order, past the cursor.
-    async fn wide_parts(&self, span: i64) -> StoreResult<VecDeque<Part>> {
-        let rows: Vec<(i64, i32)> = self
+    async fn wide_parts(&self, span: i64) -> StoreResult<VecDeque<Listed>> {
+        let rows: Vec<(i64, i32, Option<i64>)> = self
             .index_page(
                 &self.store.st.parts_of_span,
                 (self.post_id, span, PARTS_PER_SPAN),
             )
             .await?;
         let cursor_ms = self.start_bucket.map(|b| b.saturating_mul(1_000));
-        let mut parts: Vec<Part> = rows
+        let mut parts: Vec<Listed> = rows
             .into_iter()
-            .filter_map(|(start, width)| Part::from_index(start, i64::from(width)))
-            .filter(|p| match (self.dir, cursor_ms) {
+            .filter_map(|(start, width, until)| {
+                let part = Part::from_index(start, i64::from(width))?;
+                Some(Listed {
+                    part,
+                    // A row without `until` bounds nothing: the partition's own end.
+                    end_ms: until.map_or(part.end_ms(), |u| u.min(part.end_ms())),
+                })
+            })
+            .filter(|Listed { part: p, .. }| match (self.dir, cursor_ms) {
                 (_, None) => true,
                 // Rows before the cursor: a partition that starts after its second has none.
                 (Dir::Desc, Some(c)) => p.start_ms() <= c,
@@ -328,21 +355,21 @@ impl<'a> PartWalk<'a> {
             })
             .collect();
         match self.dir {
-            Dir::Desc => parts.sort_by(|a, b| b.end_ms().cmp(&a.end_ms())),
-            Dir::Asc => parts.sort_by_key(|p| p.start_ms()),
+            Dir::Desc => parts.sort_by_key(|p| std::cmp::Reverse(p.end_ms)),
+            Dir::Asc => parts.sort_by_key(|p| p.part.start_ms()),
         }
         Ok(parts.into())
     }
 
     /// The next partition without taking it.
-    async fn peek(&mut self) -> StoreResult<Option<Part>> {
+    async fn peek(&mut self) -> StoreResult<Option<Listed>> {
         if self.peeked.is_none() {
             self.peeked = self.next().await?;
         }
         Ok(self.peeked)
     }
 
-    async fn next(&mut self) -> StoreResult<Option<Part>> {
+    async fn next(&mut self) -> StoreResult<Option<Listed>> {
         if let Some(p) = self.peeked.take() {
             return Ok(Some(p));
         }
