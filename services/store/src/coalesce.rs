@@ -171,6 +171,10 @@ impl<S: Store> Store for Coalesced<S> {
         self.inner.insert_batch(batch).await
     }
 
+    fn batches_in_flight(&self) -> usize {
+        self.inner.batches_in_flight()
+    }
+
     async fn newest(
         &self,
         post_id: &PostId,

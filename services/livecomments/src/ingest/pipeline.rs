@@ -4,7 +4,8 @@
 //! waiting (up to `MAX_BATCH`), assigns ids from one monotonic generator, writes the batch to
 //! the store in one commit, then publishes the created comments *in id order* and answers
 //! the callers. While a batch is being written the next one accumulates, so throughput grows
-//! with load instead of paying one fsync per comment.
+//! with load instead of paying one fsync per comment; a store whose batches are independent
+//! round trips (CQL) has several being written at once, finished in the order they formed.
 //!
 //! Why one task: the process is one *writer* (its ids carry its writer part, `id::writer_of`),
 //! and a writer's comments of a post must reach the stream in id order, chained by `prev`,
@@ -206,6 +207,18 @@ impl Recent {
     }
 }
 
+/// A batch taken from the queue, its ids assigned, waiting for its commit.
+struct Formed {
+    replies: Vec<oneshot::Sender<StoreResult<Inserted>>>,
+    request_ids: Vec<Option<RequestId>>,
+    withdrawals: Vec<Withdrawal>,
+    removals: Vec<(oneshot::Sender<StoreResult<Tombstone>>, Option<RequestId>)>,
+    tombstones: Vec<Tombstone>,
+}
+
+/// What a batch's commit returned: per comment, per deletion.
+type Committed = (Vec<StoreResult<Inserted>>, Vec<StoreResult<()>>);
+
 async fn run(
     region: String,
     mut ids: IdGenerator,
@@ -222,146 +235,218 @@ async fn run(
     let mut reconnects = bus.reconnects();
     reconnects.mark_unchanged();
     let mut jobs = Vec::with_capacity(MAX_BATCH);
+    // Commits run as tasks of their own, so a batch's later round trips (CQL: index rows,
+    // then rows) go on while this task publishes; they are finished strictly in the order
+    // they were formed, which is id order, so each post's chain still reaches the bus in id
+    // order. How many may overlap is the store's to say (`Store::batches_in_flight`).
+    let depth = store.batches_in_flight().max(1);
+    let mut in_flight: VecDeque<(Formed, tokio::task::JoinHandle<Committed>)> = VecDeque::new();
+    let mut open = true;
     loop {
+        if !open && in_flight.is_empty() {
+            return;
+        }
         tokio::select! {
-            n = rx.recv_many(&mut jobs, MAX_BATCH) => if n == 0 { return },
+            biased;
+            done = async {
+                match in_flight.front_mut() {
+                    Some((_, commit)) => commit.await,
+                    None => std::future::pending().await,
+                }
+            }, if !in_flight.is_empty() =>
+            {
+                let Some((formed, _)) = in_flight.pop_front() else { continue };
+                let committed = done.unwrap_or_else(|e| {
+                    // A panicked commit: every caller gets an error (their 503), and the
+                    // comments are withdrawn like any failed write.
+                    let err = || StoreError::failed(format!("store commit task failed: {e}"));
+                    (
+                        formed.replies.iter().map(|_| Err(err())).collect(),
+                        formed.tombstones.iter().map(|_| Err(err())).collect(),
+                    )
+                });
+                let created = finish(formed, committed, &store, &region, &jobs_tx);
+                let created: Vec<Outgoing> = created
+                    .into_iter()
+                    .map(|(_, (ev, rid))| (chain(ev, &writer, &mut last_published), rid))
+                    .collect();
+                publish_all(&bus, &region, &created).await;
+                for ev in created {
+                    recent.push(ev);
+                }
+            }
+            n = rx.recv_many(&mut jobs, MAX_BATCH), if open && in_flight.len() < depth => {
+                if n == 0 {
+                    open = false;
+                    continue;
+                }
+                let (formed, batch) = form(&mut jobs, &mut ids, &region);
+                let store = store.clone();
+                let tombstones = formed.tombstones.clone();
+                let commit = tokio::spawn(async move { commit(store.as_ref(), batch, tombstones).await });
+                in_flight.push_back((formed, commit));
+            }
             Ok(()) = reconnects.changed() => {
                 let again: Vec<Outgoing> = recent.fresh().cloned().collect();
                 tracing::info!(n = again.len(), "bus reconnected: publishing recent events again");
                 publish_all(&bus, &region, &again).await;
-                continue;
             }
-        }
-        let now = time::now_millis();
-        let mut replies = Vec::with_capacity(jobs.len());
-        let mut request_ids = Vec::with_capacity(jobs.len());
-        let mut batch: Vec<NewComment> = Vec::with_capacity(jobs.len());
-        let mut removals = Vec::new();
-        let mut tombstones = Vec::new();
-        for job in jobs.drain(..) {
-            // Ids in arrival order, for both kinds: the chain of each post follows them.
-            let id = ids.next(now, rand::random::<u128>());
-            match job {
-                Job::Comment { sub, reply } => {
-                    replies.push(reply);
-                    request_ids.push(sub.request_id);
-                    batch.push(NewComment {
-                        comment: Comment {
-                            id: id.to_string().into(),
-                            post_id: sub.post_id,
-                            user_id: sub.user_id,
-                            text: sub.text,
-                            timestamp: time::format_millis(id.timestamp_ms() as i64),
-                            region: region.clone().into(),
-                            metadata: sub.metadata,
-                        },
-                        idempotency_key: sub.idempotency_key,
-                        visible_by_ms: Some(now + STAMP_MAX_AGE_MS),
-                    });
-                }
-                Job::Delete { del, reply } => {
-                    tombstones.push(Tombstone {
-                        id: id.to_string().into(),
-                        post_id: del.post_id,
-                        comment_id: del.comment_id,
-                        region: del.region,
-                    });
-                    removals.push((reply, del.request_id));
-                }
-            }
-        }
-        let withdrawals: Vec<Withdrawal> = batch.iter().map(Withdrawal::of).collect();
-        let committing = std::time::Instant::now();
-        let (results, deleted) = if tombstones.is_empty() {
-            (store.insert_batch(batch).await, Vec::new())
-        } else if batch.is_empty() {
-            (Vec::new(), store.record_deletions(tombstones.clone()).await)
-        } else {
-            tokio::join!(
-                store.insert_batch(batch),
-                store.record_deletions(tombstones.clone())
-            )
-        };
-        METRICS
-            .store_commit_seconds
-            .observe(committing.elapsed().as_secs_f64());
-        METRICS.store_batches.inc();
-        // Answer first (the events are durable), then publish in id order. When the bus
-        // is down, the first failed publish skips the rest of the batch instead of waiting
-        // on each: viewers repair from the store either way.
-        let mut created: Vec<(CommentId, Outgoing)> = Vec::new();
-        let mut failed = Vec::new();
-        let answers = results.into_iter().zip(replies).zip(withdrawals);
-        for (((res, reply), withdrawal), request_id) in answers.zip(request_ids) {
-            match &res {
-                Ok(Inserted::Created(c)) => {
-                    METRICS.comments_created.inc();
-                    created.push((
-                        c.id.clone(),
-                        (
-                            LiveEvent::Comment(LiveComment {
-                                comment: c.clone(),
-                                prev: None,
-                                adopted: false,
-                            }),
-                            request_id,
-                        ),
-                    ));
-                }
-                Ok(Inserted::Existing(_)) => {
-                    METRICS.comments_idempotent_replays.inc();
-                }
-                Err(e) => {
-                    METRICS.store_errors.inc();
-                    tracing::warn!(error = %e, "store write failed");
-                    // A retry waiting out an earlier attempt wrote nothing.
-                    if !matches!(e, StoreError::KeyInProgress(_)) {
-                        failed.push(withdrawal);
-                    }
-                }
-            }
-            let _ = reply.send(res);
-        }
-        for ((res, (reply, request_id)), t) in deleted.into_iter().zip(removals).zip(tombstones) {
-            match res {
-                Ok(()) => {
-                    METRICS.comments_deleted.inc();
-                    created.push((
-                        t.id.clone(),
-                        (
-                            LiveEvent::Delete(Deletion {
-                                id: t.comment_id.clone(),
-                                post_id: t.post_id.clone(),
-                                region: t.region.clone(),
-                                event_id: Some(t.id.clone()),
-                                prev: None,
-                            }),
-                            request_id,
-                        ),
-                    ));
-                    let _ = reply.send(Ok(t));
-                }
-                Err(e) => {
-                    METRICS.store_errors.inc();
-                    tracing::warn!(error = %e, comment_id = %t.comment_id, "deletion failed");
-                    let _ = reply.send(Err(e));
-                }
-            }
-        }
-        if !failed.is_empty() {
-            withdraw(store.clone(), failed, region.clone(), jobs_tx.clone());
-        }
-        // Ids were handed out in job order: sorting by them restores it across both kinds.
-        created.sort_by(|a, b| a.0.cmp(&b.0));
-        let created: Vec<Outgoing> = created
-            .into_iter()
-            .map(|(_, (ev, rid))| (chain(ev, &writer, &mut last_published), rid))
-            .collect();
-        publish_all(&bus, &region, &created).await;
-        for ev in created {
-            recent.push(ev);
         }
     }
+}
+
+/// Takes the waiting jobs as one batch: ids in arrival order, for both kinds (the chain of
+/// each post follows them).
+fn form(jobs: &mut Vec<Job>, ids: &mut IdGenerator, region: &str) -> (Formed, Vec<NewComment>) {
+    let now = time::now_millis();
+    let mut formed = Formed {
+        replies: Vec::with_capacity(jobs.len()),
+        request_ids: Vec::with_capacity(jobs.len()),
+        withdrawals: Vec::new(),
+        removals: Vec::new(),
+        tombstones: Vec::new(),
+    };
+    let mut batch: Vec<NewComment> = Vec::with_capacity(jobs.len());
+    for job in jobs.drain(..) {
+        let id = ids.next(now, rand::random::<u128>());
+        match job {
+            Job::Comment { sub, reply } => {
+                formed.replies.push(reply);
+                formed.request_ids.push(sub.request_id);
+                batch.push(NewComment {
+                    comment: Comment {
+                        id: id.to_string().into(),
+                        post_id: sub.post_id,
+                        user_id: sub.user_id,
+                        text: sub.text,
+                        timestamp: time::format_millis(id.timestamp_ms() as i64),
+                        region: region.to_string().into(),
+                        metadata: sub.metadata,
+                    },
+                    idempotency_key: sub.idempotency_key,
+                    visible_by_ms: Some(now + STAMP_MAX_AGE_MS),
+                });
+            }
+            Job::Delete { del, reply } => {
+                formed.tombstones.push(Tombstone {
+                    id: id.to_string().into(),
+                    post_id: del.post_id,
+                    comment_id: del.comment_id,
+                    region: del.region,
+                });
+                formed.removals.push((reply, del.request_id));
+            }
+        }
+    }
+    formed.withdrawals = batch.iter().map(Withdrawal::of).collect();
+    (formed, batch)
+}
+
+/// One batch's commit: its comments and its deletions, at once when it has both.
+async fn commit(
+    store: &dyn Store,
+    batch: Vec<NewComment>,
+    tombstones: Vec<Tombstone>,
+) -> Committed {
+    let committing = std::time::Instant::now();
+    let committed = if tombstones.is_empty() {
+        (store.insert_batch(batch).await, Vec::new())
+    } else if batch.is_empty() {
+        (Vec::new(), store.record_deletions(tombstones).await)
+    } else {
+        tokio::join!(
+            store.insert_batch(batch),
+            store.record_deletions(tombstones)
+        )
+    };
+    METRICS
+        .store_commit_seconds
+        .observe(committing.elapsed().as_secs_f64());
+    METRICS.store_batches.inc();
+    committed
+}
+
+/// Answers a committed batch's callers (the events are durable) and returns what to publish,
+/// in id order; failed comments are withdrawn in the background.
+fn finish(
+    formed: Formed,
+    (results, deleted): Committed,
+    store: &Arc<dyn Store>,
+    region: &str,
+    jobs_tx: &mpsc::WeakSender<Job>,
+) -> Vec<(CommentId, Outgoing)> {
+    let Formed {
+        replies,
+        request_ids,
+        withdrawals,
+        removals,
+        tombstones,
+    } = formed;
+    let mut created: Vec<(CommentId, Outgoing)> = Vec::new();
+    let mut failed = Vec::new();
+    let answers = results.into_iter().zip(replies).zip(withdrawals);
+    for (((res, reply), withdrawal), request_id) in answers.zip(request_ids) {
+        match &res {
+            Ok(Inserted::Created(c)) => {
+                METRICS.comments_created.inc();
+                created.push((
+                    c.id.clone(),
+                    (
+                        LiveEvent::Comment(LiveComment {
+                            comment: c.clone(),
+                            prev: None,
+                            adopted: false,
+                        }),
+                        request_id,
+                    ),
+                ));
+            }
+            Ok(Inserted::Existing(_)) => {
+                METRICS.comments_idempotent_replays.inc();
+            }
+            Err(e) => {
+                METRICS.store_errors.inc();
+                tracing::warn!(error = %e, "store write failed");
+                // A retry waiting out an earlier attempt wrote nothing.
+                if !matches!(e, StoreError::KeyInProgress(_)) {
+                    failed.push(withdrawal);
+                }
+            }
+        }
+        let _ = reply.send(res);
+    }
+    for ((res, (reply, request_id)), t) in deleted.into_iter().zip(removals).zip(tombstones) {
+        match res {
+            Ok(()) => {
+                METRICS.comments_deleted.inc();
+                created.push((
+                    t.id.clone(),
+                    (
+                        LiveEvent::Delete(Deletion {
+                            id: t.comment_id.clone(),
+                            post_id: t.post_id.clone(),
+                            region: t.region.clone(),
+                            event_id: Some(t.id.clone()),
+                            prev: None,
+                        }),
+                        request_id,
+                    ),
+                ));
+                let _ = reply.send(Ok(t));
+            }
+            Err(e) => {
+                METRICS.store_errors.inc();
+                tracing::warn!(error = %e, comment_id = %t.comment_id, "deletion failed");
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        withdraw(store.clone(), failed, region.to_string(), jobs_tx.clone());
+    }
+    // Ids were handed out in job order: sorting by them restores it across both kinds.
+    created.sort_by(|a, b| a.0.cmp(&b.0));
+    created
 }
 
 /// Comments answered 503 may still appear: a write reported failed can reach replicas
