@@ -14,30 +14,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use livecomments_shared::Comment;
-use livecomments_shared::time::{format_millis, now_millis};
+use livecomments_shared::time::now_millis;
 use livecomments_store::coalesce::Coalesced;
 use livecomments_store::cql::{CqlOptions, CqlStore, migrate};
 use livecomments_store::{NewComment, Store};
-use ulid::Ulid;
+
+mod common;
+use common::{percentile, typical_comment};
 
 fn comment(post: &str, ms: i64) -> Comment {
-    Comment {
-        id: Ulid::from_parts(ms as u64, rand::random::<u128>()).to_string().into(),
-        post_id: post.to_string().into(),
-        user_id: format!("user{}", rand::random::<u32>() % 1000),
-        // ~300 B typical row: ~200 characters of text plus a little metadata.
-        text: "a typical live comment of about two hundred characters, long enough to look like the real thing \
-               and to make the row size realistic for the partition arithmetic in docs/CQL.md, nothing more."
-            .to_string(),
-        timestamp: format_millis(ms),
-        region: "eu".into(),
-        metadata: [("lang".to_string(), "en".to_string())].into(),
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
+    typical_comment(
+        post,
+        ms,
+        rand::random::<u128>(),
+        rand::random::<u32>() % 1000,
+    )
 }
 
 #[derive(Clone, Copy)]

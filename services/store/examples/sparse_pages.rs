@@ -14,33 +14,19 @@
 //! `comments` table's count is one per partition read), so the numbers need nothing from
 //! the store's own code and mean the same on every version of it.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use livecomments_shared::Comment;
-use livecomments_shared::time::{format_millis, now_millis};
+use livecomments_shared::time::now_millis;
 use livecomments_store::cql::{CqlOptions, CqlStore, migrate};
 use livecomments_store::{NewComment, Store};
-use ulid::Ulid;
+
+mod common;
+use common::{percentile, typical_comment};
 
 fn comment(post: &str, ms: i64, n: u128) -> Comment {
-    Comment {
-        id: Ulid::from_parts(ms as u64, n).to_string().into(),
-        post_id: post.to_string().into(),
-        user_id: format!("user{}", n % 1000),
-        // ~300 B typical row, as in cql_latency.
-        text: "a typical live comment of about two hundred characters, long enough to look like the real thing \
-               and to make the row size realistic for the partition arithmetic in docs/CQL.md, nothing more."
-            .to_string(),
-        timestamp: format_millis(ms),
-        region: "eu".into(),
-        metadata: [("lang".to_string(), "en".to_string())].into(),
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
+    typical_comment(post, ms, n, (n % 1000) as u32)
 }
 
 /// Reads the server counted for `table` of the keyspace (0 for a table it never read or

@@ -594,6 +594,24 @@ async fn page_all(
     got
 }
 
+/// Pages through `post` whole in both directions at each page size: newest first it is `asc`
+/// reversed, oldest first `asc`.
+async fn assert_pages_all(store: &dyn Store, post: &str, sizes: &[usize], asc: &[CommentId]) {
+    let desc: Vec<CommentId> = asc.iter().rev().cloned().collect();
+    for &size in sizes {
+        assert_eq!(
+            page_all(store, post, size, true).await,
+            desc,
+            "newest, {size}"
+        );
+        assert_eq!(
+            page_all(store, post, size, false).await,
+            asc,
+            "after, {size}"
+        );
+    }
+}
+
 /// `n` comments of `post` from `from_ms`, `step_ms` apart, numbered from `seq`.
 fn stream_of(post: &str, from_ms: i64, step_ms: i64, n: i64, seq: u128) -> Vec<Comment> {
     (0..n)
@@ -653,18 +671,7 @@ async fn sparse_post_pages(s: Arc<dyn Store>) {
             .unwrap()),
         vec![asc[121].clone(), asc[122].clone()]
     );
-    for size in [1usize, 7, 100] {
-        assert_eq!(
-            page_all(store, "sparse", size, true).await,
-            desc,
-            "newest, {size}"
-        );
-        assert_eq!(
-            page_all(store, "sparse", size, false).await,
-            asc,
-            "after, {size}"
-        );
-    }
+    assert_pages_all(store, "sparse", &[1, 7, 100], &asc).await;
 }
 
 /// The phases of [`mixed_rates_page_across_the_change`]: 40 comments one a minute, a burst of
@@ -694,18 +701,7 @@ async fn mixed_rates_page_across_the_change(s: Arc<dyn Store>) {
     let all: Vec<Comment> = phases.iter().flatten().cloned().collect();
     let asc = ids(&all);
     let desc: Vec<CommentId> = asc.iter().rev().cloned().collect();
-    for size in [1usize, 7, 100] {
-        assert_eq!(
-            page_all(store, "mixed", size, true).await,
-            desc,
-            "newest, {size}"
-        );
-        assert_eq!(
-            page_all(store, "mixed", size, false).await,
-            asc,
-            "after, {size}"
-        );
-    }
+    assert_pages_all(store, "mixed", &[1, 7, 100], &asc).await;
     // A page that straddles the burst's start, from a cursor in the 50/s phase.
     assert_eq!(
         ids(&store
@@ -1540,20 +1536,8 @@ async fn cql_overlapping_widths_from_two_writers_merge_in_id_order() {
     let mut all: Vec<Comment> = slow.iter().chain(&fast).cloned().collect();
     all.sort_by(|a, b| a.id.cmp(&b.id));
     let asc = ids(&all);
-    let desc: Vec<CommentId> = asc.iter().rev().cloned().collect();
     for store in [&quiet, &busy] {
-        for size in [7usize, 100] {
-            assert_eq!(
-                page_all(store, "shared", size, true).await,
-                desc,
-                "newest, {size}"
-            );
-            assert_eq!(
-                page_all(store, "shared", size, false).await,
-                asc,
-                "after, {size}"
-            );
-        }
+        assert_pages_all(store, "shared", &[7, 100], &asc).await;
     }
     delete_ok(&busy, vec![tombstone(&slow[19], BASE_MS + 86_400_000, 1)]).await;
     assert_eq!(

@@ -645,7 +645,8 @@ impl CqlStore {
     /// key): what `livecomments-bench cql-loop` repeats to find the node's limit for these
     /// rows (a post at the bench's rate gets one-second partitions from the placer too).
     pub async fn write_comment(&self, c: &Comment) -> StoreResult<()> {
-        self.write_comment_in(c, Part::at(created_ms(c), 1)).await
+        let ms = id::millis_of(c.id.as_str()).ok_or_else(|| not_a_ulid(c.id.as_str()))?;
+        self.write_comment_in(c, Part::at(ms, 1)).await
     }
 
     async fn write_comment_in(&self, c: &Comment, part: Part) -> StoreResult<()> {
@@ -718,12 +719,13 @@ impl CqlStore {
             let Some(parts) = Part::candidates_of(id) else {
                 continue;
             };
-            for part in parts {
+            // The three candidates at once: one round trip per row, as with one width.
+            futures::future::try_join_all(parts.map(|part| {
                 self.session
                     .execute_unpaged(&self.st.delete, (post_id, part.bucket(), id))
-                    .await
-                    .map_err(unavailable)?;
-            }
+            }))
+            .await
+            .map_err(unavailable)?;
         }
         Ok(())
     }
