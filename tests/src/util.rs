@@ -22,6 +22,29 @@ where
     }
 }
 
+/// A comment JSON value's id.
+pub fn id_of(c: &Value) -> String {
+    c["id"].as_str().unwrap_or_default().to_string()
+}
+
+/// (event, comment id) of each stream event, as a client sees them.
+pub fn kinds(events: &[crate::Event]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.event.clone(),
+                e.json()["id"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// One entry of [`kinds`].
+pub fn ev(kind: &str, id: &str) -> (String, String) {
+    (kind.to_string(), id.to_string())
+}
+
 /// Ids of a list of comment JSON values.
 pub fn ids(comments: &[Value]) -> Vec<String> {
     comments

@@ -11,27 +11,6 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);
 
-fn id_of(c: &Value) -> String {
-    c["id"].as_str().unwrap().to_string()
-}
-
-/// (event, comment id) of each stream event, as a client sees them.
-fn kinds(events: &[Event]) -> Vec<(String, String)> {
-    events
-        .iter()
-        .map(|e| {
-            (
-                e.event.clone(),
-                e.json()["id"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
-
-fn ev(kind: &str, id: &str) -> (String, String) {
-    (kind.to_string(), id.to_string())
-}
-
 /// A viewer sees c0..c2 and leaves; while it is away c1 is deleted, c3 is posted, c4 is posted
 /// and deleted. Returns (the viewer's last id, the comments).
 async fn away_while_deleting(s: &Server, post: &str) -> (String, Vec<Value>) {

@@ -122,6 +122,74 @@ async fn resume_under_concurrent_posting_has_no_gap_or_duplicate() {
     assert_eq!(seen, posted, "every comment, in order, exactly once");
 }
 
+/// A viewer that drops while another keeps the post's hub open resumes from the hub's memory
+/// (its token is one this fanout sent): exactly what it missed, deletions included, in order,
+/// ending at the in-step viewers' token, then live with nothing twice. A token the hub never
+/// sent replays from history instead.
+#[tokio::test]
+async fn a_resume_on_the_same_fanout_is_served_from_memory() {
+    let s = Server::standalone().start().await;
+    let mut keeper = Sse::connect(&s.base, "mem", None).await;
+    let mut v = Sse::connect(&s.base, "mem", None).await;
+    let mut posted = Vec::new();
+    for i in 0..3 {
+        posted.push(s.post("mem", "u", &format!("a{i}")).await.1);
+    }
+    assert_eq!(ids(&v.comments(3, T).await), ids(&posted));
+    let token = v.last_id.clone().unwrap();
+    drop(v);
+    for i in 0..4 {
+        posted.push(s.post("mem", "u", &format!("b{i}")).await.1);
+    }
+    assert_eq!(s.delete("mem", &id_of(&posted[0]), "u").await, 204);
+    assert_eq!(
+        keeper.stream_events(8, T).await.len(),
+        8,
+        "the hub sent it all"
+    );
+    let from_memory = "livecomments_sse_resumes_from_memory_total";
+    let (resumed, replayed) = (
+        s.metric(from_memory).await,
+        s.metric("livecomments_sse_replayed_total").await,
+    );
+
+    let mut v2 = Sse::connect(&s.base, "mem", Some(&token)).await;
+    let mut want: Vec<_> = posted[3..]
+        .iter()
+        .map(|c| ev("comment", &id_of(c)))
+        .collect();
+    want.push(ev("delete", &id_of(&posted[0])));
+    assert_eq!(kinds(&v2.stream_events(5, T).await), want);
+    assert_eq!(v2.last_id, keeper.last_id, "in step with the hub again");
+    assert_eq!(s.metric(from_memory).await, resumed + 1);
+    assert_eq!(
+        s.metric("livecomments_sse_replayed_total").await,
+        replayed,
+        "history was not read"
+    );
+    let (_, live) = s.post("mem", "u", "live").await;
+    assert_eq!(
+        kinds(&v2.stream_events(1, T).await),
+        vec![ev("comment", &id_of(&live))]
+    );
+    assert!(
+        v2.stream_events(1, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "nothing twice"
+    );
+
+    // A position this hub never sent (a comment id as the token): from history.
+    let mid = format!("local.{}", id_of(&posted[4]));
+    let mut v3 = Sse::connect(&s.base, "mem", Some(&mid)).await;
+    let got = ids(&v3.comments(3, T).await);
+    assert_eq!(
+        got,
+        ids(&[posted[5].clone(), posted[6].clone(), live.clone()])
+    );
+    assert_eq!(s.metric(from_memory).await, resumed + 1);
+}
+
 #[tokio::test]
 async fn heartbeats_when_idle() {
     let s = Server::standalone()

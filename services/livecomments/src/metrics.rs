@@ -51,6 +51,8 @@ pub struct Metrics {
     /// Streams closed because their token expired (CONTRACT §12).
     pub sse_token_expired: Counter,
     pub sse_replayed: Counter,
+    /// Resumes served from the hub's recent events instead of from history.
+    pub sse_resumes_from_memory: Counter,
     pub sse_refused: Counter,
     pub since_queries_served: Counter,
     pub remote_region_failures: Counter,
@@ -131,6 +133,7 @@ impl Metrics {
             sse_slow_disconnects: Counter::default(),
             sse_token_expired: Counter::default(),
             sse_replayed: Counter::default(),
+            sse_resumes_from_memory: Counter::default(),
             sse_refused: Counter::default(),
             since_queries_served: Counter::default(),
             remote_region_failures: Counter::default(),
@@ -257,6 +260,11 @@ impl Metrics {
                 "sse_replayed",
                 "Comments replayed to resuming viewers",
                 &self.sse_replayed,
+            ),
+            (
+                "sse_resumes_from_memory",
+                "Resumes served from the hub's last seconds of events, without reading history",
+                &self.sse_resumes_from_memory,
             ),
             (
                 "sse_refused",

@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use livecomments_shared::{
     CommentId, Entry, Position, id,
@@ -29,6 +30,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::Fanout;
 use super::conn::{Conn, End};
+use super::recent::Recent;
 use super::sample::{Rate, Sampler};
 use super::sse::Frame;
 use crate::bus::{Delivery, LostWriter, Subscription};
@@ -102,6 +104,18 @@ struct State {
     /// Regions to read again from the floor once the time comes (comments not ripe yet at the
     /// last repair, a writer that fell silent).
     later: HashMap<String, Instant>,
+    /// The last seconds of dispatched events, for resumes from memory.
+    recent: Recent,
+}
+
+/// What a viewer joined with.
+pub struct Joined {
+    /// The hub's position at the join (what a replay may hand out: everything after it
+    /// comes through the hub).
+    pub hub_at: Arc<Position>,
+    /// For a resume from one of this hub's recent positions: the bytes of every event the
+    /// viewer missed, as in-step viewers were sent them; it needs no replay from history.
+    pub from_memory: Option<Vec<Bytes>>,
 }
 
 impl Hub {
@@ -117,6 +131,7 @@ impl Hub {
                 task: None,
                 pending: Default::default(),
                 later: Default::default(),
+                recent: Recent::default(),
             }),
             shards: (0..walk_shards()).map(|_| Mutex::default()).collect(),
             outbox: Mutex::default(),
@@ -160,25 +175,42 @@ impl Hub {
     }
 
     /// Waits until the hub is subscribed, then adds a viewer, positioned at `resume` or, for
-    /// a fresh viewer, at the hub's position at this instant. Returns the hub's position at
-    /// the join (what a replay may hand out: everything after it comes through the hub), or
-    /// `None` if the hub closed meanwhile (the caller takes a new one).
-    pub async fn join(&self, conn: &Arc<Conn>, resume: Option<&Position>) -> Option<Arc<Position>> {
+    /// a fresh viewer, at the hub's position at this instant. `None` if the hub closed
+    /// meanwhile (the caller takes a new one).
+    pub async fn join(&self, conn: &Arc<Conn>, resume: Option<&Position>) -> Option<Joined> {
         let mut ready = self.ready.subscribe();
         if ready.wait_for(|r| *r).await.is_err() {
             return None;
         }
+        // Outside the lock: a resume token is ~30–100 bytes to format.
+        let token = resume.map(Position::to_string);
         let mut st = self.state.lock();
         if st.closed {
             return None;
         }
-        conn.lock().pos = match resume {
-            Some(p) => Arc::new(p.clone()),
-            None => st.pos.clone(),
+        let mut from_memory = None;
+        conn.lock().pos = match (resume, token) {
+            (None, _) => st.pos.clone(),
+            (Some(p), Some(token)) => {
+                match st.recent.after(&token, self.fanout.cfg.replay_max) {
+                    // Under the hub's lock, so no event is dispatched between what is
+                    // rendered here and what reaches the viewer through the hub.
+                    Some((mut pos, missed)) => {
+                        let bytes = missed.iter().filter_map(|f| f.render(&mut pos)).collect();
+                        from_memory = Some(bytes);
+                        pos
+                    }
+                    None => Arc::new(p.clone()),
+                }
+            }
+            (Some(p), None) => Arc::new(p.clone()),
         };
         st.viewers += 1;
         st.joining.push(conn.clone());
-        Some(st.pos.clone())
+        Some(Joined {
+            hub_at: st.pos.clone(),
+            from_memory,
+        })
     }
 
     /// A viewer left (its connection is already ended; the next walk forgets it). The last
@@ -245,7 +277,10 @@ impl Hub {
                         }
                     }
                 }
-                _ = heartbeat.tick() => self.broadcast(Arc::new(Frame::ping())),
+                _ = heartbeat.tick() => {
+                    self.state.lock().recent.trim(Instant::now());
+                    self.broadcast(Arc::new(Frame::ping()));
+                }
                 _ = viewers_tick.tick() => self.send_viewer_count(&mut viewers_sent),
                 _ = retry.tick(), if self.has_work_later() || self.is_sampling() => {
                     self.report_sampling();
@@ -595,7 +630,10 @@ impl Hub {
             let after = Arc::new(pos);
             (std::mem::replace(&mut st.pos, after.clone()), after)
         };
-        self.broadcast(Arc::new(Frame::entry(e, before, after)));
+        let frame = Arc::new(Frame::entry(e, before, after));
+        // Only the hub's task dispatches: events are kept in the order they were dispatched.
+        self.state.lock().recent.keep(&frame, Instant::now());
+        self.broadcast(frame);
         true
     }
 

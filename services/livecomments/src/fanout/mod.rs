@@ -15,6 +15,7 @@ pub mod conn;
 pub mod expiry;
 pub mod hub;
 pub mod reactions;
+mod recent;
 pub mod sample;
 pub mod sse;
 pub mod viewer;

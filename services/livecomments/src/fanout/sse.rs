@@ -198,6 +198,14 @@ impl Frame {
         }
     }
 
+    /// The resume token in a single event's `id:` line (the hub's position after it); `None`
+    /// for frames that are not one event.
+    pub fn token(&self) -> Option<&str> {
+        let c = self.comment.as_ref()?;
+        let line = self.bytes.get(..c.body_at)?;
+        std::str::from_utf8(line.strip_prefix(b"id: ")?.strip_suffix(b"\n")?).ok()
+    }
+
     /// Events in this frame (for the delivery counter): a sample counts what it kept.
     pub fn events(&self) -> usize {
         if self.skipped.is_empty() {
@@ -418,10 +426,11 @@ pub fn replayed(e: &Entry, pos: &Position) -> Bytes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn comment(region: &str, n: u64) -> Comment {
+    /// The `n`th comment of a test post (ids in order of `n`).
+    pub(crate) fn comment(region: &str, n: u64) -> Comment {
         Comment {
             id: format!("01JDQ7Z8XK3M4N5P6Q7R8S9{n:03}").into(),
             post_id: "p".into(),
@@ -434,7 +443,7 @@ mod tests {
     }
 
     /// A hub dispatching `comments` in order from `start`: the frames and the final position.
-    fn dispatch(start: &Arc<Position>, comments: &[Comment]) -> Vec<Arc<Frame>> {
+    pub(crate) fn dispatch(start: &Arc<Position>, comments: &[Comment]) -> Vec<Arc<Frame>> {
         let mut pos = start.clone();
         comments
             .iter()

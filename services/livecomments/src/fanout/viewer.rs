@@ -32,6 +32,9 @@ pub struct Viewer {
     /// once the hub has it complete. Replaying a comment the hub does not have yet could skip
     /// an older one of the same writer still on its way into the store.
     hub_at_join: Arc<Position>,
+    /// A resume the hub served from memory ([`super::recent`]): the missed events' bytes,
+    /// written instead of a replay from history.
+    from_memory: Option<Vec<Bytes>>,
     /// Regions whose history could not be replayed yet: the viewer stays on its queue (its
     /// position keeps pointing before the gap) until a replay of each succeeds.
     unreplayed: Vec<String>,
@@ -59,12 +62,13 @@ impl Viewer {
         loop {
             let hub = fanout.hub(&post_id);
             let conn = Arc::new(Conn::new(socket.clone(), opts));
-            if let Some(hub_at_join) = hub.join(&conn, resume.as_ref()).await {
+            if let Some(joined) = hub.join(&conn, resume.as_ref()).await {
                 return Viewer {
                     conn,
                     hub,
                     resume,
-                    hub_at_join,
+                    hub_at_join: joined.hub_at,
+                    from_memory: joined.from_memory,
                     unreplayed: Vec::new(),
                     _slot: slot,
                 };
@@ -95,6 +99,19 @@ impl Viewer {
                 .viewers_with_own(self.hub.post_id(), self.hub.viewers());
             out.extend_from_slice(&Frame::viewers(n).bytes);
         }
+        if let Some(missed) = self.from_memory.take() {
+            self.resume = None;
+            METRICS.sse_resumes_from_memory.inc();
+            {
+                let mut st = self.conn.lock();
+                Conn::push(&mut st, out.freeze());
+                for bytes in missed {
+                    Conn::push(&mut st, bytes);
+                }
+            }
+            self.drain_queue().await;
+            return;
+        }
         if let Some(from) = self.resume.take() {
             let replay = self
                 .hub
@@ -107,7 +124,7 @@ impl Viewer {
                 out.extend_from_slice(&sse::reconnect_because("history_unavailable"));
                 let mut st = self.conn.lock();
                 st.queue = None;
-                Conn::push(&mut st, &out);
+                Conn::push(&mut st, out.freeze());
                 drop(st);
                 self.conn.end(End::Finish);
                 return;
@@ -130,7 +147,7 @@ impl Viewer {
             if !st.pos.is_empty() {
                 out.extend_from_slice(&sse::position_only(&st.pos));
             }
-            Conn::push(&mut st, &out);
+            Conn::push(&mut st, out.freeze());
         }
         self.drain_queue().await;
     }
@@ -224,7 +241,7 @@ impl Viewer {
             if !skip
                 && !self
                     .conn
-                    .push_event(st, &bytes, self.hub.fanout().cfg.viewer_buffer)
+                    .push_event(st, bytes, self.hub.fanout().cfg.viewer_buffer)
             {
                 return;
             }
@@ -232,7 +249,7 @@ impl Viewer {
         if unmarked && f.marked {
             let mut st = self.conn.lock();
             let line = sse::position_only(&st.pos);
-            Conn::push(&mut st, &line);
+            Conn::push(&mut st, line);
         }
     }
 
@@ -253,7 +270,7 @@ impl Viewer {
             self.unreplayed.retain(|r| r != region);
             let mut out = BytesMut::new();
             self.emit_replayed(&rows, &mut out);
-            Conn::push(&mut self.conn.lock(), &out);
+            Conn::push(&mut self.conn.lock(), out.freeze());
         }
     }
 
