@@ -41,6 +41,22 @@ pub struct AgentConfig {
     /// Optional Last-Event-ID to send on the very first connection (resume benchmarks).
     pub initial_last_event_id: Option<String>,
     pub read_buf: usize,
+    /// How each viewer reads its stream.
+    #[serde(default)]
+    pub client: ViewerClient,
+}
+
+/// The viewers' HTTP client (issue 16 asks for both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ViewerClient {
+    /// A hand-written HTTP/1.1 reader: the request in one write, the body parsed in place from
+    /// one read buffer per viewer. The lightest client, so the server's cost shows.
+    #[default]
+    Lean,
+    /// hyper's HTTP/1.1 client (`client::conn::http1`), a body frame at a time: what a Rust
+    /// service consuming SSE would run, heavier per connection and per read.
+    Hyper,
 }
 
 /// What an agent reports; counters are cumulative, `lat` since the last `reset`.
@@ -304,6 +320,7 @@ async fn agent_main(cfg: AgentConfig) -> Result<()> {
                 sec: 0,
                 in_sec: 0,
                 probes_seen: 0,
+                client: cfg.client,
             };
             tokio::task::spawn_local(v.run(
                 shared.clone(),
@@ -467,6 +484,18 @@ struct Viewer {
     in_sec: u32,
     /// Probes accounted for: the index of the latest one seen, plus one.
     probes_seen: usize,
+    client: ViewerClient,
+}
+
+/// One connection attempt of a viewer.
+struct Attempt {
+    started: Instant,
+    /// The viewer's first connection (a later one is a reconnect).
+    first: bool,
+    /// The `drop` generation this attempt follows (0: none).
+    dropped_gen: u64,
+    /// A connect slot, released once the stream's head arrived.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 enum End {
@@ -523,17 +552,22 @@ impl Viewer {
         loop {
             let permit = sem.clone().acquire_owned().await.ok();
             let started = Instant::now();
-            let res = self
-                .connect_and_read(
-                    &shared,
-                    &mut buf,
-                    &mut drop_rx,
-                    started,
-                    first,
-                    dropped_gen,
-                    permit,
-                )
-                .await;
+            let attempt = Attempt {
+                started,
+                first,
+                dropped_gen,
+                permit,
+            };
+            let res = match self.client {
+                ViewerClient::Lean => {
+                    self.connect_and_read(&shared, &mut buf, &mut drop_rx, attempt)
+                        .await
+                }
+                ViewerClient::Hyper => {
+                    self.connect_and_read_hyper(&shared, &mut buf, &mut drop_rx, attempt)
+                        .await
+                }
+            };
             match res {
                 Ok((End::Dropped(generation), _)) => {
                     dropped_gen = generation;
@@ -577,16 +611,12 @@ impl Viewer {
 
     /// One connection: request, head, then events until it ends. Returns how it ended and
     /// whether the stream was ever established.
-    #[allow(clippy::too_many_arguments)]
     async fn connect_and_read(
         &mut self,
         shared: &Rc<RefCell<Shared>>,
         buf: &mut Vec<u8>,
         drop_rx: &mut watch::Receiver<(u64, u64)>,
-        started: Instant,
-        first: bool,
-        dropped_gen: u64,
-        permit: Option<OwnedSemaphorePermit>,
+        attempt: Attempt,
     ) -> Result<(End, bool)> {
         let mut s = http::connect_from(self.src, self.url.addr).await?;
         let mut req = format!(
@@ -616,33 +646,12 @@ impl Viewer {
                 break h;
             }
         };
-        drop(permit);
+        drop(attempt.permit);
         if head.status != 200 {
             shared.borrow_mut().http_errors += 1;
             return Ok((End::Lost, false));
         }
-        {
-            let us = started.elapsed().as_micros() as u64;
-            let mut sh = shared.borrow_mut();
-            sh.connected += 1;
-            sh.last_connect_ns = now_ns();
-            if first {
-                sh.ever_connected += 1;
-                sh.connect.saturating_record(us.max(1));
-            } else {
-                sh.reconnects += 1;
-                if dropped_gen == sh.drop_gen && dropped_gen > 0 {
-                    sh.resumed += 1;
-                    sh.reconnect.saturating_record(us.max(1));
-                }
-            }
-        }
-        // A new stream: whatever half event the previous one ended with is void.
-        self.stream_events = 0;
-        self.pending.has_id = false;
-        self.pending.data = false;
-        self.pending.marker = None;
-        self.pending.kind = EventKind::Message;
+        self.stream_opened(shared, attempt.started, attempt.first, attempt.dropped_gen);
         let mut dechunk = Dechunk::default();
         // Payload bytes after the head.
         let raw_end = have;
@@ -689,7 +698,100 @@ impl Viewer {
         Ok((end, true))
     }
 
-    /// Handles every complete line in `data`; returns how many bytes were consumed.
+    /// The stream's head arrived with 200: count the (re)connect, and start a new stream
+    /// (whatever half event the previous one ended with is void).
+    fn stream_opened(
+        &mut self,
+        shared: &Rc<RefCell<Shared>>,
+        started: Instant,
+        first: bool,
+        dropped_gen: u64,
+    ) {
+        {
+            let us = started.elapsed().as_micros() as u64;
+            let mut sh = shared.borrow_mut();
+            sh.connected += 1;
+            sh.last_connect_ns = now_ns();
+            if first {
+                sh.ever_connected += 1;
+                sh.connect.saturating_record(us.max(1));
+            } else {
+                sh.reconnects += 1;
+                if dropped_gen == sh.drop_gen && dropped_gen > 0 {
+                    sh.resumed += 1;
+                    sh.reconnect.saturating_record(us.max(1));
+                }
+            }
+        }
+        self.stream_events = 0;
+        self.pending.has_id = false;
+        self.pending.data = false;
+        self.pending.marker = None;
+        self.pending.kind = EventKind::Message;
+    }
+
+    /// [`Viewer::connect_and_read`] through hyper's client: the connection driven by its own
+    /// local task, the body read a frame at a time and parsed from `buf`.
+    async fn connect_and_read_hyper(
+        &mut self,
+        shared: &Rc<RefCell<Shared>>,
+        buf: &mut Vec<u8>,
+        drop_rx: &mut watch::Receiver<(u64, u64)>,
+        attempt: Attempt,
+    ) -> Result<(End, bool)> {
+        use http_body_util::BodyExt;
+        let s = http::connect_from(self.src, self.url.addr).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await?;
+        let conn = tokio::task::spawn_local(conn);
+        // Aborted however this returns, so the socket closes with the stream.
+        let _conn = AbortOnDrop(conn);
+        let mut req = hyper::Request::get(self.url.path.as_str())
+            .header("host", self.url.host_header.as_str())
+            .header("accept", "text/event-stream")
+            .header("cache-control", "no-cache");
+        if !self.last_id.is_empty() {
+            req = req.header("last-event-id", self.last_id.as_str());
+        }
+        let resp = sender
+            .send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new())?)
+            .await?;
+        drop(attempt.permit);
+        if resp.status() != 200 {
+            shared.borrow_mut().http_errors += 1;
+            return Ok((End::Lost, false));
+        }
+        self.stream_opened(shared, attempt.started, attempt.first, attempt.dropped_gen);
+        let mut body = resp.into_body();
+        let mut pend = 0; // unparsed bytes at buf[..pend]
+        let end = loop {
+            tokio::select! {
+                frame = body.frame() => {
+                    let Some(Ok(frame)) = frame else {
+                        break End::Lost;
+                    };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if pend + data.len() > buf.len() {
+                        buf.resize((pend + data.len()).next_power_of_two(), 0);
+                    }
+                    buf[pend..pend + data.len()].copy_from_slice(&data);
+                    let w = pend + data.len();
+                    let consumed = self.parse_lines(&buf[..w], now_ns(), shared);
+                    buf.copy_within(consumed..w, 0);
+                    pend = w - consumed;
+                }
+                _ = drop_rx.changed() => {
+                    let (generation, _) = *drop_rx.borrow_and_update();
+                    break End::Dropped(generation);
+                }
+            }
+        };
+        shared.borrow_mut().connected -= 1;
+        Ok((end, true))
+    }
+
     /// Handles every complete line in `data`; returns how many bytes were consumed. As an
     /// EventSource does, an event takes effect only when its blank line arrives: the `id:`
     /// becomes the resume token and the comment counts then, so a stream cut in the middle of
@@ -829,6 +931,15 @@ impl Viewer {
     }
 }
 
+/// Aborts a local task when dropped (the hyper client's connection).
+struct AbortOnDrop(tokio::task::JoinHandle<hyper::Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -849,6 +960,7 @@ mod tests {
             sec: 0,
             in_sec: 0,
             probes_seen: 0,
+            client: ViewerClient::Lean,
         }
     }
 

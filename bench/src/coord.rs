@@ -163,6 +163,7 @@ impl Ctx {
                     connect_concurrency: self.common.connect_concurrency,
                     initial_last_event_id: initial_last_event_id.clone(),
                     read_buf: self.common.read_buf,
+                    client: self.common.client,
                 });
             }
             *cur_n = 0;

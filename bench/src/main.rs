@@ -141,6 +141,9 @@ pub struct Common {
     /// Read buffer per viewer, bytes.
     #[arg(long, default_value_t = 4096)]
     pub read_buf: usize,
+    /// The viewers' HTTP client: `lean` (hand-written, lightest) or `hyper`.
+    #[arg(long, value_enum, default_value_t = agent::ViewerClient::Lean)]
+    pub client: agent::ViewerClient,
 }
 
 fn main() -> ExitCode {

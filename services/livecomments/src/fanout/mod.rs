@@ -5,10 +5,13 @@
 //! - Each event is serialised once ([`sse::Frame`]) and the hub writes the same bytes to
 //!   every viewer's socket without waiting ([`conn::Conn`]); events that arrive together go
 //!   out in one write.
-//! - What a socket cannot take at once waits, bounded, in its connection; a viewer further
-//!   behind is cut off (it resumes with Last-Event-ID), never waited for.
+//! - What a socket cannot take at once waits, bounded, in its connection (handles on the
+//!   shared frames); a viewer further behind is cut off (it resumes with Last-Event-ID),
+//!   never waited for.
 //! - Resume: join the hub first (live frames start queueing), then replay from history,
-//!   then render the queue skipping what the replay covered, then go live ([`viewer`]).
+//!   then render the queue skipping what the replay covered, then go live ([`viewer`]). A
+//!   token this hub sent in its last 10 s is served from the hub's memory instead
+//!   ([`recent`]): the cut-off viewers of a hot post come back without reading history.
 //! - The fanout never opens a store: history comes from the reader ([`History`]).
 
 pub mod conn;
