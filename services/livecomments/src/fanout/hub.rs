@@ -183,27 +183,24 @@ impl Hub {
             return None;
         }
         // Outside the lock: a resume token is ~30–100 bytes to format.
-        let token = resume.map(Position::to_string);
+        let resume = resume.map(|p| (p, p.to_string()));
         let mut st = self.state.lock();
         if st.closed {
             return None;
         }
         let mut from_memory = None;
-        conn.lock().pos = match (resume, token) {
-            (None, _) => st.pos.clone(),
-            (Some(p), Some(token)) => {
-                match st.recent.after(&token, self.fanout.cfg.replay_max) {
-                    // Under the hub's lock, so no event is dispatched between what is
-                    // rendered here and what reaches the viewer through the hub.
-                    Some((mut pos, missed)) => {
-                        let bytes = missed.iter().filter_map(|f| f.render(&mut pos)).collect();
-                        from_memory = Some(bytes);
-                        pos
-                    }
-                    None => Arc::new(p.clone()),
+        conn.lock().pos = match resume {
+            None => st.pos.clone(),
+            Some((p, token)) => match st.recent.after(&token, self.fanout.cfg.replay_max) {
+                // Under the hub's lock, so no event is dispatched between what is rendered
+                // here and what reaches the viewer through the hub.
+                Some((mut pos, missed)) => {
+                    let bytes = missed.iter().filter_map(|f| f.render(&mut pos)).collect();
+                    from_memory = Some(bytes);
+                    pos
                 }
-            }
-            (Some(p), None) => Arc::new(p.clone()),
+                None => Arc::new(p.clone()),
+            },
         };
         st.viewers += 1;
         st.joining.push(conn.clone());
