@@ -324,7 +324,7 @@ mod tests {
                 let mut st = conn.lock();
                 st.queue = None;
                 for _ in 0..replayed {
-                    Conn::push(&mut st, Bytes::from_static(b"id: x\n\n"));
+                    Conn::push(&mut st, Bytes::from_static(b"replayed"));
                 }
             }
             assert_eq!(conn.offer(&ping, 4096), open, "{replayed} chunks waiting");
