@@ -62,6 +62,14 @@ pub(super) struct ConnState {
     pub(super) end: End,
 }
 
+impl ConnState {
+    /// Further behind than a viewer may be: more live events than `max_events`, or more
+    /// chunks than `MAX_CHUNKS` (replayed ones included).
+    fn over_bound(&self, max_events: usize) -> bool {
+        self.pending_events > max_events || self.pending.len() > MAX_CHUNKS
+    }
+}
+
 impl Conn {
     pub fn new(socket: Option<Arc<TcpStream>>, opts: super::StreamOptions) -> Conn {
         Conn {
@@ -123,7 +131,7 @@ impl Conn {
         }
         st.pending.push_back(bytes);
         st.pending_events += events;
-        if st.pending_events > max_events || st.pending.len() > MAX_CHUNKS {
+        if st.over_bound(max_events) {
             // Never wait for a slow viewer: cut it off; it resumes with Last-Event-ID.
             METRICS.sse_slow_disconnects.inc();
             return self.end_locked(st, End::Abort);
@@ -181,7 +189,8 @@ impl Conn {
     }
 
     /// Appends bytes the viewer's task produced (replay, catch-up). Not counted against the
-    /// buffer: a replay is bounded by its own limit.
+    /// event bound (a replay is bounded by its own limit), but its chunks count against
+    /// `MAX_CHUNKS` at the next live frame.
     pub(super) fn push(st: &mut ConnState, bytes: Bytes) {
         if !bytes.is_empty() {
             st.pending.push_back(bytes);
@@ -198,7 +207,7 @@ impl Conn {
     ) -> bool {
         st.pending.push_back(bytes);
         st.pending_events += 1;
-        if st.pending_events > max_events || st.pending.len() > MAX_CHUNKS {
+        if st.over_bound(max_events) {
             METRICS.sse_slow_disconnects.inc();
             return self.end_locked(st, End::Abort);
         }

@@ -195,7 +195,7 @@ impl Hub {
                 // Under the hub's lock, so no event is dispatched between what is rendered
                 // here and what reaches the viewer through the hub.
                 Some((mut pos, missed)) => {
-                    let bytes = missed.iter().filter_map(|f| f.render(&mut pos)).collect();
+                    let bytes = missed.filter_map(|f| f.render(&mut pos)).collect();
                     from_memory = Some(bytes);
                     pos
                 }

@@ -74,7 +74,11 @@ impl Recent {
     /// render takes the shared path) and the events after it, oldest first. `None` when the
     /// token is not one of the kept events, or more than `max` followed it (a replay from
     /// history then applies its own limit).
-    pub fn after(&self, token: &str, max: usize) -> Option<(Arc<Position>, Vec<Arc<Frame>>)> {
+    pub fn after(
+        &self,
+        token: &str,
+        max: usize,
+    ) -> Option<(Arc<Position>, impl Iterator<Item = &Arc<Frame>>)> {
         let seq = *self.by_token.get(token)?;
         let at = usize::try_from(seq.checked_sub(self.first)?).ok()?;
         let (_, event) = self.events.get(at)?;
@@ -83,14 +87,7 @@ impl Recent {
         if missed > max {
             return None;
         }
-        Some((
-            pos,
-            self.events
-                .iter()
-                .skip(at + 1)
-                .map(|(_, f)| f.clone())
-                .collect(),
-        ))
+        Some((pos, self.events.iter().skip(at + 1).map(|(_, f)| f)))
     }
 }
 
@@ -116,15 +113,13 @@ mod tests {
         let (pos, after) = r.after(&token, 100).unwrap();
         assert!(Arc::ptr_eq(&pos, &frames[1].span.as_ref().unwrap().after));
         let want: Vec<_> = frames[2..].iter().map(|f| f.bytes.clone()).collect();
-        assert_eq!(
-            after.iter().map(|f| f.bytes.clone()).collect::<Vec<_>>(),
-            want
-        );
+        assert_eq!(after.map(|f| f.bytes.clone()).collect::<Vec<_>>(), want);
         assert!(
             r.after(frames[4].token().unwrap(), 100)
                 .unwrap()
                 .1
-                .is_empty()
+                .next()
+                .is_none()
         );
         assert!(r.after("local.0000", 100).is_none(), "a token never sent");
         assert!(r.after(&token, 2).is_none(), "more missed than the limit");
@@ -140,7 +135,10 @@ mod tests {
         r.keep(&frames[2], t0 + KEEP_FOR + Duration::from_millis(1));
         assert_eq!(r.events.len(), 2);
         assert!(r.after(frames[0].token().unwrap(), 100).is_none());
-        assert_eq!(r.after(frames[1].token().unwrap(), 100).unwrap().1.len(), 1);
+        assert_eq!(
+            r.after(frames[1].token().unwrap(), 100).unwrap().1.count(),
+            1
+        );
         r.trim(t0 + Duration::from_secs(30));
         assert_eq!(r.events.len(), 0);
         assert!(r.by_token.is_empty());
